@@ -1,0 +1,155 @@
+"""Validation of ``@app.function`` parameters: every bad value is an ``InvalidError`` naming it.
+
+Parameters whose feature a later release implements raise ``NotImplementedYetError`` instead of
+being silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+from vivace.exception import InvalidError, NotImplementedYetError
+from vivace.retries import Retries
+
+RENAMED = {
+    "keep_warm": "min_containers",
+    "concurrency_limit": "max_containers",
+    "container_idle_timeout": "scaledown_window",
+    "allow_concurrent_inputs": "the @vivace.concurrent(max_inputs=...) decorator",
+}
+
+# parameter -> (feature, value that means "not used")
+NOT_YET: dict[str, tuple[str, Any]] = {
+    "image": ("custom images (the Image builder)", None),
+    "ephemeral_disk": ("ephemeral disk limits (the Image builder)", None),
+    "block_network": ("network isolation (isolated container runtimes)", False),
+    "restrict_modal_access": ("restricted API access (isolated container runtimes)", False),
+    "gpu": ("GPU devices (isolated container runtimes)", None),
+    "volumes": ("Volumes (storage primitives)", None),
+    "secrets": ("Secrets (storage primitives)", None),
+    "schedule": ("schedules (web endpoints and schedules)", None),
+    "cloud": ("cloud placement (cluster mode)", None),
+    "region": ("region placement (cluster mode)", None),
+    "nonpreemptible": ("non-preemptible placement (cluster mode)", False),
+}
+
+_snapshot_warned: set[str] = set()
+
+
+def check_not_yet(name: str, value: Any) -> None:
+    feature, unused = NOT_YET[name]
+    if value is unused or (value in ([], {}, ()) and unused is None):
+        return
+    raise NotImplementedYetError(
+        f"{name}={value!r} needs {feature}, which this release of vivace does not have yet; remove it for now"
+    )
+
+
+def reject_unknown(kwargs: dict[str, Any], where: str) -> None:
+    for key in kwargs:
+        if key in RENAMED:
+            raise InvalidError(f"{where}: {key!r} was renamed; use {RENAMED[key]} instead")
+    if kwargs:
+        raise InvalidError(f"{where}: unknown parameter(s) {', '.join(sorted(kwargs))}")
+
+
+def _number(name: str, value: Any, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise InvalidError(f"{name} must be a number, got {value!r}")
+    if not lo <= value <= hi:
+        raise InvalidError(f"{name} must be between {lo:g} and {hi:g}, got {value!r}")
+    return float(value)
+
+
+def _integer(name: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidError(f"{name} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise InvalidError(f"{name} must be between {lo} and {hi}, got {value!r}")
+    return value
+
+
+def cpu(value: Any) -> tuple[float, float | None]:
+    if value is None:
+        return 0.125, None
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise InvalidError("cpu as a tuple must be (request, limit)")
+        req, lim = _number("cpu request", value[0], 0.001, 1024), _number("cpu limit", value[1], 0.001, 1024)
+        if lim < req:
+            raise InvalidError(f"cpu limit ({lim:g}) must be at least the request ({req:g})")
+        return req, lim
+    return _number("cpu", value, 0.001, 1024), None
+
+
+def memory(value: Any) -> tuple[int, int | None]:
+    if value is None:
+        return 128, None
+    if isinstance(value, tuple):
+        if len(value) != 2:
+            raise InvalidError("memory as a tuple must be (request, limit) in MiB")
+        req, lim = _integer("memory request", value[0], 1, 16 << 20), _integer("memory limit", value[1], 1, 16 << 20)
+        if lim < req:
+            raise InvalidError(f"memory limit ({lim}) must be at least the request ({req})")
+        return req, lim
+    return _integer("memory", value, 1, 16 << 20), None
+
+
+def retries(value: Any) -> Retries:
+    if value is None:
+        return Retries(max_retries=0)
+    if isinstance(value, Retries):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= 10:
+            raise InvalidError(f"retries must be between 0 and 10, got {value}")
+        return Retries(max_retries=value, initial_delay=0.0, backoff_coefficient=1.0)
+    raise InvalidError(f"retries must be an int or vivace.Retries, got {type(value).__name__}")
+
+
+def env(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise InvalidError("env must be a dict of str to str")
+    return dict(value)
+
+
+def autoscaler(min_containers: Any, max_containers: Any, buffer_containers: Any,
+               scaledown_window: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "min_containers": _integer("min_containers", 0 if min_containers is None else min_containers, 0, 10_000),
+        "max_containers": None if max_containers is None else _integer("max_containers", max_containers, 1, 10_000),
+        "buffer_containers": _integer("buffer_containers", buffer_containers or 0, 0, 10_000),
+        "scaledown_window": _number("scaledown_window", 60 if scaledown_window is None else scaledown_window,
+                                    2, 3600),
+    }
+    if out["max_containers"] is not None and out["max_containers"] < out["min_containers"]:
+        raise InvalidError(
+            f"max_containers ({out['max_containers']}) must be at least min_containers ({out['min_containers']})"
+        )
+    return out
+
+
+def timeout(name: str, value: Any, default: float | None) -> float | None:
+    if value is None:
+        return default
+    return _number(name, value, 1, 86400)
+
+
+def flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def warn_snapshot(function_name: str) -> None:
+    if function_name not in _snapshot_warned:
+        _snapshot_warned.add(function_name)
+        warnings.warn(
+            f"{function_name}: enable_memory_snapshot=True has no effect yet in vivace; containers start normally",
+            UserWarning,
+            stacklevel=4,
+        )

@@ -1,0 +1,254 @@
+"""``App``: a named group of functions that run together, ephemerally or deployed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from vivace import exception as exc
+from vivace._sdk import params
+from vivace._sdk.connection import get_client
+from vivace._sdk.output import is_enabled, print_log
+from vivace._sdk.source import main_file, package
+from vivace._sync import run_sync
+from vivace.function import Function, is_generator_function
+from vivace.protocol import frames
+from vivace.protocol.functions import FunctionSpec
+
+HEARTBEAT_INTERVAL = 5.0
+
+
+class LocalEntrypoint:
+    def __init__(self, app: App, fn: Callable[..., Any], name: str) -> None:
+        self.app, self.raw_f, self.name = app, fn, name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.raw_f(*args, **kwargs)
+
+
+class App:
+    """A group of functions deployed or run together.
+
+    Args:
+        name: the app's name (needed to deploy it).
+        tags, image, secrets, volumes, include_source: as in Modal; ``image``, ``secrets`` and
+            ``volumes`` need features a later release adds and raise ``NotImplementedYetError``.
+    """
+
+    def __init__(self, name: str | None = None, *, tags: dict[str, str] | None = None, image: Any = None,
+                 secrets: list[Any] | None = None, volumes: dict[str, Any] | None = None,
+                 include_source: bool = True, **kwargs: Any) -> None:
+        if kwargs.pop("stub", None) is not None:
+            raise exc.InvalidError("vivace.Stub was renamed: use vivace.App")
+        params.reject_unknown(kwargs, "App()")
+        if name is not None and not isinstance(name, str):
+            raise exc.InvalidError(f"App name must be a string, got {type(name).__name__}")
+        params.check_not_yet("image", image)
+        params.check_not_yet("secrets", secrets)
+        params.check_not_yet("volumes", volumes)
+        self.name = name
+        self.tags = dict(tags or {})
+        self.include_source = params.flag("include_source", include_source)
+        self.registered_functions: dict[str, Function] = {}
+        self.local_entrypoints: dict[str, LocalEntrypoint] = {}
+        self.app_id: str | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._log_task: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<vivace.App {self.name or '(unnamed)'} {self.app_id or ''}>"
+
+    # -- decorators ----------------------------------------------------------------------------------
+    def function(self, _warn_parentheses_missing: Any = None, *, image: Any = None, schedule: Any = None,
+                 env: dict[str, str] | None = None, secrets: list[Any] | None = None, gpu: Any = None,
+                 serialized: bool = False, volumes: dict[str, Any] | None = None, cpu: Any = None,
+                 memory: Any = None, ephemeral_disk: int | None = None, min_containers: int | None = None,
+                 max_containers: int | None = None, buffer_containers: int | None = None,
+                 scaledown_window: int | None = None, retries: Any = None, timeout: float = 300,
+                 startup_timeout: float | None = None, name: str | None = None, is_generator: bool | None = None,
+                 cloud: str | None = None, region: Any = None, nonpreemptible: bool = False,
+                 enable_memory_snapshot: bool = False, block_network: bool = False,
+                 restrict_modal_access: bool = False, single_use_containers: bool = False,
+                 include_source: bool | None = None, **kwargs: Any) -> Callable[[Callable[..., Any]], Function]:
+        """Turn a Python function into a ``Function`` that runs in containers."""
+        if _warn_parentheses_missing is not None:
+            raise exc.InvalidError("use @app.function() with parentheses")
+        params.reject_unknown(kwargs, "@app.function()")
+        for key, value in (("image", image), ("schedule", schedule), ("secrets", secrets), ("gpu", gpu),
+                           ("volumes", volumes), ("ephemeral_disk", ephemeral_disk), ("cloud", cloud),
+                           ("region", region), ("nonpreemptible", nonpreemptible), ("block_network", block_network),
+                           ("restrict_modal_access", restrict_modal_access)):
+            params.check_not_yet(key, value)
+        cpu_req, cpu_lim = params.cpu(cpu)
+        mem_req, mem_lim = params.memory(memory)
+        scaling = params.autoscaler(min_containers, max_containers, buffer_containers, scaledown_window)
+        policy = params.retries(retries).to_policy()
+        fn_timeout = params.timeout("timeout", timeout, 300.0)
+        start_timeout = params.timeout("startup_timeout", startup_timeout, None)
+        fn_env = params.env(env)
+        params.flag("serialized", serialized)
+        params.flag("single_use_containers", single_use_containers)
+        params.flag("enable_memory_snapshot", enable_memory_snapshot)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise exc.InvalidError("name must be a non-empty string")
+
+        def wrap(f: Callable[..., Any]) -> Function:
+            if isinstance(f, Function):
+                raise exc.InvalidError(f"{f.spec.name} is already a vivace function")
+            if not callable(f):
+                raise exc.InvalidError(f"@app.function() decorates functions, not {type(f).__name__}")
+            fname = name or f.__name__
+            gen = is_generator_function(f) if is_generator is None else params.flag("is_generator", is_generator)
+            if enable_memory_snapshot:
+                params.warn_snapshot(fname)
+            if "<locals>" in f.__qualname__ and not serialized:
+                raise exc.InvalidError(f"{fname} is defined inside another function: use serialized=True")
+            spec = FunctionSpec(
+                name=fname, module=f.__module__, qualname=f.__qualname__, serialized=serialized, is_generator=gen,
+                cpu=cpu_req, cpu_limit=cpu_lim, memory=mem_req, memory_limit=mem_lim, timeout=fn_timeout or 300.0,
+                startup_timeout=start_timeout, retries=policy, single_use_containers=single_use_containers,
+                env=fn_env, **scaling,
+            )
+            if fname in self.registered_functions:
+                raise exc.InvalidError(f"app already has a function named {fname!r}")
+            fn = Function(self, f, spec)
+            self.registered_functions[fname] = fn
+            return fn
+
+        return wrap
+
+    def local_entrypoint(self, _warn_parentheses_missing: Any = None, *,
+                         name: str | None = None) -> Callable[[Callable[..., Any]], LocalEntrypoint]:
+        """Mark the function ``vivace run`` calls on your machine."""
+        if _warn_parentheses_missing is not None:
+            raise exc.InvalidError("use @app.local_entrypoint() with parentheses")
+
+        def wrap(f: Callable[..., Any]) -> LocalEntrypoint:
+            ep = LocalEntrypoint(self, f, name or f.__name__)
+            self.local_entrypoints[ep.name] = ep
+            return ep
+
+        return wrap
+
+    def include(self, other: App) -> App:
+        """Add another app's functions to this one."""
+        for fname, fn in other.registered_functions.items():
+            if fname in self.registered_functions and self.registered_functions[fname] is not fn:
+                raise exc.InvalidError(f"both apps have a function named {fname!r}")
+            self.registered_functions[fname] = fn
+            fn._app = self
+        return self
+
+    # -- running -------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def run(self, *, detach: bool = False, show_logs: bool | None = None) -> Iterator[App]:
+        """Run the app ephemerally for the duration of the ``with`` block."""
+        run_sync(self._start("detached" if detach else "ephemeral", show_logs))
+        try:
+            yield self
+        finally:
+            run_sync(self._finish(stop=not detach))
+
+    def deploy(self, name: str | None = None) -> App:
+        """Deploy the app under ``name``: its functions stay available to ``Function.from_name``."""
+        if name is not None:
+            self.name = name
+        if not self.name:
+            raise exc.InvalidError("a deployed app needs a name: App('name') or deploy(name=...)")
+        run_sync(self._start("deployed", False))
+        run_sync(self._finish(stop=False))
+        return self
+
+    def stop(self) -> None:
+        """Stop the app and its containers."""
+        if self.app_id is not None:
+            run_sync(self._stop_remote())
+
+    async def _stop_remote(self) -> None:
+        await (await get_client()).post_json(f"/v1/apps/{self.app_id}/stop")
+
+    async def _start(self, state: str, show_logs: bool | None) -> None:
+        api = await get_client()
+        res = await api.post_json("/v1/apps", {"name": self.name, "state": state})
+        self.app_id = res["app_id"]
+        uploaded: dict[str, str] = {}
+        for fn in self.registered_functions.values():
+            await self._register(api, fn, uploaded)
+        if state != "deployed":
+            self._heartbeat = asyncio.create_task(self._heartbeat_loop())
+        if show_logs if show_logs is not None else is_enabled():
+            self._log_task = asyncio.create_task(self._follow_logs())
+
+    async def _register(self, api: Any, fn: Function, uploaded: dict[str, str]) -> None:
+        spec = fn.spec
+        blobs: list[bytes] = []
+        if spec.serialized:
+            from vivace._sdk.serialization import serialize
+
+            blobs.append(serialize(fn._vivace_raw_f))
+            spec = _replace(spec, source_hash=None)
+        else:
+            raw = fn._vivace_raw_f
+            module = sys.modules.get(spec.module)
+            file = getattr(module, "__file__", None) if spec.module != "__main__" else main_file()
+            if file is None and raw is not None:
+                file = inspect.getsourcefile(raw)
+            key = f"{spec.module}:{file}"
+            if key not in uploaded:
+                pkg = await asyncio.to_thread(package, spec.module, file)
+                await api.request("PUT", f"/v1/blobs/{pkg.sha256}", content=pkg.data,
+                                  content_type="application/octet-stream")
+                uploaded[key] = f"{pkg.module}|{pkg.sha256}"
+            module_name, sha = uploaded[key].split("|")
+            spec = _replace(spec, module=module_name, source_hash=sha)
+        resp = await api.request("POST", f"/v1/apps/{self.app_id}/functions",
+                                 content=frames.encode({"spec": spec.to_dict()}, blobs),
+                                 content_type=frames.CONTENT_TYPE)
+        fn._hydrate(resp.json()["function_id"])
+
+    async def _heartbeat_loop(self) -> None:
+        api = await get_client()
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            with contextlib.suppress(exc.ServiceError):
+                await api.post_json(f"/v1/apps/{self.app_id}/heartbeat", retry_for=5)
+
+    async def _follow_logs(self) -> None:
+        api = await get_client()
+        cursor = 0
+        while True:
+            try:
+                page = await api.get_json("/v1/logs", params={"app": self.app_id, "cursor": cursor, "wait": 10},
+                                          timeout=40)
+            except exc.Error:
+                await asyncio.sleep(1)
+                continue
+            for line in page["lines"]:
+                print_log(line)
+            cursor = page["cursor"]
+
+    async def _finish(self, *, stop: bool) -> None:
+        if self._log_task is not None:
+            await asyncio.sleep(0.3)  # let the last lines arrive
+            self._log_task.cancel()
+            self._log_task = None
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+        if stop and self.app_id is not None:
+            with contextlib.suppress(exc.Error):
+                await (await get_client()).post_json(f"/v1/apps/{self.app_id}/stop", retry_for=10)
+
+    @staticmethod
+    def lookup(name: str, *, create_if_missing: bool = False) -> App:
+        raise exc.NotImplementedYetError("App.lookup arrives with the rest of the SDK surface")
+
+
+def _replace(spec: FunctionSpec, **changes: Any) -> FunctionSpec:
+    import dataclasses
+
+    return dataclasses.replace(spec, **changes)

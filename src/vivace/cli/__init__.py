@@ -1,0 +1,1 @@
+"""The ``vivace`` command: the only layer that prints or exits."""

@@ -1,0 +1,135 @@
+"""``vivace app``, ``vivace container`` and ``vivace token``."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from typing import Any
+
+import click
+
+from vivace._sdk.connection import get_client
+from vivace._sdk.output import print_log
+from vivace._sync import run_sync
+from vivace.cli.main import echo_table
+
+
+def _api(method: str, path: str, **kw: Any) -> Any:
+    async def go() -> Any:
+        api = await get_client()
+        return (await api.request(method, path, **kw)).json()
+
+    return run_sync(go())
+
+
+def _ts(v: Any) -> str:
+    return "" if v is None else datetime.datetime.fromtimestamp(v).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.group()
+def app() -> None:
+    """List, follow and stop apps."""
+
+
+@app.command("list")
+@click.option("--all", "all_", is_flag=True, help="Include stopped apps.")
+def app_list(all_: bool) -> None:
+    rows = _api("GET", "/v1/apps", params={"all": int(all_)})["apps"]
+    echo_table(rows, ["app_id", "name", "state", "containers", "created_at", "stop_reason"], {"created_at": _ts})
+
+
+@app.command("stop")
+@click.argument("app_ref")
+def app_stop(app_ref: str) -> None:
+    res = _api("POST", f"/v1/apps/{app_ref}/stop", json_body={})
+    click.echo(f"Stopped {res['app_id']}")
+
+
+def _follow(params: dict[str, Any], follow: bool) -> None:
+    cursor = 0
+    while True:
+        page = _api("GET", "/v1/logs", params={**params, "cursor": cursor, "wait": 10 if follow else 0},
+                    timeout=40)
+        for line in page["lines"]:
+            print_log(line)
+        cursor = page["cursor"]
+        if not follow and not page["lines"]:
+            return
+        if not page["lines"]:
+            time.sleep(0.1)
+
+
+@app.command("logs")
+@click.argument("app_ref")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("--search", default=None, help="Only lines containing this text.")
+def app_logs(app_ref: str, follow: bool, search: str | None) -> None:
+    params: dict[str, Any] = {"app": app_ref}
+    if search:
+        params["search"] = search
+    _follow(params, follow)
+
+
+@click.group()
+def container() -> None:
+    """List containers, read their logs, run commands in them, stop them."""
+
+
+@container.command("list")
+@click.option("--app", "app_ref", default=None)
+@click.option("--all", "all_", is_flag=True, help="Include stopped containers.")
+def container_list(app_ref: str | None, all_: bool) -> None:
+    params: dict[str, Any] = {"all": int(all_)}
+    if app_ref:
+        params["app"] = app_ref
+    rows = _api("GET", "/v1/containers", params=params)["containers"]
+    echo_table(rows, ["container_id", "app_id", "function", "state", "inputs_served", "created_at", "stop_reason"],
+               {"created_at": _ts})
+
+
+@container.command("logs")
+@click.argument("container_id")
+@click.option("-f", "--follow", is_flag=True)
+def container_logs(container_id: str, follow: bool) -> None:
+    _follow({"container": container_id}, follow)
+
+
+@container.command("stop")
+@click.argument("container_id")
+def container_stop(container_id: str) -> None:
+    _api("POST", f"/v1/containers/{container_id}/stop", json_body={})
+    click.echo(f"Stopping {container_id}")
+
+
+@container.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("container_id")
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--timeout", default=60.0, show_default=True)
+def container_exec(container_id: str, argv: tuple[str, ...], timeout: float) -> None:
+    """Run a command inside a running container."""
+    res = _api("POST", f"/v1/containers/{container_id}/exec", json_body={"argv": list(argv), "timeout": timeout},
+               timeout=timeout + 30)
+    click.echo(res["stdout"], nl=False)
+    click.echo(res["stderr"], nl=False, err=True)
+    raise SystemExit(res["returncode"])
+
+
+@click.group()
+def token() -> None:
+    """Create and inspect API tokens."""
+
+
+@token.command("new")
+@click.option("--kind", type=click.Choice(["user", "worker"]), default="user", show_default=True)
+@click.option("--label", default=None)
+def token_new(kind: str, label: str | None) -> None:
+    res = _api("POST", "/v1/tokens", json_body={"kind": kind, "label": label})
+    click.echo(f"token id:     {res['token_id']}\ntoken secret: {res['token_secret']}")
+    click.echo("The secret is shown once. Use it as VIVACE_TOKEN_ID / VIVACE_TOKEN_SECRET, or for a worker:"
+               f" --token {res['token_id']}:<secret>", err=True)
+
+
+@token.command("info")
+def token_info() -> None:
+    res = _api("GET", "/v1/tokens/me")
+    click.echo(f"{res['token_id']} ({res['kind']})")

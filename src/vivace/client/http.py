@@ -1,0 +1,118 @@
+"""``ApiClient``: authenticated, version-stamped requests with retries on transient failures.
+
+Every call-path request is idempotent (inputs by ``(call_id, idx)``, outputs by cursor, leases by the
+holder's list), so connection failures and 502/503/504 are retried with backoff for ``retry_for``
+seconds: a control plane that restarts loses no work and the caller sees no error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from vivace import exception as exc
+from vivace._version import __version__
+from vivace.protocol import frames
+from vivace.protocol.versions import VERSION_HEADER
+
+_STATUS_ERRORS: dict[int, type[exc.Error]] = {
+    400: exc.InvalidError, 401: exc.AuthError, 403: exc.PermissionDeniedError, 404: exc.NotFoundError,
+    405: exc.InvalidError, 409: exc.ConflictError, 410: exc.NotFoundError, 413: exc.RequestSizeError,
+    422: exc.InvalidError, 426: exc.VersionError, 429: exc.ResourceExhaustedError,
+}
+_RETRY_STATUS = {502, 503, 504}
+
+
+@dataclass(frozen=True)
+class Credentials:
+    token_id: str
+    token_secret: str
+
+    @classmethod
+    def parse(cls, value: str) -> Credentials:
+        tid, _, sec = value.partition(":")
+        if not tid or not sec:
+            raise exc.AuthError("a token looks like TOKEN_ID:TOKEN_SECRET")
+        return cls(tid, sec)
+
+    def header(self) -> str:
+        return f"Bearer {self.token_id}:{self.token_secret}"
+
+
+class ApiClient:
+    def __init__(self, base_url: str, creds: Credentials, *, transport: httpx.AsyncBaseTransport | None = None,
+                 retry_for: float = 60.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.creds = creds
+        self.retry_for = retry_for
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, transport=transport, limits=limits, timeout=httpx.Timeout(30.0, connect=5.0),
+            headers={"authorization": creds.header(), VERSION_HEADER: __version__},
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def request(self, method: str, path: str, *, json_body: Any = None, content: bytes | None = None,
+                      params: dict[str, Any] | None = None, timeout: float | None = None,
+                      retry_for: float | None = None, content_type: str | None = None) -> httpx.Response:
+        budget = self.retry_for if retry_for is None else retry_for
+        deadline = time.monotonic() + budget
+        delay = 0.05
+        headers = {"content-type": content_type} if content_type else None
+        while True:
+            try:
+                resp = await self._http.request(
+                    method, path, json=json_body, content=content, params=params, headers=headers,
+                    timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+                )
+            except (httpx.TransportError, OSError) as err:
+                if time.monotonic() + delay > deadline:
+                    raise exc.ServiceError(f"cannot reach the vivace server at {self.base_url}: {err}") from None
+            else:
+                if resp.status_code < 400:
+                    return resp
+                if resp.status_code not in _RETRY_STATUS or time.monotonic() + delay > deadline:
+                    raise _error_from(resp)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+    async def get_json(self, path: str, **kw: Any) -> Any:
+        return (await self.request("GET", path, **kw)).json()
+
+    async def post_json(self, path: str, body: Any = None, **kw: Any) -> Any:
+        return (await self.request("POST", path, json_body=body if body is not None else {}, **kw)).json()
+
+    async def post_frames(self, path: str, header: dict[str, Any], blobs: list[bytes], **kw: Any) -> httpx.Response:
+        return await self.request("POST", path, content=frames.encode(header, blobs),
+                                  content_type=frames.CONTENT_TYPE, **kw)
+
+    @staticmethod
+    def decode_frames(resp: httpx.Response) -> tuple[dict[str, Any], list[bytes]]:
+        try:
+            return frames.decode(resp.content)
+        except frames.FrameError as err:
+            raise exc.ServiceError(f"the server sent a malformed response: {err}") from None
+
+
+def _error_from(resp: httpx.Response) -> exc.Error:
+    detail, code = resp.text[:2000], ""
+    try:
+        body = json.loads(resp.content)
+        if isinstance(body, dict):
+            detail = str(body.get("detail", detail))
+            code = str(body.get("code", ""))
+    except ValueError:
+        pass
+    cls = _STATUS_ERRORS.get(resp.status_code, exc.ServiceError)
+    err = cls(detail or f"HTTP {resp.status_code}")
+    err.code = code  # type: ignore[attr-defined]
+    err.status = resp.status_code  # type: ignore[attr-defined]
+    return err

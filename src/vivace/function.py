@@ -1,0 +1,244 @@
+"""``Function`` and ``FunctionCall``: the handles users call remote code through."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from vivace import exception as exc
+from vivace._sdk import invocation
+from vivace._sdk.connection import get_client
+from vivace._sync import iter_async, iter_sync, run_async, run_sync, synchronized
+from vivace.protocol.calls import CallKind
+from vivace.protocol.functions import FunctionSpec
+
+if TYPE_CHECKING:
+    from vivace.app import App
+
+
+class Function:
+    """A function that runs in containers. Created by ``@app.function()``.
+
+    Call it with ``.remote()`` (in a container), ``.local()`` (in this process), ``.map()``,
+    ``.spawn()`` and friends; each has an ``.aio`` async form.
+    """
+
+    def __init__(self, app: App | None, raw_f: Callable[..., Any] | None, spec: FunctionSpec,
+                 function_id: str | None = None) -> None:
+        self._app = app
+        self._vivace_raw_f = raw_f
+        self.spec = spec
+        self._function_id = function_id
+        if raw_f is not None:
+            self.__doc__ = raw_f.__doc__
+            self.__name__ = getattr(raw_f, "__name__", spec.name)
+            self.__qualname__ = getattr(raw_f, "__qualname__", spec.name)
+            self.__module__ = getattr(raw_f, "__module__", "")
+
+    def __repr__(self) -> str:
+        return f"<vivace.Function {self.spec.name} {self._function_id or '(not running)'}>"
+
+    @property
+    def object_id(self) -> str:
+        if self._function_id is None:
+            raise exc.InvalidError(
+                f"function {self.spec.name!r} has no id yet: call it inside `with app.run():` or from `vivace run`"
+            )
+        return self._function_id
+
+    def _hydrate(self, function_id: str) -> None:
+        self._function_id = function_id
+
+    # -- local ---------------------------------------------------------------------------------------
+    def local(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the function in this process."""
+        if self._vivace_raw_f is None:
+            raise exc.InvalidError(f"{self.spec.name!r} was looked up by name; its code is not available here")
+        return self._vivace_raw_f(*args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.local(*args, **kwargs)
+
+    # -- remote --------------------------------------------------------------------------------------
+    def _check_not_generator(self, how: str) -> None:
+        if self.spec.is_generator:
+            raise exc.InvalidError(f"{self.spec.name!r} is a generator: use .remote_gen() instead of .{how}()")
+
+    @synchronized
+    async def remote(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the function in a container and return its result."""
+        self._check_not_generator("remote")
+        return await invocation.call_one(await get_client(), self.object_id, args, kwargs)
+
+    def remote_gen(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """Run a generator function remotely; yields its items as they arrive."""
+        return iter_sync(self._gen(args, kwargs))
+
+    async def _gen(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+        if not self.spec.is_generator:
+            raise exc.InvalidError(f"{self.spec.name!r} is not a generator: use .remote()")
+        async for item in invocation.gen_items(await get_client(), self.object_id, args, kwargs):
+            yield item
+
+    @synchronized
+    async def spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
+        """Start the function without waiting; returns a ``FunctionCall``."""
+        self._check_not_generator("spawn")
+        call_id = invocation.new_call_id()
+        await invocation.send_inputs(await get_client(), call_id, self.object_id, CallKind.SPAWN, [0],
+                                     [invocation.encode_args(args, kwargs)], 1)
+        return FunctionCall(call_id)
+
+    # -- map family ----------------------------------------------------------------------------------
+    def map(self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None, order_outputs: bool = True,
+            return_exceptions: bool = False) -> Iterator[Any]:
+        """Run the function over the zipped iterables in parallel; yields results."""
+        argsets = ((a, kwargs or {}) for a in zip(*iterables, strict=False))
+        return self._map_sync(argsets, order_outputs, return_exceptions)
+
+    def starmap(self, iterable: Iterable[Any], kwargs: dict[str, Any] | None = None, order_outputs: bool = True,
+                return_exceptions: bool = False) -> Iterator[Any]:
+        """Like ``map`` but each item is a tuple of positional arguments."""
+        argsets = ((tuple(a), kwargs or {}) for a in iterable)
+        return self._map_sync(argsets, order_outputs, return_exceptions)
+
+    def for_each(self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None,
+                 ignore_exceptions: bool = False) -> None:
+        """Run the function over the inputs and discard the results."""
+        for _ in self.map(*iterables, kwargs=kwargs, order_outputs=False, return_exceptions=ignore_exceptions):
+            pass
+
+    def spawn_map(self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None) -> FunctionCall:
+        """Submit a map without waiting for results; returns the ``FunctionCall``."""
+        argsets = [(a, kwargs or {}) for a in zip(*iterables, strict=False)]
+        return run_sync(self._spawn_map(argsets))
+
+    async def _spawn_map(self, argsets: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> FunctionCall:
+        self._check_not_generator("spawn_map")
+        api = await get_client()
+        call_id = invocation.new_call_id()
+        await api.post_json("/v1/calls", {"call_id": call_id, "function_id": self.object_id, "kind": "map"})
+        await invocation._upload_all(api, call_id, self.object_id, argsets, CallKind.MAP, [])
+        return FunctionCall(call_id)
+
+    def _map_sync(self, argsets: Iterable[tuple[tuple[Any, ...], dict[str, Any]]], order_outputs: bool,
+                  return_exceptions: bool) -> Iterator[Any]:
+        self._check_not_generator("map")
+        from vivace._sdk.output import progress
+
+        with progress(self.spec.name) as bar:
+            for batch in iter_sync(self._map_batches(argsets, order_outputs)):
+                bar(len(batch))
+                for o in batch:
+                    if o.ok or return_exceptions:
+                        yield o.value
+                    else:
+                        raise o.value
+
+    async def _map_batches(self, argsets: Iterable[tuple[tuple[Any, ...], dict[str, Any]]],
+                           order_outputs: bool) -> AsyncIterator[list[invocation.Outcome]]:
+        async for batch in invocation.map_outcomes(await get_client(), self.object_id, argsets, order_outputs):
+            yield batch
+
+    async def _map_aio(self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None,
+                       order_outputs: bool = True, return_exceptions: bool = False) -> AsyncIterator[Any]:
+        argsets = ((a, kwargs or {}) for a in zip(*iterables, strict=False))
+        async for batch in iter_async(self._map_batches(argsets, order_outputs)):
+            for o in batch:
+                if o.ok or return_exceptions:
+                    yield o.value
+                else:
+                    raise o.value
+
+    # -- autoscaler and stats -----------------------------------------------------------------------
+    @synchronized
+    async def update_autoscaler(self, *, min_containers: int | None = None, max_containers: int | None = None,
+                                buffer_containers: int | None = None, scaledown_window: int | None = None) -> None:
+        """Change autoscaler settings of a running function."""
+        changes = {k: v for k, v in {"min_containers": min_containers, "max_containers": max_containers,
+                                     "buffer_containers": buffer_containers,
+                                     "scaledown_window": scaledown_window}.items() if v is not None}
+        await (await get_client()).post_json(f"/v1/functions/{self.object_id}/autoscaler", changes)
+
+    @synchronized
+    async def get_current_stats(self) -> FunctionStats:
+        """Backlog and number of running containers."""
+        data = await (await get_client()).get_json(f"/v1/functions/{self.object_id}/stats")
+        return FunctionStats(data["backlog"], data["num_total_runners"])
+
+    @staticmethod
+    def from_name(app_name: str, name: str) -> Function:
+        """A handle to a function of a deployed app (looked up on first use)."""
+        return run_sync(_lookup(app_name, name))
+
+
+async def _lookup(app_name: str, name: str) -> Function:
+    data = await (await get_client()).get_json("/v1/functions/lookup", params={"app": app_name, "name": name})
+    return Function(None, None, FunctionSpec.from_dict(data["spec"]), data["function_id"])
+
+
+class FunctionStats:
+    def __init__(self, backlog: int, num_total_runners: int) -> None:
+        self.backlog = backlog
+        self.num_total_runners = num_total_runners
+
+    def __repr__(self) -> str:
+        return f"FunctionStats(backlog={self.backlog}, num_total_runners={self.num_total_runners})"
+
+
+class FunctionCall:
+    """A handle to a spawned call; rebuild it anywhere with ``FunctionCall.from_id``."""
+
+    def __init__(self, call_id: str) -> None:
+        self.object_id = call_id
+
+    def __repr__(self) -> str:
+        return f"<vivace.FunctionCall {self.object_id}>"
+
+    @staticmethod
+    def from_id(call_id: str) -> FunctionCall:
+        if not isinstance(call_id, str) or not call_id.startswith("fc-"):
+            raise exc.InvalidError(f"not a function call id: {call_id!r}")
+        return FunctionCall(call_id)
+
+    @synchronized
+    async def get(self, timeout: float | None = None) -> Any:
+        """Wait for the result (raises ``TimeoutError`` if it is not ready within ``timeout`` seconds)."""
+        api = await get_client()
+        results = []
+        stream = invocation.OutputStream(api, self.object_id)
+        outs, header = await stream.page(0)
+        if header.get("total") not in (None, 1):  # a spawned map: every result, in order
+            async for batch in invocation.map_outcomes_existing(api, self.object_id, timeout):
+                results.extend(batch)
+            return [o.value if o.ok else _raise(o.value) for o in results]
+        for part, o in outs:
+            if part == -1:
+                return o.value if o.ok else _raise(o.value)
+        return await invocation.wait_one(api, self.object_id, timeout)
+
+    @synchronized
+    async def cancel(self, terminate_containers: bool = False) -> None:
+        """Cancel the call: pending inputs never run; running ones are interrupted."""
+        await (await get_client()).post_json(f"/v1/calls/{self.object_id}/cancel",
+                                             {"terminate_containers": terminate_containers})
+
+    @staticmethod
+    def gather(*calls: FunctionCall) -> list[Any]:
+        """Wait for several calls; returns their results in order."""
+        return run_sync(_gather(calls))
+
+
+async def _gather(calls: tuple[FunctionCall, ...]) -> list[Any]:
+    import asyncio
+
+    return list(await asyncio.gather(*(run_async(c.get.aio()) for c in calls)))
+
+
+def _raise(err: BaseException) -> Any:
+    raise err
+
+
+def is_generator_function(f: Callable[..., Any]) -> bool:
+    return inspect.isgeneratorfunction(f)

@@ -1,0 +1,142 @@
+"""Function specs as they travel between the SDK, the control plane and workers.
+
+``FunctionSpec.from_dict`` validates everything it is given: the control plane calls it on every
+request body, so a malformed spec is a 422 with a clear message, never a half-registered function.
+"""
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Optional
+
+
+class SpecError(ValueError):
+    """A function spec field is missing or has the wrong type or range."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 0
+    backoff_coefficient: float = 2.0
+    initial_delay: float = 1.0
+    max_delay: float = 60.0
+
+    def delay(self, retry_number: int) -> float:
+        """Seconds to wait before retry ``retry_number`` (1 for the first retry)."""
+        raw = self.initial_delay * (self.backoff_coefficient ** max(0, retry_number - 1))
+        return min(self.max_delay, raw)
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    name: str
+    module: str
+    qualname: str
+    serialized: bool = False
+    is_generator: bool = False
+    cpu: float = 0.125
+    cpu_limit: Optional[float] = None
+    memory: int = 128
+    memory_limit: Optional[int] = None
+    timeout: float = 300.0
+    startup_timeout: Optional[float] = None
+    retries: RetryPolicy = field(default_factory=RetryPolicy)
+    min_containers: int = 0
+    max_containers: Optional[int] = None
+    buffer_containers: int = 0
+    scaledown_window: float = 60.0
+    single_use_containers: bool = False
+    max_inputs: int = 1
+    target_inputs: int = 1
+    env: Dict[str, str] = field(default_factory=dict)
+    source_hash: Optional[str] = None
+    runtime: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> "FunctionSpec":
+        if not isinstance(raw, dict):
+            raise SpecError("function spec must be an object")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise SpecError(f"unknown function spec fields: {', '.join(unknown)}")
+        data = dict(raw)
+        retries = data.pop("retries", None)
+        spec = cls(**data, retries=_retry_from(retries))
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        _check_str(self.name, "name")
+        _check_str(self.module, "module")
+        _check_str(self.qualname, "qualname")
+        for flag in ("serialized", "is_generator", "single_use_containers"):
+            if not isinstance(getattr(self, flag), bool):
+                raise SpecError(f"{flag} must be a boolean")
+        _check_num(self.cpu, "cpu", 0.001, 1024)
+        if self.cpu_limit is not None:
+            _check_num(self.cpu_limit, "cpu limit", self.cpu, 1024)
+        _check_int(self.memory, "memory", 1, 16 * 1024 * 1024)
+        if self.memory_limit is not None:
+            _check_int(self.memory_limit, "memory limit", self.memory, 16 * 1024 * 1024)
+        _check_num(self.timeout, "timeout", 1, 86400)
+        if self.startup_timeout is not None:
+            _check_num(self.startup_timeout, "startup_timeout", 1, 86400)
+        _check_int(self.min_containers, "min_containers", 0, 10_000)
+        if self.max_containers is not None:
+            _check_int(self.max_containers, "max_containers", 1, 10_000)
+            if self.max_containers < self.min_containers:
+                raise SpecError(
+                    f"max_containers ({self.max_containers}) must be at least min_containers "
+                    f"({self.min_containers})"
+                )
+        _check_int(self.buffer_containers, "buffer_containers", 0, 10_000)
+        _check_num(self.scaledown_window, "scaledown_window", 2, 3600)
+        _check_int(self.max_inputs, "max_inputs", 1, 1000)
+        _check_int(self.target_inputs, "target_inputs", 1, self.max_inputs)
+        if not isinstance(self.env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.env.items()
+        ):
+            raise SpecError("env must map strings to strings")
+        if self.source_hash is not None and not _is_sha256(self.source_hash):
+            raise SpecError("source_hash must be a hex sha256")
+        if self.runtime is not None:
+            _check_str(self.runtime, "runtime")
+        r = self.retries
+        _check_int(r.max_retries, "retries", 0, 10)
+        _check_num(r.backoff_coefficient, "backoff_coefficient", 1.0, 10.0)
+        _check_num(r.initial_delay, "initial_delay", 0.0, 60.0)
+        _check_num(r.max_delay, "max_delay", 1.0, 60.0)
+
+
+def _retry_from(raw: Any) -> RetryPolicy:
+    if raw is None:
+        return RetryPolicy()
+    if not isinstance(raw, dict) or set(raw) - set(RetryPolicy.__dataclass_fields__):
+        raise SpecError("retries must be an object with max_retries, backoff_coefficient, initial_delay, max_delay")
+    return RetryPolicy(**raw)
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _check_str(value: Any, name: str) -> None:
+    if not isinstance(value, str) or not value or len(value) > 512:
+        raise SpecError(f"{name} must be a non-empty string")
+
+
+def _check_int(value: Any, name: str, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{name} must be an integer, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise SpecError(f"{name} must be between {lo} and {hi}, got {value}")
+
+
+def _check_num(value: Any, name: str, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise SpecError(f"{name} must be a number, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise SpecError(f"{name} must be between {lo:g} and {hi:g}, got {value:g}")

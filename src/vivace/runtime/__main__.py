@@ -1,0 +1,4 @@
+from vivace.runtime.main import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Request parsing, authentication and problem+json errors shared by every route."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from vivace.protocol import frames
+from vivace.protocol.versions import VERSION_HEADER, check_compatible
+from vivace.server.errors import ApiError, Invalid, Unauthorized, VersionMismatch
+from vivace.server.plane import ControlPlane
+from vivace.server.services import tokens
+
+Handler = Callable[[Request], Awaitable[Response]]
+AUTH_CACHE_SECONDS = 30.0
+MAX_BODY = 300 * 1024 * 1024
+
+
+def problem(exc: ApiError) -> JSONResponse:
+    return JSONResponse(
+        {"type": "about:blank", "title": exc.code, "status": exc.status, "code": exc.code, "detail": exc.message},
+        status_code=exc.status,
+        media_type="application/problem+json",
+    )
+
+
+def plane_of(request: Request) -> ControlPlane:
+    return request.app.state.plane  # type: ignore[no-any-return]
+
+
+async def authenticate(request: Request) -> str:
+    """Return the token kind (``user`` or ``worker``) or raise 401."""
+    header = request.headers.get("authorization", "")
+    if not header.startswith("Bearer "):
+        raise Unauthorized("missing bearer token: send 'Authorization: Bearer TOKEN_ID:TOKEN_SECRET'")
+    token_id, _, secret = header[7:].strip().partition(":")
+    if not token_id or not secret:
+        raise Unauthorized("malformed token: expected TOKEN_ID:TOKEN_SECRET")
+    plane = plane_of(request)
+    cached = plane.token_cache.get(token_id)
+    digest = tokens.hash_secret(secret)
+    if cached and cached[0] == digest and cached[2] > time.monotonic():
+        return cached[1]
+    kind = await plane.store.read(lambda tx: tokens.verify(tx, token_id, secret))
+    if kind is None:
+        raise Unauthorized("invalid or revoked token")
+    plane.token_cache[token_id] = (digest, kind, time.monotonic() + AUTH_CACHE_SECONDS)
+    return kind
+
+
+def route(*, kinds: tuple[str, ...] = ("user",)) -> Callable[[Handler], Handler]:
+    """Wrap a handler: version check, authentication, token kind, errors as problem+json."""
+
+    def wrap(fn: Handler) -> Handler:
+        async def handler(request: Request) -> Response:
+            try:
+                msg = check_compatible(request.headers.get(VERSION_HEADER), "the client")
+                if msg:
+                    raise VersionMismatch(msg)
+                kind = await authenticate(request)
+                if kind not in kinds:
+                    from vivace.server.errors import Forbidden
+
+                    raise Forbidden(f"a {kind} token may not call {request.method} {request.url.path}")
+                request.state.token_kind = kind
+                return await fn(request)
+            except ApiError as exc:
+                return problem(exc)
+
+        handler.__name__ = fn.__name__
+        handler.__doc__ = fn.__doc__
+        return handler
+
+    return wrap
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise Invalid(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise Invalid("request body must be a JSON object")
+    return data
+
+
+async def frame_body(request: Request) -> tuple[dict[str, Any], list[bytes]]:
+    raw = await request.body()
+    if len(raw) > MAX_BODY:
+        from vivace.server.errors import TooLarge
+
+        raise TooLarge(f"request body of {len(raw)} bytes exceeds the limit of {MAX_BODY}")
+    try:
+        return frames.decode(raw)
+    except frames.FrameError as exc:
+        raise Invalid(str(exc)) from None
+
+
+def frame_response(header: dict[str, Any], blobs: list[bytes]) -> Response:
+    return Response(frames.encode(header, blobs), media_type=frames.CONTENT_TYPE)
+
+
+def field(data: dict[str, Any], name: str, typ: type | tuple[type, ...], default: Any = ..., *,
+          optional: bool = False) -> Any:
+    if name not in data or (optional and data[name] is None):
+        if default is ...:
+            raise Invalid(f"missing field {name!r}")
+        return default
+    value = data[name]
+    if isinstance(value, bool) and typ in (int, float, (int, float)):
+        raise Invalid(f"field {name!r} must be {_tname(typ)}, got a boolean")
+    if not isinstance(value, typ):
+        raise Invalid(f"field {name!r} must be {_tname(typ)}, got {type(value).__name__}")
+    return value
+
+
+def _tname(typ: type | tuple[type, ...]) -> str:
+    if isinstance(typ, tuple):
+        return " or ".join(t.__name__ for t in typ)
+    return typ.__name__
+
+
+def query_float(request: Request, name: str, default: float, lo: float, hi: float) -> float:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise Invalid(f"query parameter {name!r} must be a number") from None
+    if not lo <= value <= hi:
+        raise Invalid(f"query parameter {name!r} must be between {lo:g} and {hi:g}")
+    return value
+
+
+def query_int(request: Request, name: str, default: int, lo: int, hi: int) -> int:
+    return int(query_float(request, name, default, lo, hi))

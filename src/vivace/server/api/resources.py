@@ -1,0 +1,253 @@
+"""Apps, functions, containers, tokens, logs and blobs."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from vivace._version import __version__
+from vivace.protocol.functions import FunctionSpec, SpecError
+from vivace.protocol.versions import VERSION_HEADER
+from vivace.server.api.common import (
+    field, frame_body, json_body, plane_of, query_float, query_int, route,
+)
+from vivace.server.blobs import BlobError
+from vivace.server.channel import ChannelError
+from vivace.server.errors import Conflict, Invalid, NotFound
+from vivace.server.services import apps, calls, containers, logs, tokens, workers
+
+
+@route(kinds=("user", "worker"))
+async def version(request: Request) -> Response:
+    return JSONResponse({"version": __version__, "store": plane_of(request).store.dialect.name})
+
+
+@route()
+async def create_token(request: Request) -> Response:
+    body = await json_body(request)
+    kind = field(body, "kind", str, "user")
+    label = field(body, "label", str, None, optional=True)
+    if kind not in tokens.KINDS:
+        raise Invalid(f"kind must be one of {list(tokens.KINDS)}")
+    tid, secret = await plane_of(request).store.write(lambda tx: tokens.create_token(tx, kind, label))
+    return JSONResponse({"token_id": tid, "token_secret": secret, "kind": kind})
+
+
+@route(kinds=("user", "worker"))
+async def token_info(request: Request) -> Response:
+    token_id = request.headers["authorization"][7:].partition(":")[0]
+    return JSONResponse({"token_id": token_id, "kind": request.state.token_kind})
+
+
+@route()
+async def create_app(request: Request) -> Response:
+    body = await json_body(request)
+    name = field(body, "name", str, None, optional=True)
+    state = field(body, "state", str, "ephemeral")
+    if state not in ("ephemeral", "deployed"):
+        raise Invalid("state must be 'ephemeral' or 'deployed'")
+    if name is not None and not (0 < len(name) <= 64 and all(c.isalnum() or c in "-_." for c in name)):
+        raise Invalid("app names are 1-64 characters of letters, digits, '-', '_' and '.'")
+    client_version = request.headers.get(VERSION_HEADER, "")
+    res = await plane_of(request).store.write(lambda tx: apps.create_app(tx, name, state, client_version))
+    return JSONResponse(res)
+
+
+@route()
+async def list_apps(request: Request) -> Response:
+    include = request.query_params.get("all") in ("1", "true")
+    return JSONResponse({"apps": await plane_of(request).store.read(lambda tx: apps.list_apps(tx, include))})
+
+
+@route()
+async def app_heartbeat(request: Request) -> Response:
+    app_id = request.path_params["app_id"]
+    await plane_of(request).store.write(lambda tx: apps.heartbeat(tx, app_id))
+    return JSONResponse({"ok": True})
+
+
+@route()
+async def stop_app(request: Request) -> Response:
+    plane = plane_of(request)
+    ref = request.path_params["app_id"]
+    app_id = await plane.store.read(lambda tx: apps.find_app(tx, ref))
+    await plane.stop_app(app_id, "stopped by request")
+    return JSONResponse({"app_id": app_id, "stopped": True})
+
+
+@route()
+async def register_function(request: Request) -> Response:
+    """Frames: header ``{"spec": {...}}``, optional payload: the cloudpickled function (serialized=True)."""
+    app_id = request.path_params["app_id"]
+    header, blobs = await frame_body(request)
+    try:
+        spec = FunctionSpec.from_dict(header.get("spec"))
+    except (SpecError, TypeError) as exc:
+        raise Invalid(f"invalid function spec: {exc}") from None
+    if spec.serialized and not blobs:
+        raise Invalid("a serialized function needs its payload")
+    plane = plane_of(request)
+    if spec.source_hash is not None and not plane.blobs.exists(spec.source_hash):
+        raise Invalid(f"source blob {spec.source_hash} has not been uploaded")
+    definition = blobs[0] if blobs else None
+    fid, stale = await plane.store.write(lambda tx: _register(tx, app_id, spec, definition))
+    if stale:
+        plane.workers_changed()
+    plane.notifier.wake("autoscale")
+    return JSONResponse({"function_id": fid})
+
+
+def _register(tx: Any, app_id: str, spec: FunctionSpec, definition: bytes | None) -> tuple[str, list[str]]:
+    fid, stale = apps.register_function(tx, app_id, spec, definition)
+    for cid in stale:
+        containers.request_stop(tx, cid, "function redeployed")
+    return fid, stale
+
+
+@route()
+async def lookup_function(request: Request) -> Response:
+    app_name = request.query_params.get("app")
+    name = request.query_params.get("name")
+    if not app_name or not name:
+        raise Invalid("query parameters 'app' and 'name' are required")
+    info = await plane_of(request).store.read(lambda tx: apps.lookup_function(tx, app_name, name))
+    return JSONResponse({"function_id": info.id, "app_id": info.app_id, "spec": info.spec.to_dict()})
+
+
+@route()
+async def function_stats(request: Request) -> Response:
+    fid = request.path_params["function_id"]
+    return JSONResponse(await plane_of(request).store.read(lambda tx: calls.function_stats(tx, fid)))
+
+
+@route()
+async def update_autoscaler(request: Request) -> Response:
+    fid = request.path_params["function_id"]
+    body = await json_body(request)
+    allowed = {"min_containers", "max_containers", "buffer_containers", "scaledown_window"}
+    bad = set(body) - allowed
+    if bad:
+        raise Invalid(f"unknown autoscaler settings: {', '.join(sorted(bad))}")
+    plane = plane_of(request)
+    try:
+        spec = await plane.store.write(lambda tx: apps.update_autoscaler(tx, fid, body))
+    except (SpecError, TypeError) as exc:
+        raise Invalid(str(exc)) from None
+    plane.notifier.wake("autoscale")
+    return JSONResponse({"spec": spec.to_dict()})
+
+
+@route()
+async def list_containers(request: Request) -> Response:
+    plane = plane_of(request)
+    ref = request.query_params.get("app")
+    include = request.query_params.get("all") in ("1", "true")
+    app_id = await plane.store.read(lambda tx: apps.find_app(tx, ref)) if ref else None
+    rows = await plane.store.read(lambda tx: containers.list_containers(tx, app_id=app_id, include_stopped=include))
+    return JSONResponse({"containers": rows})
+
+
+@route()
+async def get_container(request: Request) -> Response:
+    cid = request.path_params["container_id"]
+    return JSONResponse(await plane_of(request).store.read(lambda tx: containers.get_container(tx, cid)))
+
+
+@route()
+async def stop_container(request: Request) -> Response:
+    cid = request.path_params["container_id"]
+    plane = plane_of(request)
+    changed = await plane.store.write(lambda tx: containers.request_stop(tx, cid, "stopped by request"))
+    plane.workers_changed()
+    return JSONResponse({"container_id": cid, "stopping": changed})
+
+
+@route()
+async def exec_in_container(request: Request) -> Response:
+    cid = request.path_params["container_id"]
+    body = await json_body(request)
+    argv = field(body, "argv", list)
+    timeout = field(body, "timeout", (int, float), 60)
+    if not argv or not all(isinstance(a, str) for a in argv):
+        raise Invalid("argv must be a non-empty list of strings")
+    if not 0 < timeout <= 3600:
+        raise Invalid("timeout must be between 0 and 3600 seconds")
+    plane = plane_of(request)
+    worker_id, state = await plane.store.read(lambda tx: workers.worker_of(tx, cid))
+    if state != "running" or worker_id is None:
+        raise Conflict(f"container {cid} is {state}, not running")
+    chan = plane.channels.get(worker_id)
+    if chan is None:
+        raise ChannelError(f"worker {worker_id} has no open channel")
+    reply = await chan.request({"type": "exec", "container_id": cid, "argv": argv, "timeout": timeout},
+                               timeout + 5)
+    if reply.get("error"):
+        raise Conflict(str(reply["error"]), code="exec_failed")
+    return JSONResponse({k: reply.get(k) for k in ("stdout", "stderr", "returncode")})
+
+
+@route()
+async def list_workers(request: Request) -> Response:
+    return JSONResponse({"workers": await plane_of(request).store.read(workers.list_workers)})
+
+
+@route()
+async def read_logs(request: Request) -> Response:
+    plane = plane_of(request)
+    ref = request.query_params.get("app")
+    cid = request.query_params.get("container")
+    if not ref and not cid:
+        raise Invalid("give 'app' or 'container'")
+    app_id = await plane.store.read(lambda tx: apps.find_app(tx, ref)) if ref else None
+    cursor = query_int(request, "cursor", 0, 0, 2**62)
+    wait = query_float(request, "wait", 0.0, 0.0, 60.0)
+    text = request.query_params.get("search")
+    deadline = time.monotonic() + wait
+    while True:
+        ev = plane.notifier.event(f"logs:{app_id}")
+        lines = await plane.store.read(
+            lambda tx: logs.read(tx, app_id=app_id, container_id=cid, cursor=cursor, limit=1000, text=text)
+        )
+        remaining = deadline - time.monotonic()
+        if lines or remaining <= 0 or not app_id:
+            break
+        await plane.notifier.wait(ev, remaining)
+    return JSONResponse({"app_id": app_id, "lines": lines, "cursor": lines[-1]["id"] if lines else cursor})
+
+
+@route(kinds=("user", "worker"))
+async def put_blob(request: Request) -> Response:
+    sha = request.path_params["sha"]
+    data = await request.body()
+    try:
+        plane_of(request).blobs.put(data, sha)
+    except BlobError as exc:
+        raise Invalid(str(exc)) from None
+    return JSONResponse({"sha256": sha, "size": len(data)})
+
+
+@route(kinds=("user", "worker"))
+async def get_blob(request: Request) -> Response:
+    sha = request.path_params["sha"]
+    try:
+        data = plane_of(request).blobs.get(sha)
+    except BlobError as exc:
+        raise Invalid(str(exc)) from None
+    if data is None:
+        raise NotFound(f"blob {sha} does not exist")
+    return Response(data, media_type="application/octet-stream")
+
+
+@route(kinds=("user", "worker"))
+async def head_blob(request: Request) -> Response:
+    sha = request.path_params["sha"]
+    try:
+        exists = plane_of(request).blobs.exists(sha)
+    except BlobError as exc:
+        raise Invalid(str(exc)) from None
+    return Response(status_code=200 if exists else 404)
+
+

@@ -1,0 +1,143 @@
+"""Routes only workers call: register, poll for assignments, report container events, logs, channel."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from vivace.protocol.versions import VERSION_HEADER, check_compatible
+from vivace.server.api.common import authenticate, field, frame_response, json_body, plane_of, route
+from vivace.server.channel import WorkerChannel
+from vivace.server.errors import ApiError, Invalid
+from vivace.server.services import logs, workers
+
+
+@route(kinds=("worker",))
+async def register(request: Request) -> Response:
+    body = await json_body(request)
+    name = field(body, "name", str)
+    cpu = field(body, "cpu", (int, float))
+    memory = field(body, "memory", int)
+    labels = field(body, "labels", dict, {})
+    runtimes = field(body, "runtimes", list, ["process"])
+    if cpu <= 0 or memory <= 0:
+        raise Invalid("cpu and memory must be positive")
+    if not all(isinstance(r, str) for r in runtimes) or not runtimes:
+        raise Invalid("runtimes must be a non-empty list of names")
+    version = request.headers.get(VERSION_HEADER, "")
+    plane = plane_of(request)
+    wid = await plane.store.write(
+        lambda tx: workers.register(tx, name, float(cpu), memory, labels, runtimes, version)
+    )
+    plane.notifier.wake("autoscale")
+    return JSONResponse({"worker_id": wid, "worker_timeout": plane.config.worker_timeout})
+
+
+@route(kinds=("worker",))
+async def poll(request: Request) -> Response:
+    """Long-poll: returns at once when there is something to start or stop, else after ``wait``."""
+    worker_id = request.path_params["worker_id"]
+    body = await json_body(request)
+    held = field(body, "held", list, [])
+    stopping = set(field(body, "stopping", list, []))
+    wait = field(body, "wait", (int, float), 10.0)
+    if not all(isinstance(c, str) for c in held) or not 0 <= wait <= 30:
+        raise Invalid("'held' must list container ids and 'wait' be 0-30 seconds")
+    plane = plane_of(request)
+    deadline = time.monotonic() + wait
+    while True:
+        ev = plane.notifier.event("workers")
+        res = await plane.store.write(lambda tx: workers.poll(tx, worker_id, held))
+        res.stop = [c for c in res.stop if c not in stopping]
+        remaining = deadline - time.monotonic()
+        if res.start or res.stop or remaining <= 0:
+            break
+        await plane.notifier.wait(ev, min(remaining, 5.0))
+    blobs: list[bytes] = []
+    start = []
+    for a in res.start:
+        item: dict[str, Any] = {"container_id": a.container_id, "function_id": a.function_id, "app_id": a.app_id,
+                                "lease_token": a.lease_token, "spec": a.spec, "definition": None}
+        if a.definition is not None:
+            item["definition"] = len(blobs)
+            blobs.append(a.definition)
+        start.append(item)
+    cancel = {c: sorted(plane.cancel_requests.pop(c)) for c in held if c in plane.cancel_requests}
+    return frame_response({"start": start, "stop": sorted(set(res.stop)), "cancel": cancel}, blobs)
+
+
+@route(kinds=("worker",))
+async def events(request: Request) -> Response:
+    worker_id = request.path_params["worker_id"]
+    body = await json_body(request)
+    evs = field(body, "events", list)
+    plane = plane_of(request)
+    touched: set[str] = set()
+    for ev in evs:
+        if not isinstance(ev, dict):
+            raise Invalid("each event must be an object")
+        cid = field(ev, "container_id", str)
+        kind = field(ev, "event", str)
+        if kind not in ("started", "exited"):
+            raise Invalid("event must be 'started' or 'exited'")
+        code = field(ev, "exit_code", int, None, optional=True)
+        reason = field(ev, "reason", str, None, optional=True)
+        touched |= await plane.store.write(
+            lambda tx, cid=cid, kind=kind, code=code, reason=reason: workers.container_event(
+                tx, worker_id, cid, kind, code, reason
+            )
+        )
+        if kind == "exited":
+            plane.container_cache.pop(cid, None)
+    plane.outputs_changed(touched)
+    plane.notifier.wake("autoscale")
+    return JSONResponse({"ok": True})
+
+
+@route(kinds=("worker",))
+async def put_logs(request: Request) -> Response:
+    body = await json_body(request)
+    lines = field(body, "lines", list)
+    for ln in lines:
+        if not isinstance(ln, dict) or not isinstance(ln.get("app_id"), str) or "line" not in ln:
+            raise Invalid("each log line needs 'app_id' and 'line'")
+    plane = plane_of(request)
+    apps = await plane.store.write(lambda tx: logs.append(tx, lines))
+    plane.notifier.wake(*(f"logs:{a}" for a in apps))
+    return JSONResponse({"stored": len(lines)})
+
+
+async def channel(ws: WebSocket) -> None:
+    """The long-lived channel through which the control plane reaches a worker's containers."""
+    worker_id = ws.path_params["worker_id"]
+    try:
+        msg = check_compatible(ws.headers.get(VERSION_HEADER), "the worker")
+        if msg:
+            raise Invalid(msg)
+        kind = await authenticate(ws)  # type: ignore[arg-type]
+        if kind != "worker":
+            raise Invalid("only worker tokens may open a channel")
+    except ApiError:
+        await ws.close(code=4401)
+        return
+    await ws.accept()
+    plane = ws.app.state.plane
+    chan = WorkerChannel(ws)
+    old = plane.channels.get(worker_id)
+    plane.channels[worker_id] = chan
+    if old is not None:
+        old.fail("replaced by a newer channel")
+    try:
+        while True:
+            chan.deliver(await ws.receive_json())
+    except (WebSocketDisconnect, asyncio.CancelledError, RuntimeError):
+        pass
+    finally:
+        chan.fail("worker channel closed")
+        if plane.channels.get(worker_id) is chan:
+            del plane.channels[worker_id]

@@ -1,0 +1,121 @@
+"""Run the control plane (``vivace server``), optionally with an embedded local worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from vivace._version import __version__
+from vivace.server.config import ServerConfig
+from vivace.server.plane import ControlPlane
+from vivace.server.services import tokens
+
+log = logging.getLogger("vivace.server")
+
+
+def bootstrap_tokens(plane: ControlPlane, home: Path) -> dict[str, str]:
+    """On first start, create a user and a worker token and keep them in ``home/credentials.json`` (0600)."""
+    path = home / "credentials.json"
+    if path.exists():
+        creds: dict[str, str] = json.loads(path.read_text())
+        return creds
+
+    def op(tx: Any) -> dict[str, str]:
+        uid, usec = tokens.create_token(tx, "user", "bootstrap")
+        wid, wsec = tokens.create_token(tx, "worker", "bootstrap")
+        return {"token_id": uid, "token_secret": usec, "worker_token_id": wid, "worker_token_secret": wsec}
+
+    creds = plane.store.write_sync(op)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(creds, f)
+    os.replace(tmp, path)
+    return creds
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def serve(*, host: str, port: int, home: Path, store_url: str | None, embedded: bool, cpu: float | None = None,
+          memory: int | None = None) -> None:
+    import uvicorn
+
+    from vivace.server.api import create_app
+
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config = ServerConfig(store_url=store_url or f"sqlite:///{home / 'vivace.db'}", blob_dir=str(home / "blobs"))
+    plane = ControlPlane(config)
+    plane.store.start()
+    creds = bootstrap_tokens(plane, home)
+    if port == 0:
+        port = free_port(host)
+    url = f"http://{host}:{port}"
+    worker: subprocess.Popen[bytes] | None = None
+    if embedded:
+        worker = _spawn_worker(url, creds, home, cpu, memory)
+    _write_state(home, url, worker)
+    app = create_app(plane, manage_plane=False)
+
+    async def main() -> None:
+        await plane.start_loops()
+        cfg = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False,
+                             loop="none", http="httptools", ws="websockets-sansio", timeout_graceful_shutdown=2)
+        server = uvicorn.Server(cfg)
+        log.info("vivace %s control plane on %s (store %s)", __version__, url, plane.store.dialect.name)
+        try:
+            await server.serve()
+        finally:
+            await plane.stop()
+
+    try:
+        _run(main())
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        (home / "daemon.json").unlink(missing_ok=True)
+
+
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:  # pragma: no cover
+        asyncio.run(coro)
+
+
+def _spawn_worker(url: str, creds: dict[str, str], home: Path, cpu: float | None,
+                  memory: int | None) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env["VIVACE_WORKER_TOKEN"] = f"{creds['worker_token_id']}:{creds['worker_token_secret']}"
+    argv = [sys.executable, "-m", "vivace.cli.main", "worker", "--server", url, "--dir", str(home / "worker"),
+            "--name", "embedded"]
+    if cpu:
+        argv += ["--cpu", str(cpu)]
+    if memory:
+        argv += ["--memory", str(memory)]
+    logf = open(home / "worker.log", "ab")  # noqa: SIM115 - the child keeps it
+    return subprocess.Popen(argv, env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def _write_state(home: Path, url: str, worker: subprocess.Popen[bytes] | None) -> None:
+    state = {"url": url, "pid": os.getpid(), "worker_pid": worker.pid if worker else None, "version": __version__}
+    tmp = home / "daemon.json.tmp"
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, home / "daemon.json")

@@ -1,0 +1,142 @@
+"""The control plane's process-wide state: store, blobs, wake-ups, worker channels, loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from vivace.protocol.calls import MAX_INLINE_PAYLOAD, OutputStatus
+from vivace.server.blobs import LocalBlobStore
+from vivace.server.config import ServerConfig
+from vivace.server.notify import Notifier
+from vivace.server.services import apps, calls, containers, workers
+from vivace.server.store import Store, open_store
+
+log = logging.getLogger("vivace.server")
+
+
+class ControlPlane:
+    def __init__(self, config: ServerConfig, store: Store | None = None) -> None:
+        self.config = config
+        self.store = store or open_store(config.store_url)
+        self.blobs = LocalBlobStore(config.blob_dir)
+        self.notifier = Notifier()
+        self.channels: dict[str, Any] = {}  # worker id -> WorkerChannel
+        self.token_cache: dict[str, tuple[str, str, float]] = {}
+        self.container_cache: dict[str, tuple[str, str, str]] = {}  # container -> (function, worker, app)
+        self.fast_functions: dict[str, float] = {}  # function -> EWMA of input duration (s)
+        self.cancel_requests: dict[str, set[int]] = {}  # container -> inputs to interrupt
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.store.start)
+        await self.start_loops()
+
+    async def start_loops(self) -> None:
+        for loop in (self._autoscale_loop, self._reap_loop):
+            self._tasks.append(asyncio.create_task(loop()))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        await asyncio.to_thread(self.store.close)
+
+    # -- payloads ------------------------------------------------------------------------------
+    def stash(self, data: bytes) -> tuple[bytes | None, str | None]:
+        """Keep big payloads out of the database: they go to the blob store by reference."""
+        if len(data) > MAX_INLINE_PAYLOAD:
+            return None, self.blobs.put(data)
+        return data, None
+
+    def unstash(self, data: bytes | None, ref: str | None) -> bytes:
+        if ref is not None:
+            blob = self.blobs.get(ref)
+            if blob is None:
+                raise RuntimeError(f"payload blob {ref} is missing from the blob store")
+            return blob
+        return data or b""
+
+    # -- wake-ups ------------------------------------------------------------------------------
+    def inputs_changed(self, *function_ids: str) -> None:
+        self.notifier.wake(*(f"inputs:{f}" for f in function_ids), "autoscale")
+
+    def outputs_changed(self, call_ids: set[str]) -> None:
+        self.notifier.wake(*(f"outputs:{c}" for c in call_ids))
+
+    def workers_changed(self) -> None:
+        self.notifier.wake("workers")
+
+    # -- loops -----------------------------------------------------------------------------------
+    async def _autoscale_loop(self) -> None:
+        while True:
+            ev = self.notifier.event("autoscale")
+            try:
+                await self.autoscale_once()
+            except Exception:
+                log.exception("autoscaler tick failed")
+            await self.notifier.wait(ev, self.config.tick)
+
+    async def autoscale_once(self) -> None:
+        res = await self.store.write(containers.autoscale)
+        placed = await self.store.write(containers.schedule)
+        if res.created or res.stopping or placed:
+            self.workers_changed()
+
+    async def _reap_loop(self) -> None:
+        while True:
+            try:
+                await self.reap_once()
+            except Exception:
+                log.exception("reaper tick failed")
+            await asyncio.sleep(self.config.tick)
+
+    async def reap_once(self) -> None:
+        expired = await self.store.read(calls.expired_inputs)
+        if expired:
+            await self.store.write(lambda tx: _timeout_inputs(tx, expired))
+            self.outputs_changed({c for c in await self.store.read(lambda tx: _calls_of(tx, expired))})
+            self.workers_changed()
+        _, lost_calls = await self.store.write(
+            lambda tx: workers.reap_dead_workers(tx, self.config.worker_timeout)
+        )
+        if lost_calls:
+            self.outputs_changed(lost_calls)
+        lapsed = await self.store.read(lambda tx: apps.lapsed_apps(tx, self.config.app_heartbeat_timeout))
+        for app_id in lapsed:
+            log.info("app %s stopped: its client stopped sending heartbeats", app_id)
+            await self.stop_app(app_id, "client disconnected")
+
+    async def stop_app(self, app_id: str, reason: str) -> None:
+        def op(tx: Any) -> list[str]:
+            stopped = apps.stop_app(tx, app_id, reason)
+            for cid in stopped:
+                containers.request_stop(tx, cid, f"app stopped: {reason}")
+            return stopped
+
+        await self.store.write(op)
+        self.workers_changed()
+        self.notifier.wake("autoscale")
+
+    def note_duration(self, function_id: str, seconds: float) -> None:
+        prev = self.fast_functions.get(function_id)
+        self.fast_functions[function_id] = seconds if prev is None else 0.8 * prev + 0.2 * seconds
+
+
+def _timeout_inputs(tx: Any, expired: list[tuple[int, str]]) -> None:
+    for seq, container_id in expired:
+        err = {"type": "FunctionTimeoutError", "message": "the input ran past the function's timeout"}
+        calls.fail_input(tx, seq, OutputStatus.TIMEOUT, err, retryable=True)
+        # synchronous user code cannot be interrupted safely: the container goes, and the other
+        # inputs it held are retried as system failures
+        containers.request_stop(tx, container_id, "input timed out")
+
+
+def _calls_of(tx: Any, expired: list[tuple[int, str]]) -> set[str]:
+    marks, vals = tx.in_list(seq for seq, _ in expired)
+    return {r[0] for r in tx.fetchall(f"SELECT call_id FROM inputs WHERE seq IN {marks}", vals)}

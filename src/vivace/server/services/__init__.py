@@ -1,0 +1,1 @@
+"""Use cases of the control plane: each module owns one resource's SQL and its wake-ups."""

@@ -1,0 +1,150 @@
+"""Apps and their functions: create, heartbeat, stop, deploy, look up."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from vivace.protocol import ids
+from vivace.protocol.functions import FunctionSpec
+from vivace.server.errors import Conflict, Gone, NotFound
+from vivace.server.store.base import Tx
+
+LIVE_STATES = ("ephemeral", "deployed")
+
+
+def create_app(tx: Tx, name: str | None, state: str, client_version: str) -> dict[str, Any]:
+    """Create an ephemeral app, or create/reuse the deployed app with this name."""
+    if state == "deployed":
+        if not name:
+            raise Conflict("a deployed app needs a name")
+        row = tx.fetchone("SELECT id FROM apps WHERE name = ? AND state = 'deployed'", (name,))
+        if row is not None:
+            tx.execute("UPDATE apps SET heartbeat_at = ?, client_version = ? WHERE id = ?", (tx.now, client_version, row[0]))
+            return {"app_id": row[0], "created": False}
+    app_id = ids.new_id(ids.APP)
+    tx.execute(
+        "INSERT INTO apps (id, name, state, created_at, heartbeat_at, client_version) VALUES (?, ?, ?, ?, ?, ?)",
+        (app_id, name, state, tx.now, tx.now, client_version),
+    )
+    return {"app_id": app_id, "created": True}
+
+
+def heartbeat(tx: Tx, app_id: str) -> None:
+    row = tx.fetchone("SELECT state FROM apps WHERE id = ?", (app_id,))
+    if row is None:
+        raise NotFound(f"app {app_id} does not exist")
+    if row[0] not in LIVE_STATES:
+        raise Gone(f"app {app_id} has stopped")
+    tx.execute("UPDATE apps SET heartbeat_at = ? WHERE id = ?", (tx.now, app_id))
+
+
+def stop_app(tx: Tx, app_id: str, reason: str) -> list[str]:
+    """Stop an app: its functions take no more inputs and its containers stop. Returns those containers."""
+    row = tx.fetchone("SELECT state FROM apps WHERE id = ?", (app_id,))
+    if row is None:
+        raise NotFound(f"app {app_id} does not exist")
+    if row[0] == "stopped":
+        return []
+    tx.execute(
+        "UPDATE apps SET state = 'stopped', stopped_at = ?, stop_reason = ? WHERE id = ?", (tx.now, reason, app_id)
+    )
+    tx.execute("UPDATE functions SET active = 0 WHERE app_id = ?", (app_id,))
+    rows = tx.fetchall("SELECT id FROM containers WHERE app_id = ? AND state <> 'stopped'", (app_id,))
+    return [r[0] for r in rows]
+
+
+def lapsed_apps(tx: Tx, older_than: float) -> list[str]:
+    rows = tx.fetchall(
+        "SELECT id FROM apps WHERE state = 'ephemeral' AND heartbeat_at < ?", (tx.now - older_than,)
+    )
+    return [r[0] for r in rows]
+
+
+def register_function(tx: Tx, app_id: str, spec: FunctionSpec, definition: bytes | None) -> tuple[str, list[str]]:
+    """Create or update a function of an app. Returns its id and containers running an old definition."""
+    state = tx.scalar("SELECT state FROM apps WHERE id = ?", (app_id,))
+    if state is None:
+        raise NotFound(f"app {app_id} does not exist")
+    if state not in LIVE_STATES:
+        raise Gone(f"app {app_id} has stopped")
+    spec_json = json.dumps(spec.to_dict(), sort_keys=True)
+    row = tx.fetchone("SELECT id, spec, definition FROM functions WHERE app_id = ? AND name = ?", (app_id, spec.name))
+    if row is None:
+        fid = ids.new_id(ids.FUNCTION)
+        tx.execute(
+            "INSERT INTO functions (id, app_id, name, spec, definition, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (fid, app_id, spec.name, spec_json, definition, tx.now),
+        )
+        return fid, []
+    fid = row[0]
+    old_def = None if row[2] is None else bytes(row[2])
+    if row[1] == spec_json and old_def == definition:
+        return fid, []
+    tx.execute("UPDATE functions SET spec = ?, definition = ?, active = 1 WHERE id = ?", (spec_json, definition, fid))
+    stale = tx.fetchall("SELECT id FROM containers WHERE function_id = ? AND state <> 'stopped'", (fid,))
+    return fid, [r[0] for r in stale]
+
+
+def update_autoscaler(tx: Tx, function_id: str, changes: dict[str, Any]) -> FunctionSpec:
+    raw = tx.scalar("SELECT spec FROM functions WHERE id = ?", (function_id,))
+    if raw is None:
+        raise NotFound(f"function {function_id} does not exist")
+    data = json.loads(raw)
+    data.update(changes)
+    spec = FunctionSpec.from_dict(data)
+    tx.execute("UPDATE functions SET spec = ? WHERE id = ?", (json.dumps(spec.to_dict(), sort_keys=True), function_id))
+    return spec
+
+
+@dataclass
+class FunctionInfo:
+    id: str
+    app_id: str
+    spec: FunctionSpec
+    active: bool
+
+
+def get_function(tx: Tx, function_id: str) -> FunctionInfo:
+    row = tx.fetchone("SELECT id, app_id, spec, active FROM functions WHERE id = ?", (function_id,))
+    if row is None:
+        raise NotFound(f"function {function_id} does not exist")
+    return FunctionInfo(row[0], row[1], FunctionSpec.from_dict(json.loads(row[2])), bool(row[3]))
+
+
+def lookup_function(tx: Tx, app_name: str, name: str) -> FunctionInfo:
+    row = tx.fetchone(
+        "SELECT f.id FROM functions f JOIN apps a ON a.id = f.app_id WHERE a.name = ? AND a.state = 'deployed' "
+        "AND f.name = ?",
+        (app_name, name),
+    )
+    if row is None:
+        raise NotFound(f"no function {name!r} in a deployed app {app_name!r}")
+    return get_function(tx, row[0])
+
+
+def list_apps(tx: Tx, include_stopped: bool, limit: int = 200) -> list[dict[str, Any]]:
+    where = "" if include_stopped else "WHERE a.state <> 'stopped'"
+    rows = tx.fetchall(
+        "SELECT a.id, a.name, a.state, a.created_at, a.stopped_at, a.stop_reason, "
+        "(SELECT COUNT(*) FROM containers c WHERE c.app_id = a.id AND c.state <> 'stopped') "
+        f"FROM apps a {where} ORDER BY a.created_at DESC LIMIT ?",
+        (limit,),
+    )
+    keys = ("app_id", "name", "state", "created_at", "stopped_at", "stop_reason", "containers")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def find_app(tx: Tx, ref: str) -> str:
+    """Resolve an app id or the name of a live app."""
+    if ref.startswith("ap-"):
+        if tx.fetchone("SELECT 1 FROM apps WHERE id = ?", (ref,)) is None:
+            raise NotFound(f"app {ref} does not exist")
+        return ref
+    row = tx.fetchone(
+        "SELECT id FROM apps WHERE name = ? AND state <> 'stopped' ORDER BY created_at DESC LIMIT 1", (ref,)
+    )
+    if row is None:
+        raise NotFound(f"no running app named {ref!r}")
+    return str(row[0])

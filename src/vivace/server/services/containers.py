@@ -1,0 +1,187 @@
+"""Containers: created by the autoscaler, placed by the scheduler, started and stopped by workers.
+
+States: ``pending`` (no worker yet) → ``assigned`` (resources reserved on a worker) → ``running``
+(process up) → ``stopping`` (asked to stop) → ``stopped`` (final). When a container stops, every
+input it still holds goes back to the queue as a system failure and its lease token is dead.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from vivace.protocol import ids
+from vivace.protocol.calls import OutputStatus
+from vivace.server.autoscaler.policy import IdleContainer, Snapshot, plan
+from vivace.server.errors import NotFound
+from vivace.server.scheduler.placement import Request, WorkerCapacity, place
+from vivace.server.services.calls import fail_input
+from vivace.server.store.base import Tx
+
+LIVE = "('pending', 'assigned', 'running')"
+
+
+@dataclass
+class AutoscaleResult:
+    created: list[str]
+    stopping: list[str]
+
+
+def autoscale(tx: Tx) -> AutoscaleResult:
+    result = AutoscaleResult([], [])
+    funcs = tx.fetchall("SELECT id, app_id, spec, backlog, running FROM functions WHERE active = 1")
+    for fid, app_id, spec_json, backlog, running in funcs:
+        spec = json.loads(spec_json)
+        rows = tx.fetchall(
+            f"SELECT id, held, last_active_at FROM containers WHERE function_id = ? AND state IN {LIVE}", (fid,)
+        )
+        snap = Snapshot(
+            backlog=int(backlog), running=int(running), live=len(rows),
+            min_containers=spec["min_containers"], max_containers=spec["max_containers"],
+            buffer_containers=spec["buffer_containers"], target_inputs=spec["target_inputs"],
+            scaledown_window=spec["scaledown_window"],
+            idle=tuple(IdleContainer(r[0], float(r[2])) for r in rows if r[1] == 0),
+        )
+        p = plan(snap, tx.now)
+        for _ in range(p.start):
+            result.created.append(_create(tx, fid, app_id, spec))
+        for cid in p.stop:
+            request_stop(tx, cid, "scaled down")
+            result.stopping.append(cid)
+    return result
+
+
+def _create(tx: Tx, function_id: str, app_id: str, spec: dict[str, Any]) -> str:
+    cid = ids.new_id(ids.CONTAINER)
+    tx.execute(
+        "INSERT INTO containers (id, function_id, app_id, state, lease_token, cpu, memory, created_at, "
+        "last_active_at) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+        (cid, function_id, app_id, secrets.token_hex(16), spec["cpu"], spec["memory"], tx.now, tx.now),
+    )
+    return cid
+
+
+def schedule(tx: Tx) -> dict[str, str]:
+    """Place pending containers on live workers; returns ``{container: worker}``."""
+    pending = tx.fetchall(
+        "SELECT c.id, c.cpu, c.memory, f.spec FROM containers c JOIN functions f ON f.id = c.function_id "
+        "WHERE c.state = 'pending' ORDER BY c.created_at LIMIT 500"
+    )
+    if not pending:
+        return {}
+    workers = [
+        WorkerCapacity(r[0], float(r[1]), int(r[2]), float(r[3]), int(r[4]), runtimes=tuple(json.loads(r[5])))
+        for r in tx.fetchall(
+            "SELECT id, cpu, memory, cpu_used, memory_used, runtimes FROM workers WHERE state = 'alive'"
+        )
+    ]
+    reqs = [Request(r[0], float(r[1]), int(r[2]), json.loads(r[3]).get("runtime")) for r in pending]
+    placed = place(reqs, workers)
+    by_id = {r.id: r for r in reqs}
+    for cid, wid in placed.items():
+        r = by_id[cid]
+        tx.execute(
+            "UPDATE containers SET state = 'assigned', worker_id = ?, assigned_at = ? WHERE id = ?", (wid, tx.now, cid)
+        )
+        tx.execute(
+            "UPDATE workers SET cpu_used = cpu_used + ?, memory_used = memory_used + ? WHERE id = ?",
+            (r.cpu, r.memory, wid),
+        )
+    return placed
+
+
+def unplaceable(tx: Tx) -> list[tuple[str, str]]:
+    """Pending containers that no live worker could hold even when empty: (container, reason)."""
+    from vivace.server.scheduler.placement import could_ever_fit
+
+    workers = [
+        WorkerCapacity(r[0], float(r[1]), int(r[2]), runtimes=tuple(json.loads(r[3])))
+        for r in tx.fetchall("SELECT id, cpu, memory, runtimes FROM workers WHERE state = 'alive'")
+    ]
+    if not workers:
+        return []
+    out = []
+    for cid, cpu, mem, spec_json in tx.fetchall(
+        "SELECT c.id, c.cpu, c.memory, f.spec FROM containers c JOIN functions f ON f.id = c.function_id "
+        "WHERE c.state = 'pending'"
+    ):
+        req = Request(cid, float(cpu), int(mem), json.loads(spec_json).get("runtime"))
+        if not could_ever_fit(req, workers):
+            biggest = max(workers, key=lambda w: (w.cpu, w.memory))
+            out.append((cid, f"needs cpu={cpu:g} memory={mem} MiB but the largest worker has cpu={biggest.cpu:g} "
+                             f"memory={biggest.memory} MiB"))
+    return out
+
+
+def request_stop(tx: Tx, container_id: str, reason: str) -> bool:
+    row = tx.fetchone("SELECT state FROM containers WHERE id = ?", (container_id,))
+    if row is None:
+        raise NotFound(f"container {container_id} does not exist")
+    if row[0] == "pending":
+        mark_stopped(tx, container_id, None, reason)
+        return True
+    if row[0] in ("assigned", "running"):
+        tx.execute(
+            "UPDATE containers SET state = 'stopping', stop_reason = COALESCE(stop_reason, ?) WHERE id = ?",
+            (reason, container_id),
+        )
+        return True
+    return False
+
+
+def mark_stopped(tx: Tx, container_id: str, exit_code: int | None, reason: str) -> set[str]:
+    """Final state: free the worker's resources and requeue held inputs. Returns calls touched."""
+    row = tx.fetchone("SELECT state, worker_id, cpu, memory FROM containers WHERE id = ?", (container_id,))
+    if row is None or row[0] == "stopped":
+        return set()
+    state, worker_id, cpu, memory = row
+    tx.execute(
+        "UPDATE containers SET state = 'stopped', stopped_at = ?, exit_code = ?, "
+        "stop_reason = COALESCE(stop_reason, ?), held = 0 WHERE id = ?",
+        (tx.now, exit_code, reason, container_id),
+    )
+    if worker_id is not None and state != "pending":
+        tx.execute(
+            "UPDATE workers SET cpu_used = cpu_used - ?, memory_used = memory_used - ? WHERE id = ?",
+            (cpu, memory, worker_id),
+        )
+    calls: set[str] = set()
+    err = {"type": "ContainerLost", "message": f"container {container_id} stopped: {reason}"}
+    for (seq,) in tx.fetchall("SELECT seq FROM inputs WHERE container_id = ? AND state = 'leased'", (container_id,)):
+        call = fail_input(tx, int(seq), OutputStatus.SYSTEM, err, retryable=False)
+        if call:
+            calls.add(call)
+    return calls
+
+
+def get_container(tx: Tx, container_id: str) -> dict[str, Any]:
+    rows = list_containers(tx, container_id=container_id, include_stopped=True)
+    if not rows:
+        raise NotFound(f"container {container_id} does not exist")
+    return rows[0]
+
+
+def list_containers(
+    tx: Tx, *, app_id: str | None = None, container_id: str | None = None, include_stopped: bool = False
+) -> list[dict[str, Any]]:
+    where, params = [], []
+    if app_id:
+        where.append("c.app_id = ?")
+        params.append(app_id)
+    if container_id:
+        where.append("c.id = ?")
+        params.append(container_id)
+    if not include_stopped:
+        where.append("c.state <> 'stopped'")
+    clause = ("WHERE " + " AND ".join(where)) if where else ""
+    rows = tx.fetchall(
+        "SELECT c.id, c.app_id, f.name, c.worker_id, c.state, c.created_at, c.started_at, c.stopped_at, c.held, "
+        f"c.served, c.exit_code, c.stop_reason FROM containers c JOIN functions f ON f.id = c.function_id {clause} "
+        "ORDER BY c.created_at DESC LIMIT 500",
+        params,
+    )
+    keys = ("container_id", "app_id", "function", "worker_id", "state", "created_at", "started_at",
+            "stopped_at", "inputs_held", "inputs_served", "exit_code", "stop_reason")
+    return [dict(zip(keys, r, strict=True)) for r in rows]

@@ -1,0 +1,127 @@
+"""Workers: registration, the long-poll through which they learn what to start and stop, and liveness."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from vivace.protocol import ids
+from vivace.server.errors import Forbidden, Gone, NotFound
+from vivace.server.services.containers import mark_stopped
+from vivace.server.store.base import Tx
+
+
+def register(tx: Tx, name: str, cpu: float, memory: int, labels: dict[str, str], runtimes: list[str],
+             version: str) -> str:
+    wid = ids.new_id(ids.WORKER)
+    tx.execute(
+        "INSERT INTO workers (id, name, state, cpu, memory, labels, runtimes, version, registered_at, heartbeat_at) "
+        "VALUES (?, ?, 'alive', ?, ?, ?, ?, ?, ?, ?)",
+        (wid, name, cpu, memory, json.dumps(labels), json.dumps(runtimes), version, tx.now, tx.now),
+    )
+    return wid
+
+
+@dataclass
+class Assignment:
+    container_id: str
+    function_id: str
+    app_id: str
+    lease_token: str
+    spec: dict[str, Any]
+    definition: bytes | None
+
+
+@dataclass
+class PollResult:
+    start: list[Assignment] = field(default_factory=list)
+    stop: list[str] = field(default_factory=list)
+
+
+def poll(tx: Tx, worker_id: str, held: list[str]) -> PollResult:
+    """Heartbeat a worker and tell it which containers to start and which to stop."""
+    state = tx.scalar("SELECT state FROM workers WHERE id = ?", (worker_id,))
+    if state is None:
+        raise NotFound(f"worker {worker_id} is not registered")
+    if state != "alive":
+        raise Gone(f"worker {worker_id} was declared dead; register again", code="worker_dead")
+    tx.execute("UPDATE workers SET heartbeat_at = ? WHERE id = ?", (tx.now, worker_id))
+    if held:
+        marks, vals = tx.in_list(held)
+        tx.execute(f"UPDATE containers SET heartbeat_at = ? WHERE id IN {marks} AND worker_id = ?",
+                   (tx.now, *vals, worker_id))
+    result = PollResult()
+    held_set = set(held)
+    for cid, state_, fid, app_id, token, spec, definition in tx.fetchall(
+        "SELECT c.id, c.state, c.function_id, c.app_id, c.lease_token, f.spec, f.definition FROM containers c "
+        "JOIN functions f ON f.id = c.function_id WHERE c.worker_id = ? AND c.state <> 'stopped'",
+        (worker_id,),
+    ):
+        if state_ == "stopping":
+            if cid in held_set:
+                result.stop.append(cid)
+            else:
+                mark_stopped(tx, cid, None, "stopped before it started")
+        elif state_ == "assigned" and cid not in held_set:
+            result.start.append(Assignment(cid, fid, app_id, token, json.loads(spec),
+                                           None if definition is None else bytes(definition)))
+    # containers the worker still runs that the control plane has revoked (e.g. after a partition)
+    if held:
+        marks, vals = tx.in_list(held)
+        for (cid,) in tx.fetchall(
+            f"SELECT id FROM containers WHERE id IN {marks} AND (state = 'stopped' OR worker_id <> ?)",
+            (*vals, worker_id),
+        ):
+            result.stop.append(cid)
+        known = {r[0] for r in tx.fetchall(f"SELECT id FROM containers WHERE id IN {marks}", vals)}
+        result.stop.extend(c for c in held if c not in known)
+    return result
+
+
+def container_event(tx: Tx, worker_id: str, container_id: str, event: str, exit_code: int | None,
+                    reason: str | None) -> set[str]:
+    row = tx.fetchone("SELECT worker_id FROM containers WHERE id = ?", (container_id,))
+    if row is None:
+        raise NotFound(f"container {container_id} does not exist")
+    if row[0] != worker_id:
+        raise Forbidden(f"container {container_id} does not belong to worker {worker_id}")
+    if event == "started":
+        tx.execute(
+            "UPDATE containers SET state = 'running', started_at = ?, heartbeat_at = ? "
+            "WHERE id = ? AND state = 'assigned'",
+            (tx.now, tx.now, container_id),
+        )
+        return set()
+    return mark_stopped(tx, container_id, exit_code, reason or "exited")
+
+
+def reap_dead_workers(tx: Tx, timeout: float) -> tuple[list[str], set[str]]:
+    dead = [r[0] for r in tx.fetchall(
+        "SELECT id FROM workers WHERE state = 'alive' AND heartbeat_at < ?", (tx.now - timeout,))]
+    calls: set[str] = set()
+    for wid in dead:
+        tx.execute("UPDATE workers SET state = 'dead' WHERE id = ?", (wid,))
+        for (cid,) in tx.fetchall("SELECT id FROM containers WHERE worker_id = ? AND state <> 'stopped'", (wid,)):
+            calls |= mark_stopped(tx, cid, None, "worker lost")
+    return dead, calls
+
+
+def list_workers(tx: Tx) -> list[dict[str, Any]]:
+    rows = tx.fetchall(
+        "SELECT id, name, state, cpu, memory, cpu_used, memory_used, labels, runtimes, version, heartbeat_at "
+        "FROM workers WHERE state = 'alive' ORDER BY registered_at"
+    )
+    keys = ("worker_id", "name", "state", "cpu", "memory", "cpu_used", "memory_used", "labels", "runtimes",
+            "version", "heartbeat_at")
+    out = [dict(zip(keys, r, strict=True)) for r in rows]
+    for w in out:
+        w["labels"], w["runtimes"] = json.loads(w["labels"]), json.loads(w["runtimes"])
+    return out
+
+
+def worker_of(tx: Tx, container_id: str) -> tuple[str | None, str]:
+    row = tx.fetchone("SELECT worker_id, state FROM containers WHERE id = ?", (container_id,))
+    if row is None:
+        raise NotFound(f"container {container_id} does not exist")
+    return row[0], row[1]

@@ -1,0 +1,94 @@
+"""One portable migration tree for SQLite and Postgres.
+
+Each migration is a list of statements in portable SQL; ``{BLOB}``, ``{DOUBLE}``, ``{SERIAL}`` and
+``{BIGINT}`` are replaced by each dialect's type. Migrations only ever get appended.
+"""
+
+from __future__ import annotations
+
+import time
+
+from vivace.server.store.base import DbConnection, Dialect
+
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE tokens (
+            id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, kind TEXT NOT NULL, label TEXT,
+            created_at {DOUBLE} NOT NULL, revoked INTEGER NOT NULL DEFAULT 0)""",
+        """CREATE TABLE apps (
+            id TEXT PRIMARY KEY, name TEXT, state TEXT NOT NULL, created_at {DOUBLE} NOT NULL,
+            heartbeat_at {DOUBLE} NOT NULL, stopped_at {DOUBLE}, stop_reason TEXT, client_version TEXT)""",
+        "CREATE UNIQUE INDEX apps_deployed_name ON apps(name) WHERE state = 'deployed'",
+        """CREATE TABLE functions (
+            id TEXT PRIMARY KEY, app_id TEXT NOT NULL REFERENCES apps(id), name TEXT NOT NULL,
+            spec TEXT NOT NULL, definition {BLOB}, created_at {DOUBLE} NOT NULL,
+            backlog {BIGINT} NOT NULL DEFAULT 0, running {BIGINT} NOT NULL DEFAULT 0,
+            active INTEGER NOT NULL DEFAULT 1)""",
+        "CREATE UNIQUE INDEX functions_app_name ON functions(app_id, name)",
+        "CREATE INDEX functions_active ON functions(active)",
+        """CREATE TABLE calls (
+            id TEXT PRIMARY KEY, function_id TEXT NOT NULL REFERENCES functions(id), kind TEXT NOT NULL,
+            created_at {DOUBLE} NOT NULL, inputs_total {BIGINT}, inputs_added {BIGINT} NOT NULL DEFAULT 0,
+            outputs_done {BIGINT} NOT NULL DEFAULT 0, cancelled INTEGER NOT NULL DEFAULT 0)""",
+        """CREATE TABLE inputs (
+            seq {SERIAL}, call_id TEXT NOT NULL, idx {BIGINT} NOT NULL, function_id TEXT NOT NULL,
+            args {BLOB}, args_ref TEXT, state TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 1,
+            sys_failures INTEGER NOT NULL DEFAULT 0, not_before {DOUBLE} NOT NULL DEFAULT 0,
+            container_id TEXT, lease_token TEXT, leased_at {DOUBLE}, deadline {DOUBLE}, items {BIGINT} NOT NULL DEFAULT 0,
+            created_at {DOUBLE} NOT NULL, UNIQUE (call_id, idx))""",
+        "CREATE INDEX inputs_pending ON inputs(function_id, seq) WHERE state = 'pending'",
+        "CREATE INDEX inputs_leased ON inputs(container_id) WHERE state = 'leased'",
+        "CREATE INDEX inputs_deadline ON inputs(deadline) WHERE state = 'leased'",
+        "CREATE INDEX inputs_call ON inputs(call_id, state)",
+        """CREATE TABLE outputs (
+            id {SERIAL}, call_id TEXT NOT NULL, idx {BIGINT} NOT NULL, part {BIGINT} NOT NULL,
+            input_seq {BIGINT} NOT NULL, status TEXT NOT NULL, data {BLOB}, data_ref TEXT, error TEXT,
+            duration {DOUBLE}, created_at {DOUBLE} NOT NULL, UNIQUE (call_id, idx, part))""",
+        "CREATE INDEX outputs_call ON outputs(call_id, id)",
+        """CREATE TABLE workers (
+            id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, cpu {DOUBLE} NOT NULL,
+            memory {BIGINT} NOT NULL, cpu_used {DOUBLE} NOT NULL DEFAULT 0,
+            memory_used {BIGINT} NOT NULL DEFAULT 0, labels TEXT NOT NULL, runtimes TEXT NOT NULL,
+            version TEXT NOT NULL, registered_at {DOUBLE} NOT NULL, heartbeat_at {DOUBLE} NOT NULL)""",
+        """CREATE TABLE containers (
+            id TEXT PRIMARY KEY, function_id TEXT NOT NULL, app_id TEXT NOT NULL, worker_id TEXT,
+            state TEXT NOT NULL, lease_token TEXT NOT NULL, cpu {DOUBLE} NOT NULL, memory {BIGINT} NOT NULL,
+            created_at {DOUBLE} NOT NULL, assigned_at {DOUBLE}, started_at {DOUBLE}, stopped_at {DOUBLE},
+            heartbeat_at {DOUBLE}, last_active_at {DOUBLE} NOT NULL, held {BIGINT} NOT NULL DEFAULT 0,
+            served {BIGINT} NOT NULL DEFAULT 0, exit_code INTEGER, stop_reason TEXT)""",
+        "CREATE INDEX containers_live ON containers(function_id, state) WHERE state <> 'stopped'",
+        "CREATE INDEX containers_worker ON containers(worker_id) WHERE state <> 'stopped'",
+        """CREATE TABLE logs (
+            id {SERIAL}, app_id TEXT NOT NULL, function_id TEXT, container_id TEXT, input_seq {BIGINT},
+            stream TEXT NOT NULL, ts {DOUBLE} NOT NULL, line TEXT NOT NULL)""",
+        "CREATE INDEX logs_app ON logs(app_id, id)",
+        "CREATE INDEX logs_container ON logs(container_id, id)",
+    ],
+]
+
+
+def migrate(conn: DbConnection, dialect: Dialect) -> int:
+    """Apply pending migrations; return the schema version. Safe to run from several replicas."""
+    conn.execute(
+        dialect.ddl("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at {DOUBLE})")
+    )
+    conn.commit()
+    cur = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+    current = int(cur.fetchone()[0])
+    for version, statements in enumerate(MIGRATIONS, start=1):
+        if version <= current:
+            continue
+        try:
+            conn.execute("BEGIN") if dialect.name == "sqlite" else None
+            for stmt in statements:
+                conn.execute(dialect.ddl(stmt))
+            conn.execute(
+                dialect.sql("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)"),
+                (version, time.time()),
+            )
+            conn.commit()
+        except Exception:
+            conn.rollback()
+            raise
+        current = version
+    return current

@@ -1,0 +1,178 @@
+"""The worker agent: registers, long-polls for containers to start and stop, supervises them,
+keeps the channel through which the control plane reaches them, and reconciles after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vivace import exception as exc
+from vivace._version import __version__
+from vivace.client import ApiClient, Credentials
+from vivace.worker.channel import run_channel
+from vivace.worker.logs import LogShipper
+from vivace.worker.runtimes import ContainerRuntime, available_runtimes
+from vivace.worker.sources import SourceCache
+from vivace.worker.supervisor import ContainerSupervisor
+
+log = logging.getLogger("vivace.worker")
+
+
+@dataclass
+class WorkerConfig:
+    server_url: str
+    token: str
+    workdir: Path
+    name: str
+    cpu: float
+    memory: int
+    runtimes: list[str] | None = None
+    labels: dict[str, str] | None = None
+
+
+class Agent:
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.api = ApiClient(config.server_url, Credentials.parse(config.token), retry_for=3600)
+        found = available_runtimes()
+        if config.runtimes:
+            missing = [r for r in config.runtimes if r not in found]
+            if missing:
+                raise exc.InvalidError(f"runtime(s) {', '.join(missing)} not available here; have {sorted(found)}")
+            found = {k: v for k, v in found.items() if k in config.runtimes}
+        self.runtimes: dict[str, ContainerRuntime] = found
+        self.worker_id = ""
+        self.containers: dict[str, ContainerSupervisor] = {}
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.logs = LogShipper(self.api)
+        self.sources = SourceCache(config.workdir / "sources", self.api)
+        self._stopping = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        self.config.workdir.mkdir(parents=True, exist_ok=True)
+        previous = self._reconcile()
+        await self._register(previous)
+        bg = [asyncio.create_task(c) for c in (self._poll_loop(), self.logs.run(),
+                                               run_channel(self), self._stopping.wait())]
+        try:
+            done, _ = await asyncio.wait(bg, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+        finally:
+            log.info("worker %s shutting down: stopping %d containers", self.worker_id, len(self.containers))
+            for sup in list(self.containers.values()):
+                sup.kill("worker shutting down")
+            if self.tasks:
+                await asyncio.wait(self.tasks, timeout=10)
+            for t in bg:
+                t.cancel()
+            with contextlib.suppress(Exception):
+                await self.logs.flush()
+            await self.api.aclose()
+
+    def _reconcile(self) -> str | None:
+        """Kill containers left by a previous run of this worker and forget their files."""
+        state = self.config.workdir / "state.json"
+        previous = None
+        if state.exists():
+            with contextlib.suppress(ValueError, OSError):
+                previous = json.loads(state.read_text()).get("worker_id")
+        cdir = self.config.workdir / "containers"
+        if cdir.exists():
+            for d in cdir.iterdir():
+                pidf = d / "pid"
+                if pidf.exists():
+                    with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
+                        os.killpg(int(pidf.read_text()), signal.SIGKILL)
+                        log.info("reconcile: killed leftover container %s", d.name)
+                shutil.rmtree(d, ignore_errors=True)
+        return previous
+
+    async def _register(self, previous: str | None) -> None:
+        body = {"name": self.config.name, "cpu": self.config.cpu, "memory": self.config.memory,
+                "runtimes": sorted(self.runtimes), "labels": self.config.labels or {}, "replaces": previous}
+        res = await self.api.post_json("/v1/workers", body)
+        self.worker_id = res["worker_id"]
+        (self.config.workdir / "state.json").write_text(json.dumps({"worker_id": self.worker_id}))
+        log.info("worker %s registered (cpu=%g memory=%d MiB runtimes=%s)", self.worker_id, self.config.cpu,
+                 self.config.memory, ",".join(sorted(self.runtimes)))
+
+    # -- assignments -----------------------------------------------------------------------------
+    async def _poll_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                resp = await self.api.request("POST", f"/v1/workers/{self.worker_id}/poll",
+                                              json_body={"held": sorted(self.containers), "wait": 10,
+                                                         "stopping": [c for c, s in self.containers.items()
+                                                                      if s.stop_reason is not None]}, timeout=40)
+            except exc.NotFoundError as err:  # declared dead (410) or unknown: start over
+                log.warning("control plane forgot this worker (%s); re-registering", err)
+                for sup in list(self.containers.values()):
+                    sup.kill("worker re-registering")
+                await self._register(self.worker_id)
+                continue
+            header, blobs = ApiClient.decode_frames(resp)
+            for cid in header.get("stop", []):
+                sup = self.containers.get(cid)
+                if sup is not None:
+                    self._spawn(sup.stop("asked by the control plane"))
+            for cid, seqs in header.get("cancel", {}).items():
+                if cid in self.containers:
+                    self.containers[cid].cancel.update(seqs)
+            for a in header.get("start", []):
+                if a["container_id"] not in self.containers:
+                    definition = blobs[a["definition"]] if a.get("definition") is not None else None
+                    self._spawn(self._run_container(a, definition))
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.create_task(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+
+    async def _run_container(self, a: dict[str, Any], definition: bytes | None) -> None:
+        cid = a["container_id"]
+        runtime = self.runtimes.get(a["spec"].get("runtime") or "") or next(iter(self.runtimes.values()))
+        source = None
+        try:
+            if a["spec"].get("source_hash"):
+                source = await self.sources.get(a["spec"]["source_hash"])
+            sup = ContainerSupervisor(assignment=a, definition=definition, worker_id=self.worker_id, api=self.api,
+                                      runtime=runtime, workdir=self.config.workdir / "containers" / cid,
+                                      source_dir=source, logs=self.logs)
+            self.containers[cid] = sup
+            await sup.start()
+        except Exception as err:
+            log.exception("container %s failed to start", cid)
+            self.containers.pop(cid, None)
+            self.logs.add(a["app_id"], a["function_id"], cid, None, "system", f"container failed to start: {err}")
+            await self._event(cid, "exited", None, f"failed to start: {err}")
+            return
+        if runtime.name == "process":
+            self.logs.add(a["app_id"], a["function_id"], cid, None, "system",
+                          "warning: running with the 'process' runtime: no isolation (development only)")
+        await self._event(cid, "started", None, None)
+        status = await sup.run()
+        self.containers.pop(cid, None)
+        if status.reason != "exited" and not status.reason.startswith("stopped"):
+            self.logs.add(a["app_id"], a["function_id"], cid, None, "system", f"container {status.describe()}")
+        await self._event(cid, "exited", status.code, status.describe())
+
+    async def _event(self, cid: str, event: str, code: int | None, reason: str | None) -> None:
+        body = {"events": [{"container_id": cid, "event": event, "exit_code": code, "reason": reason}]}
+        try:
+            await self.api.post_json(f"/v1/workers/{self.worker_id}/events", body)
+        except exc.Error as err:
+            log.warning("could not report %s of %s: %s", event, cid, err)

@@ -1,0 +1,63 @@
+"""The ``ContainerRuntime`` port.
+
+A runtime starts ``python -m vivace.runtime`` for one container with the container's socket, source
+and environment, reports how it exited (code, OOM, signal), runs commands inside it (exec), and
+kills it. Implementations declare what they can enforce in :class:`Capabilities`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    isolation: bool  # own root filesystem and namespaces
+    cpu_limit: bool
+    memory_limit: bool
+    pids_limit: bool
+    network_isolation: bool
+    gpu: bool = False
+
+
+@dataclass
+class ContainerSpec:
+    container_id: str
+    workdir: Path  # per-container directory on the worker: socket, source, scratch
+    socket_path: Path
+    source_dir: Path | None
+    env: dict[str, str] = field(default_factory=dict)
+    cpu: float = 0.125
+    cpu_limit: float | None = None
+    memory: int = 128
+    memory_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    code: int | None
+    reason: str  # "exited", "crashed", "oom", "killed"
+
+    def describe(self) -> str:
+        return self.reason if self.code is None else f"{self.reason} (exit code {self.code})"
+
+
+class ContainerHandle(Protocol):
+    pid: int | None
+    stdout: asyncio.StreamReader | None
+    stderr: asyncio.StreamReader | None
+
+    async def wait(self) -> ExitStatus: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+
+
+class ContainerRuntime(Protocol):
+    name: str
+    capabilities: Capabilities
+
+    async def start(self, spec: ContainerSpec) -> ContainerHandle: ...
+    async def exec(self, spec: ContainerSpec, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]: ...

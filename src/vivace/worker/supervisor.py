@@ -1,0 +1,142 @@
+"""One container's life on a worker: its socket, its process, its logs, and how it ended."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from vivace import exception as exc
+from vivace._version import __version__
+from vivace.client import ApiClient
+from vivace.protocol import frames
+from vivace.worker.httpd import HttpRequest, HttpResponse, UnixHttpServer
+from vivace.worker.logs import LogShipper
+from vivace.worker.runtimes.base import ContainerHandle, ContainerRuntime, ContainerSpec, ExitStatus
+
+log = logging.getLogger("vivace.worker")
+STOP_GRACE = 5.0
+
+
+class ContainerSupervisor:
+    def __init__(self, *, assignment: dict[str, Any], definition: bytes | None, worker_id: str, api: ApiClient,
+                 runtime: ContainerRuntime, workdir: Path, source_dir: Path | None, logs: LogShipper) -> None:
+        self.id: str = assignment["container_id"]
+        self.app_id: str = assignment["app_id"]
+        self.function_id: str = assignment["function_id"]
+        self.token: str = assignment["lease_token"]
+        self.fspec: dict[str, Any] = assignment["spec"]
+        self.definition = definition
+        self.worker_id = worker_id
+        self.api = api
+        self.runtime = runtime
+        self.logs = logs
+        self.spec = ContainerSpec(
+            container_id=self.id, workdir=workdir, socket_path=workdir / "vivace.sock", source_dir=source_dir,
+            env=dict(self.fspec.get("env") or {}), cpu=self.fspec["cpu"], cpu_limit=self.fspec.get("cpu_limit"),
+            memory=self.fspec["memory"], memory_limit=self.fspec.get("memory_limit"),
+        )
+        self.handle: ContainerHandle | None = None
+        self.cancel: set[int] = set()
+        self.current: int | None = None
+        self.stop_reason: str | None = None
+        self.last_heartbeat = time.monotonic()
+        self._server = UnixHttpServer(str(self.spec.socket_path), self._handle)
+        self._exchange_path = f"/v1/workers/{worker_id}/containers/{self.id}/exchange"
+
+    async def start(self) -> None:
+        self.spec.workdir.mkdir(parents=True, exist_ok=True)
+        await self._server.start()
+        self.handle = await self.runtime.start(self.spec)
+        (self.spec.workdir / "pid").write_text(str(self.handle.pid))
+
+    async def run(self) -> ExitStatus:
+        assert self.handle is not None
+        pumps = [asyncio.create_task(self._pump(s, name)) for s, name in
+                 ((self.handle.stdout, "stdout"), (self.handle.stderr, "stderr")) if s is not None]
+        status = await self.handle.wait()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*pumps), 2)
+        await self._server.close()
+        shutil.rmtree(self.spec.workdir, ignore_errors=True)
+        if self.stop_reason is not None and status.reason in ("killed", "exited"):
+            return ExitStatus(status.code, "stopped: " + self.stop_reason)
+        return status
+
+    async def stop(self, reason: str) -> None:
+        if self.handle is None or self.stop_reason is not None:
+            return
+        self.stop_reason = reason
+        self.handle.terminate()
+        await asyncio.sleep(STOP_GRACE)
+        self.handle.kill()
+
+    def kill(self, reason: str) -> None:
+        self.stop_reason = self.stop_reason or reason
+        if self.handle is not None:
+            self.handle.kill()
+
+    async def _pump(self, stream: asyncio.StreamReader, name: str) -> None:
+        while True:
+            line = await stream.readline()
+            if not line:
+                return
+            self.logs.add(self.app_id, self.function_id, self.id, self.current, name,
+                          line.decode("utf-8", "replace").rstrip("\n"))
+
+    # -- the container socket --------------------------------------------------------------------
+    async def _handle(self, req: HttpRequest) -> HttpResponse:
+        if req.path == "/exchange" and req.method == "POST":
+            return await self._exchange(req.body)
+        if req.path == "/heartbeat" and req.method == "POST":
+            self.last_heartbeat = time.monotonic()
+            body = json.dumps({"cancel": sorted(self.cancel), "stop": self.stop_reason is not None})
+            return HttpResponse(200, body.encode(), "application/json")
+        if req.path == "/hello" and req.method == "GET":
+            peer = req.headers.get("x-vivace-version", "")
+            info = {"container_id": self.id, "function_id": self.function_id, "app_id": self.app_id,
+                    "spec": self.fspec, "has_definition": self.definition is not None, "version": __version__}
+            return HttpResponse(200, json.dumps(info).encode(), "application/json") if peer else \
+                HttpResponse(400, b"missing x-vivace-version", "text/plain")
+        if req.path == "/definition" and req.method == "GET":
+            return HttpResponse(200, self.definition or b"")
+        return HttpResponse(404, b"not found", "text/plain")
+
+    async def _exchange(self, body: bytes) -> HttpResponse:
+        try:
+            header, blobs = frames.decode(body)
+        except frames.FrameError as err:
+            return HttpResponse(400, str(err).encode(), "text/plain")
+        header["token"] = self.token
+        self.current = None
+        retried = False
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                resp = await self.api.post_frames(self._exchange_path, header, blobs, retry_for=0,
+                                                  timeout=float(header.get("wait", 0)) + 30)
+                break
+            except exc.ServiceError as err:
+                if time.monotonic() > deadline or self.stop_reason is not None:
+                    return HttpResponse(503, str(err).encode(), "text/plain")
+                # the response may have been lost after the lease was recorded: say what we hold
+                header["held"] = []
+                retried = True
+                await asyncio.sleep(0.2)
+            except exc.NotFoundError as err:  # includes 410: the lease is gone
+                return HttpResponse(410, str(err).encode(), "text/plain")
+            except exc.Error as err:
+                return HttpResponse(400, str(err).encode(), "text/plain")
+        if retried:
+            log.info("container %s: exchange went through after the control plane came back", self.id)
+        rh, rb = frames.decode(resp.content)
+        self.cancel.update(rh.get("cancel", []))
+        inputs = rh.get("inputs", [])
+        if len(inputs) == 1:
+            self.current = inputs[0]["seq"]
+        return HttpResponse(200, resp.content, frames.CONTENT_TYPE)
