@@ -27,6 +27,9 @@ class Notifier:
             if ev is not None:
                 ev.set()
 
+    def wake_prefix(self, prefix: str) -> None:
+        self.wake(*[k for k in self._events if k.startswith(prefix)])
+
     async def wait(self, ev: asyncio.Event, timeout: float) -> bool:
         if timeout <= 0:
             return ev.is_set()

@@ -69,6 +69,12 @@ class ControlPlane:
     def outputs_changed(self, call_ids: set[str]) -> None:
         self.notifier.wake(*(f"outputs:{c}" for c in call_ids))
 
+    def requeued(self, call_ids: set[str]) -> None:
+        """Inputs went back to the queue (a container or worker was lost): wake every waiter."""
+        self.outputs_changed(call_ids)
+        self.notifier.wake_prefix("inputs:")
+        self.notifier.wake("autoscale")
+
     def workers_changed(self) -> None:
         self.notifier.wake("workers")
 
@@ -100,13 +106,14 @@ class ControlPlane:
         expired = await self.store.read(calls.expired_inputs)
         if expired:
             await self.store.write(lambda tx: _timeout_inputs(tx, expired))
-            self.outputs_changed({c for c in await self.store.read(lambda tx: _calls_of(tx, expired))})
+            self.requeued(await self.store.read(lambda tx: _calls_of(tx, expired)))
             self.workers_changed()
-        _, lost_calls = await self.store.write(
+        dead, lost_calls = await self.store.write(
             lambda tx: workers.reap_dead_workers(tx, self.config.worker_timeout)
         )
-        if lost_calls:
-            self.outputs_changed(lost_calls)
+        if dead:
+            log.warning("workers %s missed their heartbeats; their inputs go back to the queue", dead)
+            self.requeued(lost_calls)
         lapsed = await self.store.read(lambda tx: apps.lapsed_apps(tx, self.config.app_heartbeat_timeout))
         for app_id in lapsed:
             log.info("app %s stopped: its client stopped sending heartbeats", app_id)

@@ -167,8 +167,7 @@ async def exchange(request: Request) -> Response:
         held_set = {int(h) for h in held if isinstance(h, int)}
         lost = await plane.store.write(lambda tx: calls.release_unheld(tx, container_id, token, held_set))
         if lost:
-            plane.outputs_changed(lost)
-            plane.inputs_changed(function_id)
+            plane.requeued(lost)
     want = header.get("want", 0)
     wait = header.get("wait", 0.0)
     if not isinstance(want, int) or not isinstance(wait, (int, float)) or want < 0 or not 0 <= wait <= 60:

@@ -29,11 +29,17 @@ async def register(request: Request) -> Response:
         raise Invalid("cpu and memory must be positive")
     if not all(isinstance(r, str) for r in runtimes) or not runtimes:
         raise Invalid("runtimes must be a non-empty list of names")
+    replaces = field(body, "replaces", str, None, optional=True)
     version = request.headers.get(VERSION_HEADER, "")
     plane = plane_of(request)
-    wid = await plane.store.write(
-        lambda tx: workers.register(tx, name, float(cpu), memory, labels, runtimes, version)
-    )
+
+    def op(tx: Any) -> tuple[str, set[str]]:
+        lost = workers.retire(tx, replaces, "worker restarted") if replaces else set()
+        return workers.register(tx, name, float(cpu), memory, labels, runtimes, version), lost
+
+    wid, lost = await plane.store.write(op)
+    if replaces:
+        plane.requeued(lost)
     plane.notifier.wake("autoscale")
     return JSONResponse({"worker_id": wid, "worker_timeout": plane.config.worker_timeout})
 
@@ -94,8 +100,7 @@ async def events(request: Request) -> Response:
         )
         if kind == "exited":
             plane.container_cache.pop(cid, None)
-    plane.outputs_changed(touched)
-    plane.notifier.wake("autoscale")
+    plane.requeued(touched)
     return JSONResponse({"ok": True})
 
 

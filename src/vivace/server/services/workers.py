@@ -96,6 +96,17 @@ def container_event(tx: Tx, worker_id: str, container_id: str, event: str, exit_
     return mark_stopped(tx, container_id, exit_code, reason or "exited")
 
 
+def retire(tx: Tx, worker_id: str, reason: str) -> set[str]:
+    """Declare a worker gone (it restarted under a new id): its containers stop, their inputs requeue."""
+    calls: set[str] = set()
+    if tx.scalar("SELECT state FROM workers WHERE id = ?", (worker_id,)) != "alive":
+        return calls
+    tx.execute("UPDATE workers SET state = 'dead' WHERE id = ?", (worker_id,))
+    for (cid,) in tx.fetchall("SELECT id FROM containers WHERE worker_id = ? AND state <> 'stopped'", (worker_id,)):
+        calls |= mark_stopped(tx, cid, None, reason)
+    return calls
+
+
 def reap_dead_workers(tx: Tx, timeout: float) -> tuple[list[str], set[str]]:
     dead = [r[0] for r in tx.fetchall(
         "SELECT id FROM workers WHERE state = 'alive' AND heartbeat_at < ?", (tx.now - timeout,))]
