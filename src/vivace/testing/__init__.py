@@ -1,0 +1,1 @@
+"""Test helpers: an in-process control plane with a real worker, and a throwaway Postgres."""

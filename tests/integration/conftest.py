@@ -1,0 +1,40 @@
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from vivace.testing.cluster import LocalCluster
+
+APPS = Path(__file__).parent / "apps"
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory):
+    home = tmp_path_factory.mktemp("vivace")
+    with LocalCluster(home) as c:
+        old = {k: os.environ.get(k) for k in c.client_env()}
+        os.environ.update(c.client_env())
+        yield c
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def load_app(name):
+    """Import tests/integration/apps/NAME.py under its own module name, as `vivace run` does."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, APPS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def app_loader(cluster):
+    return load_app
