@@ -108,4 +108,12 @@ def stop_daemon(home: Path, timeout: float = 20.0) -> bool:
             os.waitpid(pid, os.WNOHANG)
     if _alive(pid):
         os.kill(pid, 9)
+    worker = state.get("worker_pid")
+    if isinstance(worker, int) and _alive(worker):  # the daemon normally stops its worker itself
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(worker):
+            time.sleep(0.05)
+        if _alive(worker):
+            os.kill(worker, 9)
+    (home / "daemon.json").unlink(missing_ok=True)
     return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,10 @@ class ApiClient:
         self.creds = creds
         self.retry_for = retry_for
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        if transport is None:
+            # small request/response pairs: Nagle plus delayed ACKs would add 40 ms to each
+            nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+            transport = httpx.AsyncHTTPTransport(limits=limits, socket_options=nodelay)
         self._http = httpx.AsyncClient(
             base_url=self.base_url, transport=transport, limits=limits, timeout=httpx.Timeout(30.0, connect=5.0),
             headers={"authorization": creds.header(), VERSION_HEADER: __version__},

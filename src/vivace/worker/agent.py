@@ -51,6 +51,7 @@ class Agent:
         self.runtimes: dict[str, ContainerRuntime] = found
         self.worker_id = ""
         self.containers: dict[str, ContainerSupervisor] = {}
+        self.starting: set[str] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.logs = LogShipper(self.api)
         self.sources = SourceCache(config.workdir / "sources", self.api)
@@ -73,6 +74,7 @@ class Agent:
                     raise t.exception()  # type: ignore[misc]
         finally:
             log.info("worker %s shutting down: stopping %d containers", self.worker_id, len(self.containers))
+            self.api.retry_for = 2.0  # the control plane may be gone already: don't wait for it
             for sup in list(self.containers.values()):
                 sup.kill("worker shutting down")
             if self.tasks:
@@ -115,7 +117,7 @@ class Agent:
         while not self._stopping.is_set():
             try:
                 resp = await self.api.request("POST", f"/v1/workers/{self.worker_id}/poll",
-                                              json_body={"held": sorted(self.containers), "wait": 10,
+                                              json_body={"held": sorted(self.containers.keys() | self.starting), "wait": 10,
                                                          "stopping": [c for c, s in self.containers.items()
                                                                       if s.stop_reason is not None]}, timeout=40)
             except exc.NotFoundError as err:  # declared dead (410) or unknown: start over
@@ -133,7 +135,8 @@ class Agent:
                 if cid in self.containers:
                     self.containers[cid].cancel.update(seqs)
             for a in header.get("start", []):
-                if a["container_id"] not in self.containers:
+                if a["container_id"] not in self.containers and a["container_id"] not in self.starting:
+                    self.starting.add(a["container_id"])
                     definition = blobs[a["definition"]] if a.get("definition") is not None else None
                     self._spawn(self._run_container(a, definition))
 
@@ -145,6 +148,14 @@ class Agent:
     async def _run_container(self, a: dict[str, Any], definition: bytes | None) -> None:
         cid = a["container_id"]
         runtime = self.runtimes.get(a["spec"].get("runtime") or "") or next(iter(self.runtimes.values()))
+        source = None
+        try:
+            return await self._run_started(a, definition, runtime)
+        finally:
+            self.starting.discard(cid)
+
+    async def _run_started(self, a: dict[str, Any], definition: bytes | None, runtime: ContainerRuntime) -> None:
+        cid = a["container_id"]
         source = None
         try:
             if a["spec"].get("source_hash"):

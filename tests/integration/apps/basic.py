@@ -10,7 +10,7 @@ class CustomError(Exception):
     pass
 
 
-@app.function()
+@app.function(max_containers=3)
 def square(x):
     return x * x
 
