@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import TYPE_CHECKING
 
 from vivace._sdk.config import load_settings
-from vivace.client import ApiClient, Credentials
 from vivace.exception import InvalidError
+
+if TYPE_CHECKING:
+    from vivace.client import ApiClient
 
 _client: ApiClient | None = None
 _lock: asyncio.Lock | None = None
@@ -25,6 +28,8 @@ async def get_client() -> ApiClient:
                 raise InvalidError(
                     "calling the vivace API from inside a container is not supported yet in this release"
                 )
+            from vivace.client import ApiClient, Credentials
+
             settings = load_settings()
             if settings.server_url:
                 url, token = settings.server_url, f"{settings.token_id}:{settings.token_secret}"

@@ -11,13 +11,15 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vivace import exception as exc
 from vivace._sdk.serialization import deserialize, serialize, unpack_exception
-from vivace.client import ApiClient
-from vivace.protocol import ids
+from vivace.protocol import frames, ids
 from vivace.protocol.calls import FINAL, CallKind
+
+if TYPE_CHECKING:
+    from vivace.client import ApiClient
 
 BATCH_INPUTS = 1000
 BATCH_BYTES = 8 * 1024 * 1024
@@ -81,7 +83,10 @@ class OutputStream:
             "GET", f"/v1/calls/{self.call_id}/outputs",
             params={"cursor": self.cursor, "wait": wait, "limit": 5000}, timeout=wait + 30,
         )
-        header, blobs = ApiClient.decode_frames(resp)
+        try:
+            header, blobs = frames.decode(resp.content)
+        except frames.FrameError as err:
+            raise exc.ServiceError(f"the server sent a malformed response: {err}") from None
         out = []
         for item in header["outputs"]:
             key = (item["idx"], item["part"])

@@ -31,7 +31,7 @@ def module_name_and_root(module: str, file: str) -> tuple[str, Path, list[Path]]
         module = path.stem
     parts = module.split(".")
     if len(parts) == 1 or not (path.parent / "__init__.py").exists():
-        return parts[-1] if len(parts) == 1 else module, path.parent, [path]
+        return path.stem, path.parent, [path]  # a plain file (or in a namespace package): import it by its stem
     pkg_dir = path.parent
     for _ in parts[1:-1]:
         pkg_dir = pkg_dir.parent

@@ -23,6 +23,7 @@ from vivace.runtime.socket import SocketError, WorkerSocket
 
 HEARTBEAT_INTERVAL = 1.0
 LEASE_WAIT = 25.0
+MAX_BATCH = 64  # the control plane gives more than one input only to functions with short inputs
 
 
 class Runtime:
@@ -89,9 +90,9 @@ class Runtime:
         blobs: List[bytes] = []
         served = 0
         while True:
-            want = 0 if self.stopping or (single_use and served) else 1
+            want = 0 if self.stopping or (single_use and served) else (1 if single_use else MAX_BATCH)
             header, payloads = self.sock.exchange(
-                {"outputs": outputs, "want": want, "wait": LEASE_WAIT if want else 0}, blobs
+                {"outputs": outputs, "want": want, "wait": LEASE_WAIT if want else 0, "held": []}, blobs
             )
             outputs, blobs = [], []
             if want == 0:
@@ -145,14 +146,14 @@ class Runtime:
             raise TypeError("a function declared as a generator must yield")
         for part, value in enumerate(gen):
             self.sock.exchange({"outputs": [{"seq": seq, "part": part, "status": "item", "blob": 0}], "want": 0,
-                                "wait": 0}, [serialize(value)])
+                                "wait": 0, "held": [seq]}, [serialize(value)])
 
     def fail_all(self, err: BaseException) -> None:
         """The function could not be loaded: fail the inputs waiting for it instead of crash-looping."""
         from vivace._sdk.serialization import pack_exception
 
         error, blob = pack_exception(err)
-        header, _ = self.sock.exchange({"outputs": [], "want": 64, "wait": 5}, [])
+        header, _ = self.sock.exchange({"outputs": [], "want": MAX_BATCH, "wait": 5, "held": []}, [])
         outs = []
         for item in header.get("inputs", []):
             o: Dict[str, Any] = {"seq": item["seq"], "part": FINAL, "status": OutputStatus.INIT_FAILURE.value,
@@ -161,7 +162,7 @@ class Runtime:
                 o["blob"] = 0
             outs.append(o)
         if outs:
-            self.sock.exchange({"outputs": outs, "want": 0, "wait": 0}, [blob] if blob is not None else [])
+            self.sock.exchange({"outputs": outs, "want": 0, "wait": 0, "held": []}, [blob] if blob is not None else [])
 
 
 def main() -> None:

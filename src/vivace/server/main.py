@@ -56,6 +56,8 @@ def serve(*, host: str, port: int, home: Path, store_url: str | None, embedded: 
 
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     config = ServerConfig(store_url=store_url or f"sqlite:///{home / 'vivace.db'}", blob_dir=str(home / "blobs"))
+    if os.environ.get("VIVACE_APP_HEARTBEAT_TIMEOUT"):
+        config.app_heartbeat_timeout = float(os.environ["VIVACE_APP_HEARTBEAT_TIMEOUT"])
     plane = ControlPlane(config)
     plane.store.start()
     creds = bootstrap_tokens(plane, home)
@@ -68,11 +70,14 @@ def serve(*, host: str, port: int, home: Path, store_url: str | None, embedded: 
     _write_state(home, url, worker)
     app = create_app(plane, manage_plane=False)
 
+    _Server = _server_class()  # noqa: N806
+
     async def main() -> None:
         await plane.start_loops()
         cfg = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False,
                              loop="none", http="httptools", ws="websockets-sansio", timeout_graceful_shutdown=2)
-        server = uvicorn.Server(cfg)
+        server = _Server(cfg)
+        server.worker = worker
         log.info("vivace %s control plane on %s (store %s)", __version__, url, plane.store.dialect.name)
         try:
             await server.serve()
@@ -89,6 +94,35 @@ def serve(*, host: str, port: int, home: Path, store_url: str | None, embedded: 
             except subprocess.TimeoutExpired:
                 worker.kill()
         (home / "daemon.json").unlink(missing_ok=True)
+
+
+def _server_class() -> Any:
+    import threading
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """Stops the embedded worker before the API goes away, so it can report its containers' exits."""
+
+        worker: subprocess.Popen[bytes] | None = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            worker = self.worker
+            if worker is None or worker.poll() is not None:
+                super().handle_exit(sig, frame)
+                return
+            worker.send_signal(signal.SIGTERM)
+
+            def finish() -> None:
+                try:
+                    worker.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+                super(Server, self).handle_exit(sig, frame)
+
+            threading.Thread(target=finish, daemon=True).start()
+
+    return Server
 
 
 def _run(coro: Any) -> None:

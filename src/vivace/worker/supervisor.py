@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,16 @@ log = logging.getLogger("vivace.worker")
 STOP_GRACE = 5.0
 
 
+def socket_path_for(workdir: Path, container_id: str) -> Path:
+    """Unix socket paths are limited to 107 bytes: keep them short whatever the worker's directory."""
+    path = workdir / "vivace.sock"
+    if len(str(path)) < 100:
+        return path
+    short = Path(tempfile.gettempdir()) / f"vivace-{os.getuid()}"
+    short.mkdir(mode=0o700, exist_ok=True)
+    return short / f"{container_id}.sock"
+
+
 class ContainerSupervisor:
     def __init__(self, *, assignment: dict[str, Any], definition: bytes | None, worker_id: str, api: ApiClient,
                  runtime: ContainerRuntime, workdir: Path, source_dir: Path | None, logs: LogShipper) -> None:
@@ -37,7 +49,8 @@ class ContainerSupervisor:
         self.runtime = runtime
         self.logs = logs
         self.spec = ContainerSpec(
-            container_id=self.id, workdir=workdir, socket_path=workdir / "vivace.sock", source_dir=source_dir,
+            container_id=self.id, workdir=workdir, socket_path=socket_path_for(workdir, self.id),
+            source_dir=source_dir,
             env=dict(self.fspec.get("env") or {}), cpu=self.fspec["cpu"], cpu_limit=self.fspec.get("cpu_limit"),
             memory=self.fspec["memory"], memory_limit=self.fspec.get("memory_limit"),
         )
@@ -64,6 +77,7 @@ class ContainerSupervisor:
             await asyncio.wait_for(asyncio.gather(*pumps), 2)
         await self._server.close()
         shutil.rmtree(self.spec.workdir, ignore_errors=True)
+        self.spec.socket_path.unlink(missing_ok=True)
         if self.stop_reason is not None and status.reason in ("killed", "exited"):
             return ExitStatus(status.code, "stopped: " + self.stop_reason)
         return status
@@ -124,8 +138,9 @@ class ContainerSupervisor:
             except exc.ServiceError as err:
                 if time.monotonic() > deadline or self.stop_reason is not None:
                     return HttpResponse(503, str(err).encode(), "text/plain")
-                # the response may have been lost after the lease was recorded: say what we hold
-                header["held"] = []
+                # the response may have been lost after a lease was recorded: the control plane releases
+                # leases the container does not hold (the runtime lists what it holds in "held")
+                header["retry"] = True
                 retried = True
                 await asyncio.sleep(0.2)
             except exc.NotFoundError as err:  # includes 410: the lease is gone

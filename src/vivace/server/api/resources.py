@@ -47,8 +47,8 @@ async def create_app(request: Request) -> Response:
     body = await json_body(request)
     name = field(body, "name", str, None, optional=True)
     state = field(body, "state", str, "ephemeral")
-    if state not in ("ephemeral", "deployed"):
-        raise Invalid("state must be 'ephemeral' or 'deployed'")
+    if state not in ("ephemeral", "detached", "deployed"):
+        raise Invalid("state must be 'ephemeral', 'detached' or 'deployed'")
     if name is not None and not (0 < len(name) <= 64 and all(c.isalnum() or c in "-_." for c in name)):
         raise Invalid("app names are 1-64 characters of letters, digits, '-', '_' and '.'")
     client_version = request.headers.get(VERSION_HEADER, "")

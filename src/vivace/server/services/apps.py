@@ -11,7 +11,7 @@ from vivace.protocol.functions import FunctionSpec
 from vivace.server.errors import Conflict, Gone, NotFound
 from vivace.server.store.base import Tx
 
-LIVE_STATES = ("ephemeral", "deployed")
+LIVE_STATES = ("ephemeral", "detached", "deployed")
 
 
 def create_app(tx: Tx, name: str | None, state: str, client_version: str) -> dict[str, Any]:

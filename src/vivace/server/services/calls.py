@@ -322,3 +322,17 @@ def release_unheld(tx: Tx, container_id: str, lease_token: str, held: set[int]) 
             if call:
                 calls_touched.add(call)
     return calls_touched
+
+
+def fail_pending(tx: Tx, function_id: str, message: str) -> set[str]:
+    """Give every pending input of a function a final system-failure output."""
+    err = json.dumps({"type": "ExecutionError", "message": message})
+    touched: set[str] = set()
+    for seq, call_id, idx in tx.fetchall(
+        "SELECT seq, call_id, idx FROM inputs WHERE function_id = ? AND state = 'pending'", (function_id,)
+    ):
+        tx.execute("UPDATE functions SET backlog = backlog - 1, running = running + 1 WHERE id = ?", (function_id,))
+        _finish(tx, int(seq), call_id, int(idx), function_id, None,
+                OutputIn(int(seq), FINAL, OutputStatus.SYSTEM.value, None, None, err, None))
+        touched.add(call_id)
+    return touched

@@ -139,7 +139,7 @@ def mark_stopped(tx: Tx, container_id: str, exit_code: int | None, reason: str) 
     state, worker_id, cpu, memory = row
     tx.execute(
         "UPDATE containers SET state = 'stopped', stopped_at = ?, exit_code = ?, "
-        "stop_reason = COALESCE(stop_reason, ?), held = 0 WHERE id = ?",
+        "stop_reason = COALESCE(stop_reason, ?) WHERE id = ?",
         (tx.now, exit_code, reason, container_id),
     )
     if worker_id is not None and state != "pending":
@@ -153,6 +153,7 @@ def mark_stopped(tx: Tx, container_id: str, exit_code: int | None, reason: str) 
         call = fail_input(tx, int(seq), OutputStatus.SYSTEM, err, retryable=False)
         if call:
             calls.add(call)
+    tx.execute("UPDATE containers SET held = 0 WHERE id = ?", (container_id,))
     return calls
 
 

@@ -92,8 +92,30 @@ def container_event(tx: Tx, worker_id: str, container_id: str, event: str, exit_
             "WHERE id = ? AND state = 'assigned'",
             (tx.now, tx.now, container_id),
         )
+        tx.execute("UPDATE functions SET start_failures = 0 WHERE id = (SELECT function_id FROM containers "
+                   "WHERE id = ?)", (container_id,))
         return set()
-    return mark_stopped(tx, container_id, exit_code, reason or "exited")
+    never_started = tx.scalar("SELECT started_at FROM containers WHERE id = ?", (container_id,)) is None
+    calls = mark_stopped(tx, container_id, exit_code, reason or "exited")
+    if never_started:
+        calls |= _count_start_failure(tx, container_id, reason or "exited")
+    return calls
+
+
+MAX_START_FAILURES = 3
+
+
+def _count_start_failure(tx: Tx, container_id: str, reason: str) -> set[str]:
+    """Containers that cannot even start must not crash-loop forever: after a few, fail the backlog."""
+    fid = tx.scalar("SELECT function_id FROM containers WHERE id = ?", (container_id,))
+    tx.execute("UPDATE functions SET start_failures = start_failures + 1 WHERE id = ?", (fid,))
+    if int(tx.scalar("SELECT start_failures FROM functions WHERE id = ?", (fid,))) < MAX_START_FAILURES:
+        return set()
+    from vivace.server.services.calls import fail_pending
+
+    tx.execute("UPDATE functions SET start_failures = 0 WHERE id = ?", (fid,))
+    return fail_pending(tx, fid, f"containers of this function failed to start {MAX_START_FAILURES} times in a "
+                                 f"row; last: {reason}")
 
 
 def retire(tx: Tx, worker_id: str, reason: str) -> set[str]:

@@ -23,7 +23,7 @@ MIGRATIONS: list[list[str]] = [
             id TEXT PRIMARY KEY, app_id TEXT NOT NULL REFERENCES apps(id), name TEXT NOT NULL,
             spec TEXT NOT NULL, definition {BLOB}, created_at {DOUBLE} NOT NULL,
             backlog {BIGINT} NOT NULL DEFAULT 0, running {BIGINT} NOT NULL DEFAULT 0,
-            active INTEGER NOT NULL DEFAULT 1)""",
+            active INTEGER NOT NULL DEFAULT 1, start_failures INTEGER NOT NULL DEFAULT 0)""",
         "CREATE UNIQUE INDEX functions_app_name ON functions(app_id, name)",
         "CREATE INDEX functions_active ON functions(active)",
         """CREATE TABLE calls (
@@ -68,18 +68,27 @@ MIGRATIONS: list[list[str]] = [
 
 
 def migrate(conn: DbConnection, dialect: Dialect) -> int:
-    """Apply pending migrations; return the schema version. Safe to run from several replicas."""
+    """Apply pending migrations; return the schema version.
+
+    Safe when several replicas start at once: each migration runs in a transaction that first takes a
+    lock (SQLite: ``BEGIN IMMEDIATE``; Postgres: a transaction-scoped advisory lock) and re-reads the
+    version under it.
+    """
     conn.execute(
         dialect.ddl("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at {DOUBLE})")
     )
     conn.commit()
-    cur = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
-    current = int(cur.fetchone()[0])
+    current = 0
     for version, statements in enumerate(MIGRATIONS, start=1):
-        if version <= current:
-            continue
         try:
-            conn.execute("BEGIN") if dialect.name == "sqlite" else None
+            if dialect.name == "sqlite":
+                conn.execute("BEGIN IMMEDIATE")
+            else:
+                conn.execute("SELECT pg_advisory_xact_lock(7405221)")
+            current = int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0])
+            if version <= current:
+                conn.commit()
+                continue
             for stmt in statements:
                 conn.execute(dialect.ddl(stmt))
             conn.execute(
