@@ -3,6 +3,7 @@
 import json
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -84,7 +85,7 @@ with app.run():
 def test_a_gone_client_stops_its_ephemeral_app(home, how):
     vivace(home, "run", "-q", "examples/hello.py", check=True)  # start the daemon
     script = SLOW_SCRIPT.format(root=str(ROOT))
-    client = subprocess.Popen(["python", "-c", script], cwd=ROOT, env=env_for(home), stdout=subprocess.PIPE,
+    client = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env_for(home), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     with api(home) as http:
         def slow_running():
