@@ -82,7 +82,7 @@ async def iter_async(agen: AsyncIterator[T]) -> AsyncIterator[T]:
     try:
         while True:
             try:
-                item = await run_async(agen.__anext__())  # type: ignore[arg-type]
+                item: T = await run_async(agen.__anext__())  # type: ignore[arg-type]
             except StopAsyncIteration:
                 return
             yield item
@@ -105,7 +105,7 @@ class _Bound(Generic[T]):
         return await run_async(self._fn(self._obj, *args, **kwargs))  # type: ignore[arg-type]
 
 
-class synchronized(Generic[T]):  # noqa: N801 - used as a decorator
+class synchronized(Generic[T]):
     """Decorate an ``async def`` method: ``obj.m(...)`` blocks, ``await obj.m.aio(...)`` does not."""
 
     def __init__(self, fn: Callable[..., Awaitable[T]]) -> None:

@@ -39,9 +39,17 @@ class App:
             ``volumes`` need features a later release adds and raise ``NotImplementedYetError``.
     """
 
-    def __init__(self, name: str | None = None, *, tags: dict[str, str] | None = None, image: Any = None,
-                 secrets: list[Any] | None = None, volumes: dict[str, Any] | None = None,
-                 include_source: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        tags: dict[str, str] | None = None,
+        image: Any = None,
+        secrets: list[Any] | None = None,
+        volumes: dict[str, Any] | None = None,
+        include_source: bool = True,
+        **kwargs: Any,
+    ) -> None:
         if kwargs.pop("stub", None) is not None:
             raise exc.InvalidError("vivace.Stub was renamed: use vivace.App")
         params.reject_unknown(kwargs, "App()")
@@ -58,30 +66,62 @@ class App:
         self.app_id: str | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._log_task: asyncio.Task[None] | None = None
+        self._heartbeat_interval = HEARTBEAT_INTERVAL
 
     def __repr__(self) -> str:
         return f"<vivace.App {self.name or '(unnamed)'} {self.app_id or ''}>"
 
     # -- decorators ----------------------------------------------------------------------------------
-    def function(self, _warn_parentheses_missing: Any = None, *, image: Any = None, schedule: Any = None,
-                 env: dict[str, str] | None = None, secrets: list[Any] | None = None, gpu: Any = None,
-                 serialized: bool = False, volumes: dict[str, Any] | None = None, cpu: Any = None,
-                 memory: Any = None, ephemeral_disk: int | None = None, min_containers: int | None = None,
-                 max_containers: int | None = None, buffer_containers: int | None = None,
-                 scaledown_window: int | None = None, retries: Any = None, timeout: float = 300,
-                 startup_timeout: float | None = None, name: str | None = None, is_generator: bool | None = None,
-                 cloud: str | None = None, region: Any = None, nonpreemptible: bool = False,
-                 enable_memory_snapshot: bool = False, block_network: bool = False,
-                 restrict_modal_access: bool = False, single_use_containers: bool = False,
-                 include_source: bool | None = None, **kwargs: Any) -> Callable[[Callable[..., Any]], Function]:
+    def function(
+        self,
+        _warn_parentheses_missing: Any = None,
+        *,
+        image: Any = None,
+        schedule: Any = None,
+        env: dict[str, str] | None = None,
+        secrets: list[Any] | None = None,
+        gpu: Any = None,
+        serialized: bool = False,
+        volumes: dict[str, Any] | None = None,
+        cpu: Any = None,
+        memory: Any = None,
+        ephemeral_disk: int | None = None,
+        min_containers: int | None = None,
+        max_containers: int | None = None,
+        buffer_containers: int | None = None,
+        scaledown_window: int | None = None,
+        retries: Any = None,
+        timeout: float = 300,
+        startup_timeout: float | None = None,
+        name: str | None = None,
+        is_generator: bool | None = None,
+        cloud: str | None = None,
+        region: Any = None,
+        nonpreemptible: bool = False,
+        enable_memory_snapshot: bool = False,
+        block_network: bool = False,
+        restrict_modal_access: bool = False,
+        single_use_containers: bool = False,
+        include_source: bool | None = None,
+        **kwargs: Any,
+    ) -> Callable[[Callable[..., Any]], Function]:
         """Turn a Python function into a ``Function`` that runs in containers."""
         if _warn_parentheses_missing is not None:
             raise exc.InvalidError("use @app.function() with parentheses")
         params.reject_unknown(kwargs, "@app.function()")
-        for key, value in (("image", image), ("schedule", schedule), ("secrets", secrets), ("gpu", gpu),
-                           ("volumes", volumes), ("ephemeral_disk", ephemeral_disk), ("cloud", cloud),
-                           ("region", region), ("nonpreemptible", nonpreemptible), ("block_network", block_network),
-                           ("restrict_modal_access", restrict_modal_access)):
+        for key, value in (
+            ("image", image),
+            ("schedule", schedule),
+            ("secrets", secrets),
+            ("gpu", gpu),
+            ("volumes", volumes),
+            ("ephemeral_disk", ephemeral_disk),
+            ("cloud", cloud),
+            ("region", region),
+            ("nonpreemptible", nonpreemptible),
+            ("block_network", block_network),
+            ("restrict_modal_access", restrict_modal_access),
+        ):
             params.check_not_yet(key, value)
         cpu_req, cpu_lim = params.cpu(cpu)
         mem_req, mem_lim = params.memory(memory)
@@ -102,16 +142,31 @@ class App:
             if not callable(f):
                 raise exc.InvalidError(f"@app.function() decorates functions, not {type(f).__name__}")
             fname = name or f.__name__
-            gen = is_generator_function(f) if is_generator is None else params.flag("is_generator", is_generator)
+            gen = (
+                is_generator_function(f)
+                if is_generator is None
+                else params.flag("is_generator", is_generator)
+            )
             if enable_memory_snapshot:
                 params.warn_snapshot(fname)
             if "<locals>" in f.__qualname__ and not serialized:
                 raise exc.InvalidError(f"{fname} is defined inside another function: use serialized=True")
             spec = FunctionSpec(
-                name=fname, module=f.__module__, qualname=f.__qualname__, serialized=serialized, is_generator=gen,
-                cpu=cpu_req, cpu_limit=cpu_lim, memory=mem_req, memory_limit=mem_lim, timeout=fn_timeout or 300.0,
-                startup_timeout=start_timeout, retries=policy, single_use_containers=single_use_containers,
-                env=fn_env, **scaling,
+                name=fname,
+                module=f.__module__,
+                qualname=f.__qualname__,
+                serialized=serialized,
+                is_generator=gen,
+                cpu=cpu_req,
+                cpu_limit=cpu_lim,
+                memory=mem_req,
+                memory_limit=mem_lim,
+                timeout=fn_timeout or 300.0,
+                startup_timeout=start_timeout,
+                retries=policy,
+                single_use_containers=single_use_containers,
+                env=fn_env,
+                **scaling,
             )
             if fname in self.registered_functions:
                 raise exc.InvalidError(f"app already has a function named {fname!r}")
@@ -121,8 +176,9 @@ class App:
 
         return wrap
 
-    def local_entrypoint(self, _warn_parentheses_missing: Any = None, *,
-                         name: str | None = None) -> Callable[[Callable[..., Any]], LocalEntrypoint]:
+    def local_entrypoint(
+        self, _warn_parentheses_missing: Any = None, *, name: str | None = None
+    ) -> Callable[[Callable[..., Any]], LocalEntrypoint]:
         """Mark the function ``vivace run`` calls on your machine."""
         if _warn_parentheses_missing is not None:
             raise exc.InvalidError("use @app.local_entrypoint() with parentheses")
@@ -175,6 +231,7 @@ class App:
         api = await get_client()
         res = await api.post_json("/v1/apps", {"name": self.name, "state": state})
         self.app_id = res["app_id"]
+        self._heartbeat_interval = float(res.get("heartbeat_interval", HEARTBEAT_INTERVAL))
         uploaded: dict[str, str] = {}
         for fn in self.registered_functions.values():
             await self._register(api, fn, uploaded)
@@ -200,20 +257,27 @@ class App:
             key = f"{spec.module}:{file}"
             if key not in uploaded:
                 pkg = await asyncio.to_thread(package, spec.module, file)
-                await api.request("PUT", f"/v1/blobs/{pkg.sha256}", content=pkg.data,
-                                  content_type="application/octet-stream")
+                await api.request(
+                    "PUT",
+                    f"/v1/blobs/{pkg.sha256}",
+                    content=pkg.data,
+                    content_type="application/octet-stream",
+                )
                 uploaded[key] = f"{pkg.module}|{pkg.sha256}"
             module_name, sha = uploaded[key].split("|")
             spec = _replace(spec, module=module_name, source_hash=sha)
-        resp = await api.request("POST", f"/v1/apps/{self.app_id}/functions",
-                                 content=frames.encode({"spec": spec.to_dict()}, blobs),
-                                 content_type=frames.CONTENT_TYPE)
+        resp = await api.request(
+            "POST",
+            f"/v1/apps/{self.app_id}/functions",
+            content=frames.encode({"spec": spec.to_dict()}, blobs),
+            content_type=frames.CONTENT_TYPE,
+        )
         fn._hydrate(resp.json()["function_id"])
 
     async def _heartbeat_loop(self) -> None:
         api = await get_client()
         while True:
-            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            await asyncio.sleep(self._heartbeat_interval)
             with contextlib.suppress(exc.ServiceError):
                 await api.post_json(f"/v1/apps/{self.app_id}/heartbeat", retry_for=5)
 
@@ -222,8 +286,9 @@ class App:
         cursor = 0
         while True:
             try:
-                page = await api.get_json("/v1/logs", params={"app": self.app_id, "cursor": cursor, "wait": 10},
-                                          timeout=40)
+                page = await api.get_json(
+                    "/v1/logs", params={"app": self.app_id, "cursor": cursor, "wait": 10}, timeout=40
+                )
             except exc.Error:
                 await asyncio.sleep(1)
                 continue

@@ -112,7 +112,7 @@ class ServiceError(Error):
     """The platform failed; not caused by the user's code."""
 
 
-class TimeoutError(Error, builtins.TimeoutError):  # noqa: A001 - Modal's name
+class TimeoutError(Error, builtins.TimeoutError):
     """Something took longer than allowed."""
 
 

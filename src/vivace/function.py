@@ -24,8 +24,13 @@ class Function:
     ``.spawn()`` and friends; each has an ``.aio`` async form.
     """
 
-    def __init__(self, app: App | None, raw_f: Callable[..., Any] | None, spec: FunctionSpec,
-                 function_id: str | None = None) -> None:
+    def __init__(
+        self,
+        app: App | None,
+        raw_f: Callable[..., Any] | None,
+        spec: FunctionSpec,
+        function_id: str | None = None,
+    ) -> None:
         self._app = app
         self._vivace_raw_f = raw_f
         self.spec = spec
@@ -54,7 +59,9 @@ class Function:
     def local(self, *args: Any, **kwargs: Any) -> Any:
         """Run the function in this process."""
         if self._vivace_raw_f is None:
-            raise exc.InvalidError(f"{self.spec.name!r} was looked up by name; its code is not available here")
+            raise exc.InvalidError(
+                f"{self.spec.name!r} was looked up by name; its code is not available here"
+            )
         return self._vivace_raw_f(*args, **kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -63,7 +70,9 @@ class Function:
     # -- remote --------------------------------------------------------------------------------------
     def _check_not_generator(self, how: str) -> None:
         if self.spec.is_generator:
-            raise exc.InvalidError(f"{self.spec.name!r} is a generator: use .remote_gen() instead of .{how}()")
+            raise exc.InvalidError(
+                f"{self.spec.name!r} is a generator: use .remote_gen() instead of .{how}()"
+            )
 
     @synchronized
     async def remote(self, *args: Any, **kwargs: Any) -> Any:
@@ -86,27 +95,47 @@ class Function:
         """Start the function without waiting; returns a ``FunctionCall``."""
         self._check_not_generator("spawn")
         call_id = invocation.new_call_id()
-        await invocation.send_inputs(await get_client(), call_id, self.object_id, CallKind.SPAWN, [0],
-                                     [invocation.encode_args(args, kwargs)], 1)
+        await invocation.send_inputs(
+            await get_client(),
+            call_id,
+            self.object_id,
+            CallKind.SPAWN,
+            [0],
+            [invocation.encode_args(args, kwargs)],
+            1,
+        )
         return FunctionCall(call_id)
 
     # -- map family ----------------------------------------------------------------------------------
-    def map(self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None, order_outputs: bool = True,
-            return_exceptions: bool = False) -> Iterator[Any]:
+    def map(
+        self,
+        *iterables: Iterable[Any],
+        kwargs: dict[str, Any] | None = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+    ) -> Iterator[Any]:
         """Run the function over the zipped iterables in parallel; yields results."""
         argsets = ((a, kwargs or {}) for a in zip(*iterables, strict=False))
         return self._map_sync(argsets, order_outputs, return_exceptions)
 
-    def starmap(self, iterable: Iterable[Any], kwargs: dict[str, Any] | None = None, order_outputs: bool = True,
-                return_exceptions: bool = False) -> Iterator[Any]:
+    def starmap(
+        self,
+        iterable: Iterable[Any],
+        kwargs: dict[str, Any] | None = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+    ) -> Iterator[Any]:
         """Like ``map`` but each item is a tuple of positional arguments."""
         argsets = ((tuple(a), kwargs or {}) for a in iterable)
         return self._map_sync(argsets, order_outputs, return_exceptions)
 
-    def for_each(self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None,
-                 ignore_exceptions: bool = False) -> None:
+    def for_each(
+        self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None, ignore_exceptions: bool = False
+    ) -> None:
         """Run the function over the inputs and discard the results."""
-        for _ in self.map(*iterables, kwargs=kwargs, order_outputs=False, return_exceptions=ignore_exceptions):
+        for _ in self.map(
+            *iterables, kwargs=kwargs, order_outputs=False, return_exceptions=ignore_exceptions
+        ):
             pass
 
     def spawn_map(self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None) -> FunctionCall:
@@ -122,8 +151,12 @@ class Function:
         await invocation._upload_all(api, call_id, self.object_id, argsets, CallKind.MAP, [])
         return FunctionCall(call_id)
 
-    def _map_sync(self, argsets: Iterable[tuple[tuple[Any, ...], dict[str, Any]]], order_outputs: bool,
-                  return_exceptions: bool) -> Iterator[Any]:
+    def _map_sync(
+        self,
+        argsets: Iterable[tuple[tuple[Any, ...], dict[str, Any]]],
+        order_outputs: bool,
+        return_exceptions: bool,
+    ) -> Iterator[Any]:
         self._check_not_generator("map")
         from vivace._sdk.output import progress
 
@@ -136,13 +169,21 @@ class Function:
                     else:
                         raise o.value
 
-    async def _map_batches(self, argsets: Iterable[tuple[tuple[Any, ...], dict[str, Any]]],
-                           order_outputs: bool) -> AsyncIterator[list[invocation.Outcome]]:
-        async for batch in invocation.map_outcomes(await get_client(), self.object_id, argsets, order_outputs):
+    async def _map_batches(
+        self, argsets: Iterable[tuple[tuple[Any, ...], dict[str, Any]]], order_outputs: bool
+    ) -> AsyncIterator[list[invocation.Outcome]]:
+        async for batch in invocation.map_outcomes(
+            await get_client(), self.object_id, argsets, order_outputs
+        ):
             yield batch
 
-    async def _map_aio(self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None,
-                       order_outputs: bool = True, return_exceptions: bool = False) -> AsyncIterator[Any]:
+    async def _map_aio(
+        self,
+        *iterables: Iterable[Any],
+        kwargs: dict[str, Any] | None = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+    ) -> AsyncIterator[Any]:
         argsets = ((a, kwargs or {}) for a in zip(*iterables, strict=False))
         async for batch in iter_async(self._map_batches(argsets, order_outputs)):
             for o in batch:
@@ -153,12 +194,25 @@ class Function:
 
     # -- autoscaler and stats -----------------------------------------------------------------------
     @synchronized
-    async def update_autoscaler(self, *, min_containers: int | None = None, max_containers: int | None = None,
-                                buffer_containers: int | None = None, scaledown_window: int | None = None) -> None:
+    async def update_autoscaler(
+        self,
+        *,
+        min_containers: int | None = None,
+        max_containers: int | None = None,
+        buffer_containers: int | None = None,
+        scaledown_window: int | None = None,
+    ) -> None:
         """Change autoscaler settings of a running function."""
-        changes = {k: v for k, v in {"min_containers": min_containers, "max_containers": max_containers,
-                                     "buffer_containers": buffer_containers,
-                                     "scaledown_window": scaledown_window}.items() if v is not None}
+        changes = {
+            k: v
+            for k, v in {
+                "min_containers": min_containers,
+                "max_containers": max_containers,
+                "buffer_containers": buffer_containers,
+                "scaledown_window": scaledown_window,
+            }.items()
+            if v is not None
+        }
         await (await get_client()).post_json(f"/v1/functions/{self.object_id}/autoscaler", changes)
 
     @synchronized
@@ -221,8 +275,9 @@ class FunctionCall:
     @synchronized
     async def cancel(self, terminate_containers: bool = False) -> None:
         """Cancel the call: pending inputs never run; running ones are interrupted."""
-        await (await get_client()).post_json(f"/v1/calls/{self.object_id}/cancel",
-                                             {"terminate_containers": terminate_containers})
+        await (await get_client()).post_json(
+            f"/v1/calls/{self.object_id}/cancel", {"terminate_containers": terminate_containers}
+        )
 
     @staticmethod
     def gather(*calls: FunctionCall) -> list[Any]:

@@ -16,12 +16,21 @@ class Retries:
         max_delay: upper bound of the delay, 1-60 seconds.
     """
 
-    def __init__(self, *, max_retries: int, backoff_coefficient: float = 2.0, initial_delay: float = 1.0,
-                 max_delay: float = 60.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_retries: int,
+        backoff_coefficient: float = 2.0,
+        initial_delay: float = 1.0,
+        max_delay: float = 60.0,
+    ) -> None:
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or not 0 <= max_retries <= 10:
             raise InvalidError(f"max_retries must be an integer between 0 and 10, got {max_retries!r}")
-        for name, value, lo, hi in (("backoff_coefficient", backoff_coefficient, 1.0, 10.0),
-                                    ("initial_delay", initial_delay, 0.0, 60.0), ("max_delay", max_delay, 1.0, 60.0)):
+        for name, value, lo, hi in (
+            ("backoff_coefficient", backoff_coefficient, 1.0, 10.0),
+            ("initial_delay", initial_delay, 0.0, 60.0),
+            ("max_delay", max_delay, 1.0, 60.0),
+        ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
                 raise InvalidError(f"{name} must be a number between {lo:g} and {hi:g}, got {value!r}")
         self.max_retries = max_retries
@@ -33,5 +42,7 @@ class Retries:
         return RetryPolicy(self.max_retries, self.backoff_coefficient, self.initial_delay, self.max_delay)
 
     def __repr__(self) -> str:
-        return (f"Retries(max_retries={self.max_retries}, backoff_coefficient={self.backoff_coefficient}, "
-                f"initial_delay={self.initial_delay}, max_delay={self.max_delay})")
+        return (
+            f"Retries(max_retries={self.max_retries}, backoff_coefficient={self.backoff_coefficient}, "
+            f"initial_delay={self.initial_delay}, max_delay={self.max_delay})"
+        )

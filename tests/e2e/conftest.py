@@ -28,10 +28,18 @@ def env_for(home, **extra):
 
 
 def vivace(home, *args, timeout=120, check=False, **extra):
-    proc = subprocess.run([*VIVACE, *args], cwd=ROOT, env=env_for(home, **extra), capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [*VIVACE, *args],
+        cwd=ROOT,
+        env=env_for(home, **extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"vivace {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"vivace {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 

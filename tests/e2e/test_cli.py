@@ -19,7 +19,10 @@ def api(home):
 
     creds = json.loads((home / "credentials.json").read_text())
     url = json.loads((home / "daemon.json").read_text())["url"]
-    headers = {"authorization": f"Bearer {creds['token_id']}:{creds['token_secret']}", "x-vivace-version": __version__}
+    headers = {
+        "authorization": f"Bearer {creds['token_id']}:{creds['token_secret']}",
+        "x-vivace-version": __version__,
+    }
     return httpx.Client(base_url=url, headers=headers, timeout=30)
 
 
@@ -46,8 +49,14 @@ def test_errors_are_one_line_with_meaningful_exit_codes(home):
     bad = vivace(home, "app", "list", VIVACE_SERVER_URL="http://127.0.0.1:9", VIVACE_TOKEN_ID="tk-x")
     assert bad.returncode == 3 and "VIVACE_TOKEN_SECRET" in bad.stderr
     vivace(home, "run", "-q", "examples/hello.py", check=True)
-    wrong = vivace(home, "app", "list", VIVACE_SERVER_URL=json.loads((home / "daemon.json").read_text())["url"],
-                   VIVACE_TOKEN_ID="tk-abcd1234", VIVACE_TOKEN_SECRET="wrong")
+    wrong = vivace(
+        home,
+        "app",
+        "list",
+        VIVACE_SERVER_URL=json.loads((home / "daemon.json").read_text())["url"],
+        VIVACE_TOKEN_ID="tk-abcd1234",
+        VIVACE_TOKEN_SECRET="wrong",
+    )
     assert wrong.returncode == 3 and "AuthError" in wrong.stderr
 
 
@@ -62,7 +71,9 @@ def test_detach_exec_and_stop(home):
             return [r["container_id"] for r in rows if r["state"] == "running" and r["function"] == "ping"]
 
         cid = wait_for(running)[0]
-    out = vivace(home, "container", "exec", cid, "python", "-c", "import os; print(os.environ['VIVACE_TASK_ID'])")
+    out = vivace(
+        home, "container", "exec", cid, "python", "-c", "import os; print(os.environ['VIVACE_TASK_ID'])"
+    )
     assert out.returncode == 0 and out.stdout.strip() == cid
     failing = vivace(home, "container", "exec", cid, "sh", "-c", "exit 7")
     assert failing.returncode == 7
@@ -85,15 +96,24 @@ with app.run():
 def test_a_gone_client_stops_its_ephemeral_app(home, how):
     vivace(home, "run", "-q", "examples/hello.py", check=True)  # start the daemon
     script = SLOW_SCRIPT.format(root=str(ROOT))
-    client = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env_for(home), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    client = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env_for(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     with api(home) as http:
+
         def slow_running():
             apps = [a for a in http.get("/v1/apps").json()["apps"] if a["name"] == "warm"]
             if not apps:
                 return None
             rows = http.get("/v1/containers", params={"app": apps[0]["app_id"]}).json()["containers"]
-            return apps[0]["app_id"] if any(r["function"] == "slow" and r["inputs_held"] for r in rows) else None
+            return (
+                apps[0]["app_id"] if any(r["function"] == "slow" and r["inputs_held"] for r in rows) else None
+            )
 
         app_id = wait_for(slow_running, timeout=60)
         client.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)

@@ -15,7 +15,9 @@ def scaling(app_loader):
 
 
 def max_overlap(spans):
-    events = sorted([(s, 1) for _, s, _ in spans] + [(e, -1) for _, _, e in spans], key=lambda x: (x[0], x[1]))
+    events = sorted(
+        [(s, 1) for _, s, _ in spans] + [(e, -1) for _, _, e in spans], key=lambda x: (x[0], x[1])
+    )
     cur = best = 0
     for _, d in events:
         cur += d

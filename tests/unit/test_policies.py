@@ -33,8 +33,9 @@ def test_scale_up_starts_the_difference():
 
 def test_placement_packs_and_respects_capacity():
     w1, w2 = WorkerCapacity("w1", 2, 1024), WorkerCapacity("w2", 2, 1024, cpu_used=1)
-    placed = place([Request("c1", 1, 256), Request("c2", 1, 256), Request("c3", 1, 256), Request("c4", 4, 1)],
-                   [w1, w2])
+    placed = place(
+        [Request("c1", 1, 256), Request("c2", 1, 256), Request("c3", 1, 256), Request("c4", 4, 1)], [w1, w2]
+    )
     assert placed["c1"] == "w2"  # the busier worker first
     assert len(placed) == 3 and "c4" not in placed
     assert w1.cpu_used + w2.cpu_used == 4

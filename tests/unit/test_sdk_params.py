@@ -58,9 +58,19 @@ def test_bad_parameters_are_typed_errors(kw, match):
 
 @pytest.mark.parametrize(
     "kw",
-    [{"image": object()}, {"gpu": "H100"}, {"volumes": {"/d": object()}}, {"secrets": [object()]},
-     {"block_network": True}, {"restrict_modal_access": True}, {"schedule": object()}, {"cloud": "aws"},
-     {"region": "us"}, {"nonpreemptible": True}, {"ephemeral_disk": 1024}],
+    [
+        {"image": object()},
+        {"gpu": "H100"},
+        {"volumes": {"/d": object()}},
+        {"secrets": [object()]},
+        {"block_network": True},
+        {"restrict_modal_access": True},
+        {"schedule": object()},
+        {"cloud": "aws"},
+        {"region": "us"},
+        {"nonpreemptible": True},
+        {"ephemeral_disk": 1024},
+    ],
 )
 def test_later_features_fail_clearly(kw):
     with pytest.raises(exc.NotImplementedYetError, match="not have yet"):

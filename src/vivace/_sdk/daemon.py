@@ -29,7 +29,7 @@ def read_state(home: Path) -> dict[str, object] | None:
 def healthy(url: str) -> str | None:
     """Return the daemon's version when it answers, else None."""
     try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as resp:  # noqa: S310 - loopback URL we wrote
+        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as resp:
             return str(json.loads(resp.read())["version"])
     except (OSError, ValueError, KeyError):
         return None
@@ -77,9 +77,25 @@ def ensure_daemon(home: Path) -> tuple[str, str]:
 def _start(home: Path) -> dict[str, object]:
     (home / "daemon.json").unlink(missing_ok=True)
     log = open(home / "server.log", "ab")  # noqa: SIM115 - handed to the child
-    argv = [sys.executable, "-m", "vivace.cli.main", "server", "--embedded", "--home", str(home), "--port", "0"]
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, env={**os.environ, "VIVACE_HOME": str(home)})
+    argv = [
+        sys.executable,
+        "-m",
+        "vivace.cli.main",
+        "server",
+        "--embedded",
+        "--home",
+        str(home),
+        "--port",
+        "0",
+    ]
+    proc = subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "VIVACE_HOME": str(home)},
+    )
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -91,7 +107,9 @@ def _start(home: Path) -> dict[str, object]:
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
-    raise ServiceError(f"the local vivace daemon did not start within {START_TIMEOUT:g} s; see {home}/server.log")
+    raise ServiceError(
+        f"the local vivace daemon did not start within {START_TIMEOUT:g} s; see {home}/server.log"
+    )
 
 
 def stop_daemon(home: Path, timeout: float = 20.0) -> bool:

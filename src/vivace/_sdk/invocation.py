@@ -41,8 +41,15 @@ def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     return serialize((args, kwargs))
 
 
-async def send_inputs(api: ApiClient, call_id: str, function_id: str, kind: CallKind, idxs: list[int],
-                      payloads: list[bytes], total: int | None) -> None:
+async def send_inputs(
+    api: ApiClient,
+    call_id: str,
+    function_id: str,
+    kind: CallKind,
+    idxs: list[int],
+    payloads: list[bytes],
+    total: int | None,
+) -> None:
     header = {"idx": idxs, "total": total, "function_id": function_id, "kind": kind.value}
     await api.post_frames(f"/v1/calls/{call_id}/inputs", header, payloads)
 
@@ -56,7 +63,9 @@ def _outcome(item: dict[str, Any], blobs: list[bytes]) -> Outcome:
     if item["status"] == "cancelled":
         return Outcome(item["idx"], False, exc.InputCancellation(_msg(item, "the input was cancelled")))
     if item["status"] == "system":
-        return Outcome(item["idx"], False, exc.ExecutionError(_msg(item, "the platform could not run the input")))
+        return Outcome(
+            item["idx"], False, exc.ExecutionError(_msg(item, "the platform could not run the input"))
+        )
     return Outcome(item["idx"], False, unpack_exception(item.get("error"), blob))
 
 
@@ -80,8 +89,10 @@ class OutputStream:
 
     async def page(self, wait: float) -> tuple[list[tuple[int, Outcome]], dict[str, Any]]:
         resp = await self.api.request(
-            "GET", f"/v1/calls/{self.call_id}/outputs",
-            params={"cursor": self.cursor, "wait": wait, "limit": 5000}, timeout=wait + 30,
+            "GET",
+            f"/v1/calls/{self.call_id}/outputs",
+            params={"cursor": self.cursor, "wait": wait, "limit": 5000},
+            timeout=wait + 30,
         )
         try:
             header, blobs = frames.decode(resp.content)
@@ -93,8 +104,14 @@ class OutputStream:
             if key in self.seen:
                 continue
             self.seen.add(key)
-            out.append((item["part"], _outcome(item, blobs) if item["status"] != "item" else
-                        Outcome(item["idx"], True, deserialize(blobs[item["blob"]]))))
+            out.append(
+                (
+                    item["part"],
+                    _outcome(item, blobs)
+                    if item["status"] != "item"
+                    else Outcome(item["idx"], True, deserialize(blobs[item["blob"]])),
+                )
+            )
         self.cursor = header["cursor"]
         return out, header
 
@@ -121,8 +138,9 @@ async def wait_one(api: ApiClient, call_id: str, timeout: float | None) -> Any:
             raise exc.TimeoutError(f"function call {call_id} has no result yet")
 
 
-async def gen_items(api: ApiClient, function_id: str, args: tuple[Any, ...],
-                    kwargs: dict[str, Any]) -> AsyncIterator[Any]:
+async def gen_items(
+    api: ApiClient, function_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> AsyncIterator[Any]:
     call_id = new_call_id()
     await send_inputs(api, call_id, function_id, CallKind.GENERATOR, [0], [encode_args(args, kwargs)], 1)
     stream = OutputStream(api, call_id)
@@ -145,9 +163,14 @@ async def gen_items(api: ApiClient, function_id: str, args: tuple[Any, ...],
             return
 
 
-async def map_outcomes(api: ApiClient, function_id: str, arg_tuples: Iterable[tuple[tuple[Any, ...], dict[str, Any]]],
-                       order_outputs: bool, kind: CallKind = CallKind.MAP,
-                       call_id: str | None = None) -> AsyncIterator[list[Outcome]]:
+async def map_outcomes(
+    api: ApiClient,
+    function_id: str,
+    arg_tuples: Iterable[tuple[tuple[Any, ...], dict[str, Any]]],
+    order_outputs: bool,
+    kind: CallKind = CallKind.MAP,
+    call_id: str | None = None,
+) -> AsyncIterator[list[Outcome]]:
     """Upload inputs in batches while yielding batches of outcomes (in input order if asked)."""
     call_id = call_id or new_call_id()
     await api.post_json("/v1/calls", {"call_id": call_id, "function_id": function_id, "kind": kind.value})
@@ -185,9 +208,14 @@ async def map_outcomes(api: ApiClient, function_id: str, arg_tuples: Iterable[tu
                 await uploader
 
 
-async def _upload_all(api: ApiClient, call_id: str, function_id: str,
-                      arg_tuples: Iterable[tuple[tuple[Any, ...], dict[str, Any]]], kind: CallKind,
-                      total_box: list[int]) -> None:
+async def _upload_all(
+    api: ApiClient,
+    call_id: str,
+    function_id: str,
+    arg_tuples: Iterable[tuple[tuple[Any, ...], dict[str, Any]]],
+    kind: CallKind,
+    total_box: list[int],
+) -> None:
     idxs: list[int] = []
     payloads: list[bytes] = []
     size = 0
@@ -205,7 +233,9 @@ async def _upload_all(api: ApiClient, call_id: str, function_id: str,
     total_box.append(n)
 
 
-async def map_outcomes_existing(api: ApiClient, call_id: str, timeout: float | None) -> AsyncIterator[list[Outcome]]:
+async def map_outcomes_existing(
+    api: ApiClient, call_id: str, timeout: float | None
+) -> AsyncIterator[list[Outcome]]:
     """All outcomes of an already-submitted call, in input order, once every one has arrived."""
     stream = OutputStream(api, call_id)
     loop = asyncio.get_running_loop()

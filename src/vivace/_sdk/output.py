@@ -32,8 +32,13 @@ def progress(label: str) -> Iterator[Callable[[int], None]]:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn(f"[bold]{label}.map"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   transient=True)
+    bar = Progress(
+        TextColumn(f"[bold]{label}.map"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        transient=True,
+    )
     task = bar.add_task(label, total=None)
     with bar:
         yield lambda n: bar.advance(task, n)

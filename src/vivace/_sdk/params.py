@@ -90,7 +90,10 @@ def memory(value: Any) -> tuple[int, int | None]:
     if isinstance(value, tuple):
         if len(value) != 2:
             raise InvalidError("memory as a tuple must be (request, limit) in MiB")
-        req, lim = _integer("memory request", value[0], 1, 16 << 20), _integer("memory limit", value[1], 1, 16 << 20)
+        req, lim = (
+            _integer("memory request", value[0], 1, 16 << 20),
+            _integer("memory limit", value[1], 1, 16 << 20),
+        )
         if lim < req:
             raise InvalidError(f"memory limit ({lim}) must be at least the request ({req})")
         return req, lim
@@ -112,19 +115,27 @@ def retries(value: Any) -> Retries:
 def env(value: Any) -> dict[str, str]:
     if value is None:
         return {}
-    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
         raise InvalidError("env must be a dict of str to str")
     return dict(value)
 
 
-def autoscaler(min_containers: Any, max_containers: Any, buffer_containers: Any,
-               scaledown_window: Any) -> dict[str, Any]:
+def autoscaler(
+    min_containers: Any, max_containers: Any, buffer_containers: Any, scaledown_window: Any
+) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "min_containers": _integer("min_containers", 0 if min_containers is None else min_containers, 0, 10_000),
-        "max_containers": None if max_containers is None else _integer("max_containers", max_containers, 1, 10_000),
+        "min_containers": _integer(
+            "min_containers", 0 if min_containers is None else min_containers, 0, 10_000
+        ),
+        "max_containers": None
+        if max_containers is None
+        else _integer("max_containers", max_containers, 1, 10_000),
         "buffer_containers": _integer("buffer_containers", buffer_containers or 0, 0, 10_000),
-        "scaledown_window": _number("scaledown_window", 60 if scaledown_window is None else scaledown_window,
-                                    2, 3600),
+        "scaledown_window": _number(
+            "scaledown_window", 60 if scaledown_window is None else scaledown_window, 2, 3600
+        ),
     }
     if out["max_containers"] is not None and out["max_containers"] < out["min_containers"]:
         raise InvalidError(

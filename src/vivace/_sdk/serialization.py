@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import pickle
 import traceback
-from typing import Any, Optional, Tuple
+from typing import Any
 
 from vivace import exception as exc
 
@@ -31,21 +31,21 @@ def deserialize(data: bytes) -> Any:
         ) from err
 
 
-def pack_exception(err: BaseException) -> Tuple[str, Optional[bytes]]:
+def pack_exception(err: BaseException) -> tuple[str, bytes | None]:
     """Return (error JSON with type, message and formatted traceback; the pickled exception or None)."""
     tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     info = {"type": type(err).__name__, "module": type(err).__module__, "message": str(err), "traceback": tb}
     try:
         import cloudpickle
 
-        blob: Optional[bytes] = cloudpickle.dumps(err)
+        blob: bytes | None = cloudpickle.dumps(err)
         pickle.loads(blob)  # type: ignore[arg-type] # it must also come back
     except Exception:
         blob = None
     return json.dumps(info), blob
 
 
-def unpack_exception(error: Optional[str], blob: Optional[bytes]) -> BaseException:
+def unpack_exception(error: str | None, blob: bytes | None) -> BaseException:
     """Rebuild the remote exception (original type when possible) with the remote traceback attached."""
     info: dict[str, Any] = {}
     if error:
@@ -53,7 +53,7 @@ def unpack_exception(error: Optional[str], blob: Optional[bytes]) -> BaseExcepti
             info = json.loads(error)
         except ValueError:
             info = {"message": error}
-    err: Optional[BaseException] = None
+    err: BaseException | None = None
     if blob:
         try:
             err = pickle.loads(blob)

@@ -31,13 +31,20 @@ def module_name_and_root(module: str, file: str) -> tuple[str, Path, list[Path]]
         module = path.stem
     parts = module.split(".")
     if len(parts) == 1 or not (path.parent / "__init__.py").exists():
-        return path.stem, path.parent, [path]  # a plain file (or in a namespace package): import it by its stem
+        return (
+            path.stem,
+            path.parent,
+            [path],
+        )  # a plain file (or in a namespace package): import it by its stem
     pkg_dir = path.parent
     for _ in parts[1:-1]:
         pkg_dir = pkg_dir.parent
     root = pkg_dir.parent
-    files = [p for p in pkg_dir.rglob("*") if p.is_file() and not (set(p.relative_to(root).parts) & SKIP_DIRS)
-             and not p.name.endswith(".pyc")]
+    files = [
+        p
+        for p in pkg_dir.rglob("*")
+        if p.is_file() and not (set(p.relative_to(root).parts) & SKIP_DIRS) and not p.name.endswith(".pyc")
+    ]
     return module, root, files
 
 
@@ -54,7 +61,9 @@ def package(module: str, file: str | None) -> SourcePackage:
             tar.addfile(info, io.BytesIO(data))
     blob = gzip.compress(raw.getvalue(), mtime=0)
     if len(blob) > MAX_SOURCE:
-        raise InvalidError(f"the source of {name!r} is {len(blob)} bytes compressed; the limit is {MAX_SOURCE}")
+        raise InvalidError(
+            f"the source of {name!r} is {len(blob)} bytes compressed; the limit is {MAX_SOURCE}"
+        )
     return SourcePackage(name, blob, hashlib.sha256(blob).hexdigest())
 
 

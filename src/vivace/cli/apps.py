@@ -35,7 +35,9 @@ def app() -> None:
 @click.option("--all", "all_", is_flag=True, help="Include stopped apps.")
 def app_list(all_: bool) -> None:
     rows = _api("GET", "/v1/apps", params={"all": int(all_)})["apps"]
-    echo_table(rows, ["app_id", "name", "state", "containers", "created_at", "stop_reason"], {"created_at": _ts})
+    echo_table(
+        rows, ["app_id", "name", "state", "containers", "created_at", "stop_reason"], {"created_at": _ts}
+    )
 
 
 @app.command("stop")
@@ -48,8 +50,9 @@ def app_stop(app_ref: str) -> None:
 def _follow(params: dict[str, Any], follow: bool) -> None:
     cursor = 0
     while True:
-        page = _api("GET", "/v1/logs", params={**params, "cursor": cursor, "wait": 10 if follow else 0},
-                    timeout=40)
+        page = _api(
+            "GET", "/v1/logs", params={**params, "cursor": cursor, "wait": 10 if follow else 0}, timeout=40
+        )
         for line in page["lines"]:
             print_log(line)
         cursor = page["cursor"]
@@ -83,8 +86,11 @@ def container_list(app_ref: str | None, all_: bool) -> None:
     if app_ref:
         params["app"] = app_ref
     rows = _api("GET", "/v1/containers", params=params)["containers"]
-    echo_table(rows, ["container_id", "app_id", "function", "state", "inputs_served", "created_at", "stop_reason"],
-               {"created_at": _ts})
+    echo_table(
+        rows,
+        ["container_id", "app_id", "function", "state", "inputs_served", "created_at", "stop_reason"],
+        {"created_at": _ts},
+    )
 
 
 @container.command("logs")
@@ -107,8 +113,12 @@ def container_stop(container_id: str) -> None:
 @click.option("--timeout", default=60.0, show_default=True)
 def container_exec(container_id: str, argv: tuple[str, ...], timeout: float) -> None:
     """Run a command inside a running container."""
-    res = _api("POST", f"/v1/containers/{container_id}/exec", json_body={"argv": list(argv), "timeout": timeout},
-               timeout=timeout + 30)
+    res = _api(
+        "POST",
+        f"/v1/containers/{container_id}/exec",
+        json_body={"argv": list(argv), "timeout": timeout},
+        timeout=timeout + 30,
+    )
     click.echo(res["stdout"], nl=False)
     click.echo(res["stderr"], nl=False, err=True)
     raise SystemExit(res["returncode"])
@@ -125,8 +135,11 @@ def token() -> None:
 def token_new(kind: str, label: str | None) -> None:
     res = _api("POST", "/v1/tokens", json_body={"kind": kind, "label": label})
     click.echo(f"token id:     {res['token_id']}\ntoken secret: {res['token_secret']}")
-    click.echo("The secret is shown once. Use it as VIVACE_TOKEN_ID / VIVACE_TOKEN_SECRET, or for a worker:"
-               f" --token {res['token_id']}:<secret>", err=True)
+    click.echo(
+        "The secret is shown once. Use it as VIVACE_TOKEN_ID / VIVACE_TOKEN_SECRET, or for a worker:"
+        f" --token {res['token_id']}:<secret>",
+        err=True,
+    )
 
 
 @token.command("info")

@@ -16,7 +16,10 @@ import click
 from vivace import exception as exc
 
 EXIT_CODES: list[tuple[type[BaseException], int]] = [
-    (exc.AuthError, 3), (exc.PermissionDeniedError, 3), (exc.NotFoundError, 4), (exc.InvalidError, 2),
+    (exc.AuthError, 3),
+    (exc.PermissionDeniedError, 3),
+    (exc.NotFoundError, 4),
+    (exc.InvalidError, 2),
     (exc.VersionError, 2),
 ]
 
@@ -27,7 +30,9 @@ def fail(err: BaseException) -> None:
     if tb:
         click.echo(tb.rstrip(), err=True)
     name = type(err).__name__
-    click.secho(f"Error: {name}: {err}" if not str(err).startswith(name) else f"Error: {err}", fg="red", err=True)
+    click.secho(
+        f"Error: {name}: {err}" if not str(err).startswith(name) else f"Error: {err}", fg="red", err=True
+    )
     sys.exit(code)
 
 
@@ -61,7 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     cli.main(args=argv, prog_name="vivace")
 
 
-def echo_table(rows: list[dict[str, Any]], columns: list[str], fmt: dict[str, Callable[[Any], str]] | None = None) -> None:
+def echo_table(
+    rows: list[dict[str, Any]], columns: list[str], fmt: dict[str, Callable[[Any], str]] | None = None
+) -> None:
     from rich.console import Console
     from rich.table import Table
 

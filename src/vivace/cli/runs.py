@@ -74,7 +74,9 @@ def run(ref: str, args: tuple[str, ...], detach: bool, quiet: bool) -> None:
         else:
             target(*args)
     if detach:
-        click.echo(f"App {app.app_id} keeps running (detached). Stop it with: vivace app stop {app.app_id}", err=True)
+        click.echo(
+            f"App {app.app_id} keeps running (detached). Stop it with: vivace app stop {app.app_id}", err=True
+        )
 
 
 def _null() -> Any:

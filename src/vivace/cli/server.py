@@ -19,14 +19,18 @@ from vivace._sdk.config import vivace_home
 @click.option("--store", default=None, help="sqlite:///PATH (default under --home) or postgresql://...")
 @click.option("--embedded", is_flag=True, help="Also run a local worker (the embedded default).")
 @click.pass_context
-def server(ctx: click.Context, host: str, port: int, home: Path | None, store: str | None, embedded: bool) -> None:
+def server(
+    ctx: click.Context, host: str, port: int, home: Path | None, store: str | None, embedded: bool
+) -> None:
     """Run the control plane."""
     if ctx.invoked_subcommand is not None:
         return
     try:
         from vivace.server.main import serve
     except ImportError as err:
-        raise click.ClickException(f"the server needs its extra: pip install 'vivace[server]' ({err})") from None
+        raise click.ClickException(
+            f"the server needs its extra: pip install 'vivace[server]' ({err})"
+        ) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     serve(host=host, port=port, home=home or vivace_home(), store_url=store, embedded=embedded)
 
@@ -57,13 +61,22 @@ def server_stop() -> None:
 @click.command()
 @click.option("--server", "server_url", required=True, help="Control plane URL.")
 @click.option("--token", default=None, help="Worker token TOKEN_ID:SECRET (or VIVACE_WORKER_TOKEN).")
-@click.option("--dir", "workdir", type=click.Path(path_type=Path), default=None, help="Worker state directory.")
+@click.option(
+    "--dir", "workdir", type=click.Path(path_type=Path), default=None, help="Worker state directory."
+)
 @click.option("--name", default=None, help="Worker name (default: host name).")
 @click.option("--cpu", type=click.FloatRange(min=0.01), default=None, help="Cores to offer (default: all).")
 @click.option("--memory", type=click.IntRange(min=16), default=None, help="MiB to offer (default: all).")
 @click.option("--runtimes", default=None, help="Comma-separated runtimes to offer (default: all available).")
-def worker(server_url: str, token: str | None, workdir: Path | None, name: str | None, cpu: float | None,
-           memory: int | None, runtimes: str | None) -> None:
+def worker(
+    server_url: str,
+    token: str | None,
+    workdir: Path | None,
+    name: str | None,
+    cpu: float | None,
+    memory: int | None,
+    runtimes: str | None,
+) -> None:
     """Run a worker agent that executes containers for a control plane."""
     import asyncio
 
@@ -76,8 +89,12 @@ def worker(server_url: str, token: str | None, workdir: Path | None, name: str |
     logging.getLogger("httpx").setLevel(logging.WARNING)
     total_mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
     config = WorkerConfig(
-        server_url=server_url, token=token, workdir=workdir or vivace_home() / "worker",
-        name=name or socket.gethostname(), cpu=cpu or float(os.cpu_count() or 1), memory=memory or total_mem,
+        server_url=server_url,
+        token=token,
+        workdir=workdir or vivace_home() / "worker",
+        name=name or socket.gethostname(),
+        cpu=cpu or float(os.cpu_count() or 1),
+        memory=memory or total_mem,
         runtimes=runtimes.split(",") if runtimes else None,
     )
     asyncio.run(Agent(config).run())

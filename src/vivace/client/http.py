@@ -23,9 +23,17 @@ from vivace.protocol import frames
 from vivace.protocol.versions import VERSION_HEADER
 
 _STATUS_ERRORS: dict[int, type[exc.Error]] = {
-    400: exc.InvalidError, 401: exc.AuthError, 403: exc.PermissionDeniedError, 404: exc.NotFoundError,
-    405: exc.InvalidError, 409: exc.ConflictError, 410: exc.NotFoundError, 413: exc.RequestSizeError,
-    422: exc.InvalidError, 426: exc.VersionError, 429: exc.ResourceExhaustedError,
+    400: exc.InvalidError,
+    401: exc.AuthError,
+    403: exc.PermissionDeniedError,
+    404: exc.NotFoundError,
+    405: exc.InvalidError,
+    409: exc.ConflictError,
+    410: exc.NotFoundError,
+    413: exc.RequestSizeError,
+    422: exc.InvalidError,
+    426: exc.VersionError,
+    429: exc.ResourceExhaustedError,
 }
 _RETRY_STATUS = {502, 503, 504}
 
@@ -47,8 +55,14 @@ class Credentials:
 
 
 class ApiClient:
-    def __init__(self, base_url: str, creds: Credentials, *, transport: httpx.AsyncBaseTransport | None = None,
-                 retry_for: float = 60.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        creds: Credentials,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retry_for: float = 60.0,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.creds = creds
         self.retry_for = retry_for
@@ -58,16 +72,28 @@ class ApiClient:
             nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
             transport = httpx.AsyncHTTPTransport(limits=limits, socket_options=nodelay)
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, transport=transport, limits=limits, timeout=httpx.Timeout(30.0, connect=5.0),
+            base_url=self.base_url,
+            transport=transport,
+            limits=limits,
+            timeout=httpx.Timeout(30.0, connect=5.0),
             headers={"authorization": creds.header(), VERSION_HEADER: __version__},
         )
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def request(self, method: str, path: str, *, json_body: Any = None, content: bytes | None = None,
-                      params: dict[str, Any] | None = None, timeout: float | None = None,
-                      retry_for: float | None = None, content_type: str | None = None) -> httpx.Response:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        content: bytes | None = None,
+        params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        retry_for: float | None = None,
+        content_type: str | None = None,
+    ) -> httpx.Response:
         budget = self.retry_for if retry_for is None else retry_for
         deadline = time.monotonic() + budget
         delay = 0.05
@@ -75,12 +101,19 @@ class ApiClient:
         while True:
             try:
                 resp = await self._http.request(
-                    method, path, json=json_body, content=content, params=params, headers=headers,
+                    method,
+                    path,
+                    json=json_body,
+                    content=content,
+                    params=params,
+                    headers=headers,
                     timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
                 )
             except (httpx.TransportError, OSError) as err:
                 if time.monotonic() + delay > deadline:
-                    raise exc.ServiceError(f"cannot reach the vivace server at {self.base_url}: {err}") from None
+                    raise exc.ServiceError(
+                        f"cannot reach the vivace server at {self.base_url}: {err}"
+                    ) from None
             else:
                 if resp.status_code < 400:
                     return resp
@@ -95,9 +128,12 @@ class ApiClient:
     async def post_json(self, path: str, body: Any = None, **kw: Any) -> Any:
         return (await self.request("POST", path, json_body=body if body is not None else {}, **kw)).json()
 
-    async def post_frames(self, path: str, header: dict[str, Any], blobs: list[bytes], **kw: Any) -> httpx.Response:
-        return await self.request("POST", path, content=frames.encode(header, blobs),
-                                  content_type=frames.CONTENT_TYPE, **kw)
+    async def post_frames(
+        self, path: str, header: dict[str, Any], blobs: list[bytes], **kw: Any
+    ) -> httpx.Response:
+        return await self.request(
+            "POST", path, content=frames.encode(header, blobs), content_type=frames.CONTENT_TYPE, **kw
+        )
 
     @staticmethod
     def decode_frames(resp: httpx.Response) -> tuple[dict[str, Any], list[bytes]]:

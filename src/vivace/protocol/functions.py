@@ -115,7 +115,9 @@ def _retry_from(raw: Any) -> RetryPolicy:
     if raw is None:
         return RetryPolicy()
     if not isinstance(raw, dict) or set(raw) - set(RetryPolicy.__dataclass_fields__):
-        raise SpecError("retries must be an object with max_retries, backoff_coefficient, initial_delay, max_delay")
+        raise SpecError(
+            "retries must be an object with max_retries, backoff_coefficient, initial_delay, max_delay"
+        )
     return RetryPolicy(**raw)
 
 

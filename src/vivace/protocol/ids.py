@@ -13,7 +13,13 @@ CONTAINER = "ta"
 WORKER = "wk"
 TOKEN = "tk"
 
-KINDS = {APP: "app", FUNCTION: "function", FUNCTION_CALL: "function call", CONTAINER: "container", WORKER: "worker"}
+KINDS = {
+    APP: "app",
+    FUNCTION: "function",
+    FUNCTION_CALL: "function call",
+    CONTAINER: "container",
+    WORKER: "worker",
+}
 
 
 def new_id(prefix: str) -> str:

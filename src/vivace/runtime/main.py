@@ -33,7 +33,7 @@ class Runtime:
         self.stopping = False
         self.busy = False
         self.current_seq: Optional[int] = None
-        self.cancelled: set = set()
+        self.cancelled: set[int] = set()
         self.main_thread = threading.get_ident()
         self.info: Dict[str, Any] = {}
 
@@ -75,7 +75,9 @@ class Runtime:
     def _interrupt(self) -> None:
         from vivace.exception import InputCancellation
 
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.main_thread), ctypes.py_object(InputCancellation))
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(self.main_thread), ctypes.py_object(InputCancellation)
+        )
 
     def on_sigterm(self, signum: int, frame: Any) -> None:
         self.stopping = True
@@ -101,8 +103,15 @@ class Runtime:
                 self.run_one(fn, item, payloads[item["blob"]], outputs, blobs, spec)
                 served += 1
 
-    def run_one(self, fn: Callable[..., Any], item: Dict[str, Any], payload: bytes, outputs: List[Dict[str, Any]],
-                blobs: List[bytes], spec: Dict[str, Any]) -> None:
+    def run_one(
+        self,
+        fn: Callable[..., Any],
+        item: Dict[str, Any],
+        payload: bytes,
+        outputs: List[Dict[str, Any]],
+        blobs: List[bytes],
+        spec: Dict[str, Any],
+    ) -> None:
         from vivace._sdk.serialization import deserialize, pack_exception, serialize
 
         seq = item["seq"]
@@ -131,8 +140,13 @@ class Runtime:
             self.busy = False
             self.current_seq = None
             context.set_input(None, None)
-        out: Dict[str, Any] = {"seq": seq, "part": FINAL, "status": status, "error": error,
-                               "duration": time.monotonic() - started}
+        out: Dict[str, Any] = {
+            "seq": seq,
+            "part": FINAL,
+            "status": status,
+            "error": error,
+            "duration": time.monotonic() - started,
+        }
         if data is not None:
             out["blob"] = len(blobs)
             blobs.append(data)
@@ -145,8 +159,15 @@ class Runtime:
         if not inspect.isgenerator(gen):
             raise TypeError("a function declared as a generator must yield")
         for part, value in enumerate(gen):
-            self.sock.exchange({"outputs": [{"seq": seq, "part": part, "status": "item", "blob": 0}], "want": 0,
-                                "wait": 0, "held": [seq]}, [serialize(value)])
+            self.sock.exchange(
+                {
+                    "outputs": [{"seq": seq, "part": part, "status": "item", "blob": 0}],
+                    "want": 0,
+                    "wait": 0,
+                    "held": [seq],
+                },
+                [serialize(value)],
+            )
 
     def fail_all(self, err: BaseException) -> None:
         """The function could not be loaded: fail the inputs waiting for it instead of crash-looping."""
@@ -156,13 +177,19 @@ class Runtime:
         header, _ = self.sock.exchange({"outputs": [], "want": MAX_BATCH, "wait": 5, "held": []}, [])
         outs = []
         for item in header.get("inputs", []):
-            o: Dict[str, Any] = {"seq": item["seq"], "part": FINAL, "status": OutputStatus.INIT_FAILURE.value,
-                                 "error": error}
+            o: Dict[str, Any] = {
+                "seq": item["seq"],
+                "part": FINAL,
+                "status": OutputStatus.INIT_FAILURE.value,
+                "error": error,
+            }
             if blob is not None:
                 o["blob"] = 0
             outs.append(o)
         if outs:
-            self.sock.exchange({"outputs": outs, "want": 0, "wait": 0, "held": []}, [blob] if blob is not None else [])
+            self.sock.exchange(
+                {"outputs": outs, "want": 0, "wait": 0, "held": []}, [blob] if blob is not None else []
+            )
 
 
 def main() -> None:

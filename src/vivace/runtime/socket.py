@@ -36,7 +36,9 @@ class WorkerSocket:
         self.path = path
         self._conn = _UnixConnection(path, timeout=None)
 
-    def _call(self, method: str, url: str, body: Optional[bytes] = None, ctype: str = "application/json") -> bytes:
+    def _call(
+        self, method: str, url: str, body: Optional[bytes] = None, ctype: str = "application/json"
+    ) -> bytes:
         headers = {"x-vivace-version": __version__, "content-type": ctype}
         for attempt in range(2):
             try:

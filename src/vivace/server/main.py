@@ -48,14 +48,24 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def serve(*, host: str, port: int, home: Path, store_url: str | None, embedded: bool, cpu: float | None = None,
-          memory: int | None = None) -> None:
+def serve(
+    *,
+    host: str,
+    port: int,
+    home: Path,
+    store_url: str | None,
+    embedded: bool,
+    cpu: float | None = None,
+    memory: int | None = None,
+) -> None:
     import uvicorn
 
     from vivace.server.api import create_app
 
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    config = ServerConfig(store_url=store_url or f"sqlite:///{home / 'vivace.db'}", blob_dir=str(home / "blobs"))
+    config = ServerConfig(
+        store_url=store_url or f"sqlite:///{home / 'vivace.db'}", blob_dir=str(home / "blobs")
+    )
     if os.environ.get("VIVACE_APP_HEARTBEAT_TIMEOUT"):
         config.app_heartbeat_timeout = float(os.environ["VIVACE_APP_HEARTBEAT_TIMEOUT"])
     plane = ControlPlane(config)
@@ -70,12 +80,22 @@ def serve(*, host: str, port: int, home: Path, store_url: str | None, embedded: 
     _write_state(home, url, worker)
     app = create_app(plane, manage_plane=False)
 
-    _Server = _server_class()  # noqa: N806
+    _Server = _server_class()
 
     async def main() -> None:
         await plane.start_loops()
-        cfg = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False,
-                             loop="none", http="httptools", ws="websockets-sansio", timeout_graceful_shutdown=2)
+        cfg = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            loop="none",
+            http="httptools",
+            ws="websockets-sansio",
+            timeout_graceful_shutdown=2,
+        )
         server = _Server(cfg)
         server.worker = worker
         log.info("vivace %s control plane on %s (store %s)", __version__, url, plane.store.dialect.name)
@@ -134,12 +154,23 @@ def _run(coro: Any) -> None:
         asyncio.run(coro)
 
 
-def _spawn_worker(url: str, creds: dict[str, str], home: Path, cpu: float | None,
-                  memory: int | None) -> subprocess.Popen[bytes]:
+def _spawn_worker(
+    url: str, creds: dict[str, str], home: Path, cpu: float | None, memory: int | None
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env["VIVACE_WORKER_TOKEN"] = f"{creds['worker_token_id']}:{creds['worker_token_secret']}"
-    argv = [sys.executable, "-m", "vivace.cli.main", "worker", "--server", url, "--dir", str(home / "worker"),
-            "--name", "embedded"]
+    argv = [
+        sys.executable,
+        "-m",
+        "vivace.cli.main",
+        "worker",
+        "--server",
+        url,
+        "--dir",
+        str(home / "worker"),
+        "--name",
+        "embedded",
+    ]
     if cpu:
         argv += ["--cpu", str(cpu)]
     if memory:
@@ -149,7 +180,12 @@ def _spawn_worker(url: str, creds: dict[str, str], home: Path, cpu: float | None
 
 
 def _write_state(home: Path, url: str, worker: subprocess.Popen[bytes] | None) -> None:
-    state = {"url": url, "pid": os.getpid(), "worker_pid": worker.pid if worker else None, "version": __version__}
+    state = {
+        "url": url,
+        "pid": os.getpid(),
+        "worker_pid": worker.pid if worker else None,
+        "version": __version__,
+    }
     tmp = home / "daemon.json.tmp"
     tmp.write_text(json.dumps(state))
     os.replace(tmp, home / "daemon.json")

@@ -19,12 +19,19 @@ from vivace.server.plane import ControlPlane
 
 
 class LocalCluster:
-    def __init__(self, home: Path, *, worker_cpu: float = 2.0, worker_memory: int = 4096, tick: float = 0.5) -> None:
+    def __init__(
+        self, home: Path, *, worker_cpu: float = 2.0, worker_memory: int = 4096, tick: float = 0.5
+    ) -> None:
         self.home = home
         self.worker_cpu = worker_cpu
         self.worker_memory = worker_memory
-        self.config = ServerConfig(store_url=f"sqlite:///{home / 'vivace.db'}", blob_dir=str(home / "blobs"),
-                                   tick=tick, worker_timeout=10.0, app_heartbeat_timeout=10.0)
+        self.config = ServerConfig(
+            store_url=f"sqlite:///{home / 'vivace.db'}",
+            blob_dir=str(home / "blobs"),
+            tick=tick,
+            worker_timeout=10.0,
+            app_heartbeat_timeout=10.0,
+        )
         self.plane = ControlPlane(self.config)
         self.port = free_port("127.0.0.1")
         self.url = f"http://127.0.0.1:{self.port}"
@@ -42,8 +49,11 @@ class LocalCluster:
         return f"{self.creds['worker_token_id']}:{self.creds['worker_token_secret']}"
 
     def client_env(self) -> dict[str, str]:
-        return {"VIVACE_SERVER_URL": self.url, "VIVACE_TOKEN_ID": self.creds["token_id"],
-                "VIVACE_TOKEN_SECRET": self.creds["token_secret"]}
+        return {
+            "VIVACE_SERVER_URL": self.url,
+            "VIVACE_TOKEN_ID": self.creds["token_id"],
+            "VIVACE_TOKEN_SECRET": self.creds["token_secret"],
+        }
 
     def start(self) -> LocalCluster:
         import uvicorn
@@ -54,8 +64,15 @@ class LocalCluster:
         self.plane.store.start()
         self.creds = bootstrap_tokens(self.plane, self.home)
         app = create_app(self.plane, manage_plane=False)
-        cfg = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off",
-                             loop="asyncio", ws="websockets-sansio")
+        cfg = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="off",
+            loop="asyncio",
+            ws="websockets-sansio",
+        )
         self._server = uvicorn.Server(cfg)
 
         async def main() -> None:
@@ -65,7 +82,9 @@ class LocalCluster:
             finally:
                 await self.plane.stop()
 
-        self._thread = threading.Thread(target=lambda: asyncio.run(main()), name="vivace-test-server", daemon=True)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(main()), name="vivace-test-server", daemon=True
+        )
         self._thread.start()
         _wait_http(f"{self.url}/healthz")
         self.start_worker()
@@ -75,13 +94,30 @@ class LocalCluster:
         env = {**os.environ, "VIVACE_WORKER_TOKEN": self.worker_token}
         log = open(self.home / "worker.log", "ab")  # noqa: SIM115
         self.worker = subprocess.Popen(
-            [sys.executable, "-m", "vivace.cli.main", "worker", "--server", self.url, "--dir",
-             str(self.home / "worker"), "--cpu", str(self.worker_cpu), "--memory", str(self.worker_memory)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "vivace.cli.main",
+                "worker",
+                "--server",
+                self.url,
+                "--dir",
+                str(self.home / "worker"),
+                "--cpu",
+                str(self.worker_cpu),
+                "--memory",
+                str(self.worker_memory),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if self.plane.store.write_sync(lambda tx: tx.scalar("SELECT COUNT(*) FROM workers WHERE state='alive'")):
+            if self.plane.store.write_sync(
+                lambda tx: tx.scalar("SELECT COUNT(*) FROM workers WHERE state='alive'")
+            ):
                 return
             time.sleep(0.05)
         raise RuntimeError("the worker did not register within 30 s")
@@ -110,7 +146,7 @@ def _wait_http(url: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=1):
                 return
         except OSError:
             time.sleep(0.05)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from vivace import exception as exc
-from vivace._version import __version__
 from vivace.client import ApiClient, Credentials
 from vivace.worker.channel import run_channel
 from vivace.worker.logs import LogShipper
@@ -46,7 +45,9 @@ class Agent:
         if config.runtimes:
             missing = [r for r in config.runtimes if r not in found]
             if missing:
-                raise exc.InvalidError(f"runtime(s) {', '.join(missing)} not available here; have {sorted(found)}")
+                raise exc.InvalidError(
+                    f"runtime(s) {', '.join(missing)} not available here; have {sorted(found)}"
+                )
             found = {k: v for k, v in found.items() if k in config.runtimes}
         self.runtimes: dict[str, ContainerRuntime] = found
         self.worker_id = ""
@@ -65,8 +66,10 @@ class Agent:
         self.config.workdir.mkdir(parents=True, exist_ok=True)
         previous = self._reconcile()
         await self._register(previous)
-        bg = [asyncio.create_task(c) for c in (self._poll_loop(), self.logs.run(),
-                                               run_channel(self), self._stopping.wait())]
+        bg = [
+            asyncio.create_task(c)
+            for c in (self._poll_loop(), self.logs.run(), run_channel(self), self._stopping.wait())
+        ]
         try:
             done, _ = await asyncio.wait(bg, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
@@ -104,22 +107,39 @@ class Agent:
         return previous
 
     async def _register(self, previous: str | None) -> None:
-        body = {"name": self.config.name, "cpu": self.config.cpu, "memory": self.config.memory,
-                "runtimes": sorted(self.runtimes), "labels": self.config.labels or {}, "replaces": previous}
+        body = {
+            "name": self.config.name,
+            "cpu": self.config.cpu,
+            "memory": self.config.memory,
+            "runtimes": sorted(self.runtimes),
+            "labels": self.config.labels or {},
+            "replaces": previous,
+        }
         res = await self.api.post_json("/v1/workers", body)
         self.worker_id = res["worker_id"]
         (self.config.workdir / "state.json").write_text(json.dumps({"worker_id": self.worker_id}))
-        log.info("worker %s registered (cpu=%g memory=%d MiB runtimes=%s)", self.worker_id, self.config.cpu,
-                 self.config.memory, ",".join(sorted(self.runtimes)))
+        log.info(
+            "worker %s registered (cpu=%g memory=%d MiB runtimes=%s)",
+            self.worker_id,
+            self.config.cpu,
+            self.config.memory,
+            ",".join(sorted(self.runtimes)),
+        )
 
     # -- assignments -----------------------------------------------------------------------------
     async def _poll_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                resp = await self.api.request("POST", f"/v1/workers/{self.worker_id}/poll",
-                                              json_body={"held": sorted(self.containers.keys() | self.starting), "wait": 10,
-                                                         "stopping": [c for c, s in self.containers.items()
-                                                                      if s.stop_reason is not None]}, timeout=40)
+                resp = await self.api.request(
+                    "POST",
+                    f"/v1/workers/{self.worker_id}/poll",
+                    json_body={
+                        "held": sorted(self.containers.keys() | self.starting),
+                        "wait": 10,
+                        "stopping": [c for c, s in self.containers.items() if s.stop_reason is not None],
+                    },
+                    timeout=40,
+                )
             except exc.NotFoundError as err:  # declared dead (410) or unknown: start over
                 log.warning("control plane forgot this worker (%s); re-registering", err)
                 for sup in list(self.containers.values()):
@@ -128,9 +148,9 @@ class Agent:
                 continue
             header, blobs = ApiClient.decode_frames(resp)
             for cid in header.get("stop", []):
-                sup = self.containers.get(cid)
-                if sup is not None:
-                    self._spawn(sup.stop("asked by the control plane"))
+                running = self.containers.get(cid)
+                if running is not None:
+                    self._spawn(running.stop("asked by the control plane"))
             for cid, seqs in header.get("cancel", {}).items():
                 if cid in self.containers:
                     self.containers[cid].cancel.update(seqs)
@@ -148,37 +168,55 @@ class Agent:
     async def _run_container(self, a: dict[str, Any], definition: bytes | None) -> None:
         cid = a["container_id"]
         runtime = self.runtimes.get(a["spec"].get("runtime") or "") or next(iter(self.runtimes.values()))
-        source = None
         try:
             return await self._run_started(a, definition, runtime)
         finally:
             self.starting.discard(cid)
 
-    async def _run_started(self, a: dict[str, Any], definition: bytes | None, runtime: ContainerRuntime) -> None:
+    async def _run_started(
+        self, a: dict[str, Any], definition: bytes | None, runtime: ContainerRuntime
+    ) -> None:
         cid = a["container_id"]
         source = None
         try:
             if a["spec"].get("source_hash"):
                 source = await self.sources.get(a["spec"]["source_hash"])
-            sup = ContainerSupervisor(assignment=a, definition=definition, worker_id=self.worker_id, api=self.api,
-                                      runtime=runtime, workdir=self.config.workdir / "containers" / cid,
-                                      source_dir=source, logs=self.logs)
+            sup = ContainerSupervisor(
+                assignment=a,
+                definition=definition,
+                worker_id=self.worker_id,
+                api=self.api,
+                runtime=runtime,
+                workdir=self.config.workdir / "containers" / cid,
+                source_dir=source,
+                logs=self.logs,
+            )
             self.containers[cid] = sup
             await sup.start()
         except Exception as err:
             log.exception("container %s failed to start", cid)
             self.containers.pop(cid, None)
-            self.logs.add(a["app_id"], a["function_id"], cid, None, "system", f"container failed to start: {err}")
+            self.logs.add(
+                a["app_id"], a["function_id"], cid, None, "system", f"container failed to start: {err}"
+            )
             await self._event(cid, "exited", None, f"failed to start: {err}")
             return
         if runtime.name == "process":
-            self.logs.add(a["app_id"], a["function_id"], cid, None, "system",
-                          "warning: running with the 'process' runtime: no isolation (development only)")
+            self.logs.add(
+                a["app_id"],
+                a["function_id"],
+                cid,
+                None,
+                "system",
+                "warning: running with the 'process' runtime: no isolation (development only)",
+            )
         await self._event(cid, "started", None, None)
         status = await sup.run()
         self.containers.pop(cid, None)
         if status.reason != "exited" and not status.reason.startswith("stopped"):
-            self.logs.add(a["app_id"], a["function_id"], cid, None, "system", f"container {status.describe()}")
+            self.logs.add(
+                a["app_id"], a["function_id"], cid, None, "system", f"container {status.describe()}"
+            )
         await self._event(cid, "exited", status.code, status.describe())
 
     async def _event(self, cid: str, event: str, code: int | None, reason: str | None) -> None:

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from vivace.worker.agent import Agent
 
 log = logging.getLogger("vivace.worker")
+_inflight: set[asyncio.Task[None]] = set()
 
 
 async def run_channel(agent: Agent) -> None:
@@ -29,7 +30,9 @@ async def run_channel(agent: Agent) -> None:
                 delay = 0.2
                 async for raw in ws:
                     msg = json.loads(raw)
-                    asyncio.create_task(_answer(agent, ws, msg))
+                    task = asyncio.create_task(_answer(agent, ws, msg))
+                    _inflight.add(task)
+                    task.add_done_callback(_inflight.discard)
         except asyncio.CancelledError:
             raise
         except Exception as err:
@@ -48,7 +51,9 @@ async def _answer(agent: Agent, ws: Any, msg: dict[str, Any]) -> None:
         if sup is None:
             raise ValueError(f"container {msg['container_id']} is not running on this worker")
         code, out, err = await sup.runtime.exec(sup.spec, list(msg["argv"]), float(msg.get("timeout", 60)))
-        reply.update(returncode=code, stdout=out.decode("utf-8", "replace"), stderr=err.decode("utf-8", "replace"))
+        reply.update(
+            returncode=code, stdout=out.decode("utf-8", "replace"), stderr=err.decode("utf-8", "replace")
+        )
     except Exception as err:
         reply["error"] = str(err)
     await ws.send(json.dumps(reply))

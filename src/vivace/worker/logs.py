@@ -22,13 +22,29 @@ class LogShipper:
         self._wake = asyncio.Event()
         self.dropped = 0
 
-    def add(self, app_id: str, function_id: str | None, container_id: str | None, input_seq: int | None,
-            stream: str, line: str) -> None:
+    def add(
+        self,
+        app_id: str,
+        function_id: str | None,
+        container_id: str | None,
+        input_seq: int | None,
+        stream: str,
+        line: str,
+    ) -> None:
         if len(self._buf) >= MAX_BUFFER:
             self.dropped += 1
             return
-        self._buf.append({"app_id": app_id, "function_id": function_id, "container_id": container_id,
-                          "input_seq": input_seq, "stream": stream, "ts": time.time(), "line": line})
+        self._buf.append(
+            {
+                "app_id": app_id,
+                "function_id": function_id,
+                "container_id": container_id,
+                "input_seq": input_seq,
+                "stream": stream,
+                "ts": time.time(),
+                "line": line,
+            }
+        )
         if len(self._buf) >= MAX_BATCH:
             self._wake.set()
 

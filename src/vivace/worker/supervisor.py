@@ -36,8 +36,18 @@ def socket_path_for(workdir: Path, container_id: str) -> Path:
 
 
 class ContainerSupervisor:
-    def __init__(self, *, assignment: dict[str, Any], definition: bytes | None, worker_id: str, api: ApiClient,
-                 runtime: ContainerRuntime, workdir: Path, source_dir: Path | None, logs: LogShipper) -> None:
+    def __init__(
+        self,
+        *,
+        assignment: dict[str, Any],
+        definition: bytes | None,
+        worker_id: str,
+        api: ApiClient,
+        runtime: ContainerRuntime,
+        workdir: Path,
+        source_dir: Path | None,
+        logs: LogShipper,
+    ) -> None:
         self.id: str = assignment["container_id"]
         self.app_id: str = assignment["app_id"]
         self.function_id: str = assignment["function_id"]
@@ -49,10 +59,15 @@ class ContainerSupervisor:
         self.runtime = runtime
         self.logs = logs
         self.spec = ContainerSpec(
-            container_id=self.id, workdir=workdir, socket_path=socket_path_for(workdir, self.id),
+            container_id=self.id,
+            workdir=workdir,
+            socket_path=socket_path_for(workdir, self.id),
             source_dir=source_dir,
-            env=dict(self.fspec.get("env") or {}), cpu=self.fspec["cpu"], cpu_limit=self.fspec.get("cpu_limit"),
-            memory=self.fspec["memory"], memory_limit=self.fspec.get("memory_limit"),
+            env=dict(self.fspec.get("env") or {}),
+            cpu=self.fspec["cpu"],
+            cpu_limit=self.fspec.get("cpu_limit"),
+            memory=self.fspec["memory"],
+            memory_limit=self.fspec.get("memory_limit"),
         )
         self.handle: ContainerHandle | None = None
         self.cancel: set[int] = set()
@@ -70,8 +85,11 @@ class ContainerSupervisor:
 
     async def run(self) -> ExitStatus:
         assert self.handle is not None
-        pumps = [asyncio.create_task(self._pump(s, name)) for s, name in
-                 ((self.handle.stdout, "stdout"), (self.handle.stderr, "stderr")) if s is not None]
+        pumps = [
+            asyncio.create_task(self._pump(s, name))
+            for s, name in ((self.handle.stdout, "stdout"), (self.handle.stderr, "stderr"))
+            if s is not None
+        ]
         status = await self.handle.wait()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*pumps), 2)
@@ -100,8 +118,14 @@ class ContainerSupervisor:
             line = await stream.readline()
             if not line:
                 return
-            self.logs.add(self.app_id, self.function_id, self.id, self.current, name,
-                          line.decode("utf-8", "replace").rstrip("\n"))
+            self.logs.add(
+                self.app_id,
+                self.function_id,
+                self.id,
+                self.current,
+                name,
+                line.decode("utf-8", "replace").rstrip("\n"),
+            )
 
     # -- the container socket --------------------------------------------------------------------
     async def _handle(self, req: HttpRequest) -> HttpResponse:
@@ -113,10 +137,19 @@ class ContainerSupervisor:
             return HttpResponse(200, body.encode(), "application/json")
         if req.path == "/hello" and req.method == "GET":
             peer = req.headers.get("x-vivace-version", "")
-            info = {"container_id": self.id, "function_id": self.function_id, "app_id": self.app_id,
-                    "spec": self.fspec, "has_definition": self.definition is not None, "version": __version__}
-            return HttpResponse(200, json.dumps(info).encode(), "application/json") if peer else \
-                HttpResponse(400, b"missing x-vivace-version", "text/plain")
+            info = {
+                "container_id": self.id,
+                "function_id": self.function_id,
+                "app_id": self.app_id,
+                "spec": self.fspec,
+                "has_definition": self.definition is not None,
+                "version": __version__,
+            }
+            return (
+                HttpResponse(200, json.dumps(info).encode(), "application/json")
+                if peer
+                else HttpResponse(400, b"missing x-vivace-version", "text/plain")
+            )
         if req.path == "/definition" and req.method == "GET":
             return HttpResponse(200, self.definition or b"")
         return HttpResponse(404, b"not found", "text/plain")
@@ -132,8 +165,9 @@ class ContainerSupervisor:
         deadline = time.monotonic() + 120
         while True:
             try:
-                resp = await self.api.post_frames(self._exchange_path, header, blobs, retry_for=0,
-                                                  timeout=float(header.get("wait", 0)) + 30)
+                resp = await self.api.post_frames(
+                    self._exchange_path, header, blobs, retry_for=0, timeout=float(header.get("wait", 0)) + 30
+                )
                 break
             except exc.ServiceError as err:
                 if time.monotonic() > deadline or self.stop_reason is not None:
@@ -149,7 +183,7 @@ class ContainerSupervisor:
                 return HttpResponse(400, str(err).encode(), "text/plain")
         if retried:
             log.info("container %s: exchange went through after the control plane came back", self.id)
-        rh, rb = frames.decode(resp.content)
+        rh, _ = frames.decode(resp.content)
         self.cancel.update(rh.get("cancel", []))
         inputs = rh.get("inputs", [])
         if len(inputs) == 1:

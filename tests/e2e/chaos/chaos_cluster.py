@@ -92,18 +92,27 @@ class Cluster:
         self.worker_starts = 0
 
     # -- processes -------------------------------------------------------------------------------
-    def _spawn(self, argv: list[str], log_name: str, env: dict[str, str] | None = None,
-               cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, argv: list[str], log_name: str, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.Popen[bytes]:
         with open(self.logs / log_name, "ab") as logf:
-            return subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env or _clean_env(), cwd=str(cwd or self.home),
-                                    start_new_session=True)
+            return subprocess.Popen(
+                argv,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env or _clean_env(),
+                cwd=str(cwd or self.home),
+                start_new_session=True,
+            )
 
     def start_server(self, timeout: float = 30.0) -> None:
         assert self.server is None or self.server.poll() is not None, "the server is already running"
         self.server_starts += 1
-        self.server = self._spawn([*VIVACE, "server", "--home", str(self.home), "--port", str(self.port)],
-                                  f"server-{self.server_starts}.log")
+        self.server = self._spawn(
+            [*VIVACE, "server", "--home", str(self.home), "--port", str(self.port)],
+            f"server-{self.server_starts}.log",
+        )
 
         def up() -> bool:
             assert self.server is not None
@@ -139,10 +148,25 @@ class Cluster:
         before = self.worker_id()
         self.worker_starts += 1
         token = f"{self.creds['worker_token_id']}:{self.creds['worker_token_secret']}"
-        self.worker = self._spawn([*VIVACE, "worker", "--server", self.url, "--token", token,
-                                   "--dir", str(self.worker_dir), "--cpu", "2", "--memory", "4096",
-                                   "--name", f"chaos-{self.worker_starts}"],
-                                  f"worker-{self.worker_starts}.log")
+        self.worker = self._spawn(
+            [
+                *VIVACE,
+                "worker",
+                "--server",
+                self.url,
+                "--token",
+                token,
+                "--dir",
+                str(self.worker_dir),
+                "--cpu",
+                "2",
+                "--memory",
+                "4096",
+                "--name",
+                f"chaos-{self.worker_starts}",
+            ],
+            f"worker-{self.worker_starts}.log",
+        )
 
         def registered() -> str | None:
             assert self.worker is not None
@@ -178,19 +202,22 @@ class Cluster:
 
     def client_env(self) -> dict[str, str]:
         env = _clean_env()
-        env.update({
-            "VIVACE_SERVER_URL": self.url,
-            "VIVACE_TOKEN_ID": self.creds["token_id"],
-            "VIVACE_TOKEN_SECRET": self.creds["token_secret"],
-            "VIVACE_HOME": str(self.home / "client"),
-            "VIVACE_CONFIG_PATH": str(self.home / "no-such-config.toml"),
-        })
+        env.update(
+            {
+                "VIVACE_SERVER_URL": self.url,
+                "VIVACE_TOKEN_ID": self.creds["token_id"],
+                "VIVACE_TOKEN_SECRET": self.creds["token_secret"],
+                "VIVACE_HOME": str(self.home / "client"),
+                "VIVACE_CONFIG_PATH": str(self.home / "no-such-config.toml"),
+            }
+        )
         return env
 
     def run_client(self, script: Path, *args: str) -> subprocess.Popen[bytes]:
         n = len(self.clients) + 1
-        proc = self._spawn([PYTHON, str(script), *args], f"client-{n}.log", env=self.client_env(),
-                           cwd=script.parent)
+        proc = self._spawn(
+            [PYTHON, str(script), *args], f"client-{n}.log", env=self.client_env(), cwd=script.parent
+        )
         self.clients.append(proc)
         return proc
 
@@ -219,10 +246,14 @@ class Cluster:
         from vivace._version import __version__
         from vivace.protocol.versions import VERSION_HEADER
 
-        return httpx.Client(base_url=self.url, timeout=30.0, headers={
-            "authorization": f"Bearer {self.creds['token_id']}:{self.creds['token_secret']}",
-            VERSION_HEADER: __version__,
-        })
+        return httpx.Client(
+            base_url=self.url,
+            timeout=30.0,
+            headers={
+                "authorization": f"Bearer {self.creds['token_id']}:{self.creds['token_secret']}",
+                VERSION_HEADER: __version__,
+            },
+        )
 
     def log_tail(self, prefix: str, lines: int = 40) -> str:
         out = []
@@ -236,10 +267,13 @@ class Cluster:
         with contextlib.suppress(Exception):
             by_state = self.query("SELECT state, COUNT(*) FROM inputs GROUP BY state")
             parts.append(f"inputs by state: {by_state!r}")
-            parts.append("calls: " + repr(self.query(
-                "SELECT id, inputs_total, inputs_added, outputs_done FROM calls")))
-            parts.append("containers: " + repr(self.query(
-                "SELECT id, worker_id, state, held, served, stop_reason FROM containers")))
+            parts.append(
+                "calls: " + repr(self.query("SELECT id, inputs_total, inputs_added, outputs_done FROM calls"))
+            )
+            parts.append(
+                "containers: "
+                + repr(self.query("SELECT id, worker_id, state, held, served, stop_reason FROM containers"))
+            )
         return "\n".join(parts)
 
     # -- teardown --------------------------------------------------------------------------------

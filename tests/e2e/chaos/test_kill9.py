@@ -129,8 +129,13 @@ class ChaosApp:
         self.exec_log = cluster.home / "executions.log"
         self.out = cluster.home / "result.json"
         self.script = self.dir / "chaos_app.py"
-        source = APP_SOURCE.format(exec_log=str(self.exec_log), markers=str(self.markers), n=N, hold=hold,
-                                   max_containers=MAX_CONTAINERS)
+        source = APP_SOURCE.format(
+            exec_log=str(self.exec_log),
+            markers=str(self.markers),
+            n=N,
+            hold=hold,
+            max_containers=MAX_CONTAINERS,
+        )
         if padding:  # a bigger source package takes the worker longer to fetch and unpack
             source += f"\n\nPADDING = {base64.b64encode(os.urandom(padding)).decode()!r}\n"
         self.script.write_text(source)
@@ -186,17 +191,24 @@ def assert_exactly_once(app: ChaosApp, max_extra: int) -> Counter[int]:
     call_id, inputs_total, inputs_added, outputs_done, cancelled = calls[0]
     assert (inputs_total, inputs_added, outputs_done, cancelled) == (N, N, N, 0)
     assert c.scalar("SELECT COUNT(*) FROM inputs WHERE state = 'leased'") == 0
-    by_state = dict(c.query("SELECT state, COUNT(*) FROM inputs WHERE call_id = ? GROUP BY state",
-                            (call_id,)))
+    by_state = dict(
+        c.query("SELECT state, COUNT(*) FROM inputs WHERE call_id = ? GROUP BY state", (call_id,))
+    )
     assert by_state == {"done": N}, by_state
     idxs = c.query("SELECT MIN(idx), MAX(idx), COUNT(DISTINCT idx) FROM inputs WHERE call_id = ?", (call_id,))
     assert idxs == [(0, N - 1, N)]
-    finals = c.query("SELECT status, COUNT(*), COUNT(DISTINCT idx) FROM outputs "
-                     "WHERE call_id = ? AND part = -1 GROUP BY status", (call_id,))
+    finals = c.query(
+        "SELECT status, COUNT(*), COUNT(DISTINCT idx) FROM outputs "
+        "WHERE call_id = ? AND part = -1 GROUP BY status",
+        (call_id,),
+    )
     assert finals == [("success", N, N)], finals
     # the stopped app's containers all stop, and their processes exit
-    wait_until(lambda: c.scalar("SELECT COUNT(*) FROM containers WHERE state <> 'stopped'") == 0, 30,
-               "every container of the stopped app to stop")
+    wait_until(
+        lambda: c.scalar("SELECT COUNT(*) FROM containers WHERE state <> 'stopped'") == 0,
+        30,
+        "every container of the stopped app to stop",
+    )
     wait_until(lambda: not c.container_pids(), 15, "container processes to exit")
     return runs
 
@@ -233,8 +245,10 @@ def test_kill9_container_mid_input(cluster: Cluster) -> None:
         state, code = cluster.query("SELECT state, exit_code FROM containers WHERE id = ?", (task,))[0]
         assert (state, code) == ("stopped", 137)
         assert {t for j, _, t in app.executions() if j == i} - {task}, f"input {i} never ran elsewhere"
-    print(f"container kill: {time.monotonic() - started:.1f} s, {sum(runs.values())} executions, "
-          f"{sum(1 for v in runs.values() if v > 1)} inputs re-run")
+    print(
+        f"container kill: {time.monotonic() - started:.1f} s, {sum(runs.values())} executions, "
+        f"{sum(1 for v in runs.values() if v > 1)} inputs re-run"
+    )
 
 
 @pytest.mark.slow
@@ -251,8 +265,9 @@ def test_kill9_worker_holding_leases(cluster: Cluster) -> None:
     doomed = cluster.container_pids()
     cluster.kill_worker()
     # its containers die with it (PDEATHSIG) ...
-    wait_until(lambda: not (set(doomed) & set(cluster.container_pids())), 10,
-               "the worker's containers to die")
+    wait_until(
+        lambda: not (set(doomed) & set(cluster.container_pids())), 10, "the worker's containers to die"
+    )
     assert app.executed() < N, "the map finished before the worker was killed; make f slower"
     # ... and the inputs they held stay leased to them until the worker comes back
     time.sleep(0.5)
@@ -265,8 +280,10 @@ def test_kill9_worker_holding_leases(cluster: Cluster) -> None:
     runs = assert_exactly_once(app, max_extra=LEASE_BATCH * MAX_CONTAINERS)
     assert runs[150] == 2
     assert cluster.query("SELECT state FROM workers WHERE id = ?", (first,)) == [("dead",)]
-    print(f"worker kill: {time.monotonic() - started:.1f} s, {len(held)} inputs leased at the kill, "
-          f"{sum(runs.values())} executions")
+    print(
+        f"worker kill: {time.monotonic() - started:.1f} s, {len(held)} inputs leased at the kill, "
+        f"{sum(runs.values())} executions"
+    )
 
 
 @pytest.mark.slow
@@ -277,8 +294,11 @@ def test_kill9_control_plane_during_upload(cluster: Cluster) -> None:
     app = ChaosApp(cluster)
     started = time.monotonic()
     client = app.start("slow_upload")
-    wait_until(lambda: (cluster.scalar("SELECT COUNT(*) FROM inputs") or 0) >= 100, 60,
-               "the first input batches to be persisted")
+    wait_until(
+        lambda: (cluster.scalar("SELECT COUNT(*) FROM inputs") or 0) >= 100,
+        60,
+        "the first input batches to be persisted",
+    )
     cluster.kill_server()
     # the upload was cut in the middle: some inputs persisted, the total not yet known
     persisted = cluster.scalar("SELECT COUNT(*) FROM inputs")
@@ -288,8 +308,10 @@ def test_kill9_control_plane_during_upload(cluster: Cluster) -> None:
     cluster.start_server()
     cluster.wait_client(client, CLIENT_TIMEOUT)
     runs = assert_exactly_once(app, max_extra=LEASE_BATCH * MAX_CONTAINERS)
-    print(f"control plane kill during upload: {time.monotonic() - started:.1f} s, "
-          f"{persisted} inputs persisted at the kill, {sum(runs.values())} executions")
+    print(
+        f"control plane kill during upload: {time.monotonic() - started:.1f} s, "
+        f"{persisted} inputs persisted at the kill, {sum(runs.values())} executions"
+    )
 
 
 @pytest.mark.slow
@@ -299,8 +321,11 @@ def test_kill9_control_plane_after_inputs_persisted_before_any_lease(cluster: Cl
     app = ChaosApp(cluster)
     started = time.monotonic()
     client = app.start("map")
-    wait_until(lambda: cluster.query("SELECT inputs_total, inputs_added FROM calls") == [(N, N)], 60,
-               "every input to be persisted")
+    wait_until(
+        lambda: cluster.query("SELECT inputs_total, inputs_added FROM calls") == [(N, N)],
+        60,
+        "every input to be persisted",
+    )
     assert cluster.scalar("SELECT COUNT(*) FROM inputs WHERE state = 'pending'") == N
     cluster.kill_server()
     assert cluster.scalar("SELECT COUNT(*) FROM inputs WHERE state = 'pending'") == N
@@ -309,8 +334,10 @@ def test_kill9_control_plane_after_inputs_persisted_before_any_lease(cluster: Cl
     cluster.start_worker()
     cluster.wait_client(client, CLIENT_TIMEOUT)
     runs = assert_exactly_once(app, max_extra=0)
-    print(f"control plane kill before any lease: {time.monotonic() - started:.1f} s, "
-          f"{sum(runs.values())} executions")
+    print(
+        f"control plane kill before any lease: {time.monotonic() - started:.1f} s, "
+        f"{sum(runs.values())} executions"
+    )
 
 
 @pytest.mark.slow
@@ -322,8 +349,11 @@ def test_kill9_control_plane_after_outputs_persisted_before_fetch(cluster: Clust
     started = time.monotonic()
     client = app.start("spawn_map")
     call_id = wait_until(lambda: app.marker("call_id"), 60, "the spawned map's call id")
-    wait_until(lambda: cluster.query("SELECT outputs_done FROM calls WHERE id = ?", (call_id,)) == [(N,)], 90,
-               "every output to be persisted")
+    wait_until(
+        lambda: cluster.query("SELECT outputs_done FROM calls WHERE id = ?", (call_id,)) == [(N,)],
+        90,
+        "every output to be persisted",
+    )
     assert app.marker("results_received") is None
     cluster.kill_server()
     assert cluster.scalar("SELECT COUNT(*) FROM outputs WHERE call_id = ? AND part = -1", (call_id,)) == N
@@ -331,8 +361,10 @@ def test_kill9_control_plane_after_outputs_persisted_before_fetch(cluster: Clust
     app.set_marker("go")  # now the client fetches: FunctionCall.from_id(call_id).get()
     cluster.wait_client(client, CLIENT_TIMEOUT)
     runs = assert_exactly_once(app, max_extra=0)
-    print(f"control plane kill before fetch: {time.monotonic() - started:.1f} s, "
-          f"{sum(runs.values())} executions")
+    print(
+        f"control plane kill before fetch: {time.monotonic() - started:.1f} s, "
+        f"{sum(runs.values())} executions"
+    )
 
 
 # -- the lease fence at the HTTP level ----------------------------------------------------------------
@@ -361,12 +393,19 @@ def test_output_under_revoked_lease_is_rejected(cluster: Cluster) -> None:
     user = cluster.api()
     worker = cluster.api()
     worker.headers["authorization"] = (
-        f"Bearer {cluster.creds['worker_token_id']}:{cluster.creds['worker_token_secret']}")
+        f"Bearer {cluster.creds['worker_token_id']}:{cluster.creds['worker_token_secret']}"
+    )
     frames_ct = {"content-type": "application/vnd.vivace.frames"}
 
     def register(replaces: str | None) -> str:
-        body = {"name": "fake", "cpu": 2, "memory": 4096, "runtimes": ["process"], "labels": {},
-                "replaces": replaces}
+        body = {
+            "name": "fake",
+            "cpu": 2,
+            "memory": 4096,
+            "runtimes": ["process"],
+            "labels": {},
+            "replaces": replaces,
+        }
         r = worker.post("/v1/workers", json=body)
         assert r.status_code == 200, r.text
         return str(r.json()["worker_id"])
@@ -380,8 +419,9 @@ def test_output_under_revoked_lease_is_rejected(cluster: Cluster) -> None:
 
         return wait_until(once, 20, "a container assignment", interval=0.0)
 
-    def exchange(wid: str, cid: str, token: str, outputs: list[dict[str, Any]], blobs: list[bytes],
-                 want: int) -> Any:
+    def exchange(
+        wid: str, cid: str, token: str, outputs: list[dict[str, Any]], blobs: list[bytes], want: int
+    ) -> Any:
         body = _frames({"token": token, "outputs": outputs, "want": want, "wait": 5 if want else 0}, blobs)
         return worker.post(f"/v1/workers/{wid}/containers/{cid}/exchange", content=body, headers=frames_ct)
 
@@ -397,8 +437,11 @@ def test_output_under_revoked_lease_is_rejected(cluster: Cluster) -> None:
     assert r.status_code == 200, r.text
     fid = r.json()["function_id"]
     call_id = ids.new_id(ids.FUNCTION_CALL)
-    r = user.post(f"/v1/calls/{call_id}/inputs", headers=frames_ct, content=_frames(
-        {"idx": [0], "total": 1, "function_id": fid, "kind": "map"}, [b"args"]))
+    r = user.post(
+        f"/v1/calls/{call_id}/inputs",
+        headers=frames_ct,
+        content=_frames({"idx": [0], "total": 1, "function_id": fid, "kind": "map"}, [b"args"]),
+    )
     assert r.status_code == 200 and r.json() == {"added": 1}, r.text
 
     # the first container leases the input

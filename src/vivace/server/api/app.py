@@ -24,66 +24,176 @@ ROUTES: list[tuple[str, str, Any, str | None, str, str]] = [
     ("GET", "/v1/version", resources.version, None, "json", "Server version and store kind"),
     ("POST", "/v1/tokens", resources.create_token, "json", "json", "Create a token (user or worker)"),
     ("GET", "/v1/tokens/me", resources.token_info, None, "json", "Describe the calling token"),
-    ("POST", "/v1/apps", resources.create_app, "json", "json", "Create an ephemeral app or deploy one by name"),
+    (
+        "POST",
+        "/v1/apps",
+        resources.create_app,
+        "json",
+        "json",
+        "Create an ephemeral app or deploy one by name",
+    ),
     ("GET", "/v1/apps", resources.list_apps, None, "json", "List apps"),
-    ("POST", "/v1/apps/{app_id}/heartbeat", resources.app_heartbeat, None, "json", "Keep an ephemeral app alive"),
+    (
+        "POST",
+        "/v1/apps/{app_id}/heartbeat",
+        resources.app_heartbeat,
+        None,
+        "json",
+        "Keep an ephemeral app alive",
+    ),
     ("POST", "/v1/apps/{app_id}/stop", resources.stop_app, None, "json", "Stop an app and its containers"),
-    ("POST", "/v1/apps/{app_id}/functions", resources.register_function, FRAMES, "json", "Register a function"),
-    ("GET", "/v1/functions/lookup", resources.lookup_function, None, "json", "Find a deployed function by name"),
-    ("GET", "/v1/functions/{function_id}/stats", resources.function_stats, None, "json", "Backlog and runners"),
-    ("POST", "/v1/functions/{function_id}/autoscaler", resources.update_autoscaler, "json", "json",
-     "Change autoscaler settings"),
-    ("POST", "/v1/calls", calls.create_call, "json", "json", "Create a function call (idempotent by call_id)"),
-    ("POST", "/v1/calls/{call_id}/inputs", calls.put_inputs, FRAMES, "json",
-     "Upload inputs (idempotent by (call_id, idx))"),
-    ("GET", "/v1/calls/{call_id}/outputs", calls.get_outputs, None, FRAMES, "Long-poll outputs after a cursor"),
+    (
+        "POST",
+        "/v1/apps/{app_id}/functions",
+        resources.register_function,
+        FRAMES,
+        "json",
+        "Register a function",
+    ),
+    (
+        "GET",
+        "/v1/functions/lookup",
+        resources.lookup_function,
+        None,
+        "json",
+        "Find a deployed function by name",
+    ),
+    (
+        "GET",
+        "/v1/functions/{function_id}/stats",
+        resources.function_stats,
+        None,
+        "json",
+        "Backlog and runners",
+    ),
+    (
+        "POST",
+        "/v1/functions/{function_id}/autoscaler",
+        resources.update_autoscaler,
+        "json",
+        "json",
+        "Change autoscaler settings",
+    ),
+    (
+        "POST",
+        "/v1/calls",
+        calls.create_call,
+        "json",
+        "json",
+        "Create a function call (idempotent by call_id)",
+    ),
+    (
+        "POST",
+        "/v1/calls/{call_id}/inputs",
+        calls.put_inputs,
+        FRAMES,
+        "json",
+        "Upload inputs (idempotent by (call_id, idx))",
+    ),
+    (
+        "GET",
+        "/v1/calls/{call_id}/outputs",
+        calls.get_outputs,
+        None,
+        FRAMES,
+        "Long-poll outputs after a cursor",
+    ),
     ("POST", "/v1/calls/{call_id}/cancel", calls.cancel_call, "json", "json", "Cancel a function call"),
     ("GET", "/v1/containers", resources.list_containers, None, "json", "List containers"),
     ("GET", "/v1/containers/{container_id}", resources.get_container, None, "json", "Describe a container"),
-    ("POST", "/v1/containers/{container_id}/stop", resources.stop_container, None, "json", "Stop a container"),
-    ("POST", "/v1/containers/{container_id}/exec", resources.exec_in_container, "json", "json",
-     "Run a command in a container through its worker's channel"),
+    (
+        "POST",
+        "/v1/containers/{container_id}/stop",
+        resources.stop_container,
+        None,
+        "json",
+        "Stop a container",
+    ),
+    (
+        "POST",
+        "/v1/containers/{container_id}/exec",
+        resources.exec_in_container,
+        "json",
+        "json",
+        "Run a command in a container through its worker's channel",
+    ),
     ("GET", "/v1/workers", resources.list_workers, None, "json", "List live workers"),
     ("GET", "/v1/logs", resources.read_logs, None, "json", "Read or follow logs by app or container"),
     ("PUT", "/v1/blobs/{sha}", resources.put_blob, "binary", "json", "Upload a content-addressed blob"),
     ("GET", "/v1/blobs/{sha}", resources.get_blob, None, "binary", "Download a blob"),
     ("HEAD", "/v1/blobs/{sha}", resources.head_blob, None, "binary", "Check that a blob exists"),
     ("POST", "/v1/workers", workers.register, "json", "json", "Register a worker (worker token)"),
-    ("POST", "/v1/workers/{worker_id}/poll", workers.poll, "json", FRAMES,
-     "Worker heartbeat and long-poll for containers to start or stop"),
-    ("POST", "/v1/workers/{worker_id}/events", workers.events, "json", "json", "Report container starts and exits"),
-    ("POST", "/v1/workers/{worker_id}/containers/{container_id}/exchange", calls.exchange, FRAMES, FRAMES,
-     "Hand in outputs and lease the next inputs for a container"),
+    (
+        "POST",
+        "/v1/workers/{worker_id}/poll",
+        workers.poll,
+        "json",
+        FRAMES,
+        "Worker heartbeat and long-poll for containers to start or stop",
+    ),
+    (
+        "POST",
+        "/v1/workers/{worker_id}/events",
+        workers.events,
+        "json",
+        "json",
+        "Report container starts and exits",
+    ),
+    (
+        "POST",
+        "/v1/workers/{worker_id}/containers/{container_id}/exchange",
+        calls.exchange,
+        FRAMES,
+        FRAMES,
+        "Hand in outputs and lease the next inputs for a container",
+    ),
     ("POST", "/v1/logs", workers.put_logs, "json", "json", "Store a batch of log lines (worker token)"),
 ]
 
 
 def openapi() -> dict[str, Any]:
-    media = {"json": "application/json", FRAMES: "application/vnd.vivace.frames", "binary": "application/octet-stream"}
-    problem = {"description": "problem+json error", "content": {"application/problem+json": {"schema": {"type": "object"}}}}
+    media = {
+        "json": "application/json",
+        FRAMES: "application/vnd.vivace.frames",
+        "binary": "application/octet-stream",
+    }
+    problem = {
+        "description": "problem+json error",
+        "content": {"application/problem+json": {"schema": {"type": "object"}}},
+    }
     paths: dict[str, Any] = {}
     for method, path, handler, body, resp, summary in ROUTES:
         op: dict[str, Any] = {
             "summary": summary,
             "operationId": handler.__name__,
             "security": [{"bearer": []}],
-            "responses": {"200": {"description": "OK", "content": {media[resp]: {"schema": {}}}},
-                          **{str(c): problem for c in (401, 403, 404, 409, 422)}},
+            "responses": {
+                "200": {"description": "OK", "content": {media[resp]: {"schema": {}}}},
+                **{str(c): problem for c in (401, 403, 404, 409, 422)},
+            },
         }
         params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
         if params:
-            op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                                for p in params]
+            op["parameters"] = [
+                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params
+            ]
         if body:
             op["requestBody"] = {"content": {media[body]: {"schema": {}}}}
         paths.setdefault(path, {})[method.lower()] = op
-    paths["/v1/workers/{worker_id}/channel"] = {"get": {"summary": "WebSocket channel (worker token)",
-                                                        "responses": {"101": {"description": "Switching"}}}}
+    paths["/v1/workers/{worker_id}/channel"] = {
+        "get": {
+            "summary": "WebSocket channel (worker token)",
+            "responses": {"101": {"description": "Switching"}},
+        }
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "Vivace control plane", "version": __version__},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                                      "description": "TOKEN_ID:TOKEN_SECRET"}}},
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "TOKEN_ID:TOKEN_SECRET"}
+            }
+        },
         "paths": paths,
     }
 
@@ -106,8 +216,13 @@ async def not_found(request: Request, exc: Exception) -> Response:
 async def method_not_allowed(request: Request, exc: Exception) -> Response:
     from vivace.server.api.common import problem
 
-    return problem(ApiError(f"method {request.method} not allowed on {request.url.path}", code="method_not_allowed",
-                            status=405))
+    return problem(
+        ApiError(
+            f"method {request.method} not allowed on {request.url.path}",
+            code="method_not_allowed",
+            status=405,
+        )
+    )
 
 
 def create_app(plane: ControlPlane, *, manage_plane: bool = True) -> Starlette:
@@ -128,6 +243,8 @@ def create_app(plane: ControlPlane, *, manage_plane: bool = True) -> Starlette:
             if manage_plane:
                 await plane.stop()
 
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: method_not_allowed})
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: method_not_allowed}
+    )
     app.state.plane = plane
     return app

@@ -12,7 +12,14 @@ from starlette.responses import JSONResponse, Response
 from vivace.protocol import ids
 from vivace.protocol.calls import FINAL, CallKind, OutputStatus
 from vivace.server.api.common import (
-    field, frame_body, frame_response, json_body, plane_of, query_float, query_int, route,
+    field,
+    frame_body,
+    frame_response,
+    json_body,
+    plane_of,
+    query_float,
+    query_int,
+    route,
 )
 from vivace.server.errors import Forbidden, Invalid
 from vivace.server.services import calls, workers
@@ -43,8 +50,10 @@ async def put_inputs(request: Request) -> Response:
     call_id = request.path_params["call_id"]
     header, blobs = await frame_body(request)
     idxs = header.get("idx")
-    if not isinstance(idxs, list) or len(idxs) != len(blobs) or not all(
-        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in idxs
+    if (
+        not isinstance(idxs, list)
+        or len(idxs) != len(blobs)
+        or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in idxs)
     ):
         raise Invalid("header 'idx' must list one non-negative index per payload")
     if len(idxs) > MAX_BATCH:
@@ -59,7 +68,9 @@ async def put_inputs(request: Request) -> Response:
         items.append((i, data, ref))
     create_for = header.get("function_id")
     kind = header.get("kind", CallKind.REMOTE.value)
-    if create_for is not None and (not isinstance(create_for, str) or kind not in {k.value for k in CallKind}):
+    if create_for is not None and (
+        not isinstance(create_for, str) or kind not in {k.value for k in CallKind}
+    ):
         raise Invalid("'function_id' must be a string and 'kind' a known call kind")
     if create_for is not None and not ids.is_id(call_id, ids.FUNCTION_CALL):
         raise Invalid("call ids look like fc-<hex>")
@@ -100,8 +111,13 @@ async def get_outputs(request: Request) -> Response:
             blobs.append(plane.unstash(o.data, o.data_ref))
         outs.append(item)
     return frame_response(
-        {"cursor": page.cursor, "total": page.total, "done": page.done, "cancelled": page.cancelled,
-         "outputs": outs},
+        {
+            "cursor": page.cursor,
+            "total": page.total,
+            "done": page.done,
+            "cancelled": page.cancelled,
+            "outputs": outs,
+        },
         blobs,
     )
 
@@ -185,10 +201,15 @@ async def exchange(request: Request) -> Response:
         if leased or remaining <= 0:
             break
         await plane.notifier.wait(ev, remaining)
-    items, out_blobs = [], []
+    items: list[dict[str, Any]] = []
+    out_blobs: list[bytes] = []
     for li in leased:
-        items.append({"seq": li.seq, "call": li.call_id, "idx": li.idx, "attempt": li.attempt, "blob": len(out_blobs)})
-        out_blobs.append(await asyncio.to_thread(plane.unstash, li.args, li.args_ref) if li.args_ref else li.args or b"")
+        items.append(
+            {"seq": li.seq, "call": li.call_id, "idx": li.idx, "attempt": li.attempt, "blob": len(out_blobs)}
+        )
+        out_blobs.append(
+            await asyncio.to_thread(plane.unstash, li.args, li.args_ref) if li.args_ref else li.args or b""
+        )
     cancel = sorted(plane.cancel_requests.pop(container_id, set()))
     return frame_response({"inputs": items, "rejected": rejected, "cancel": cancel}, out_blobs)
 
@@ -211,6 +232,15 @@ def _parse_outputs(raw: Any, blobs: list[bytes], plane: Any) -> list[OutputIn]:
             data, ref = plane.stash(blobs[bi])
         err = o.get("error")
         dur = o.get("duration")
-        out.append(OutputIn(seq, part, status, data, ref, err if isinstance(err, str) else None,
-                            float(dur) if isinstance(dur, (int, float)) else None))
+        out.append(
+            OutputIn(
+                seq,
+                part,
+                status,
+                data,
+                ref,
+                err if isinstance(err, str) else None,
+                float(dur) if isinstance(dur, (int, float)) else None,
+            )
+        )
     return out

@@ -23,7 +23,13 @@ MAX_BODY = 300 * 1024 * 1024
 
 def problem(exc: ApiError) -> JSONResponse:
     return JSONResponse(
-        {"type": "about:blank", "title": exc.code, "status": exc.status, "code": exc.code, "detail": exc.message},
+        {
+            "type": "about:blank",
+            "title": exc.code,
+            "status": exc.status,
+            "code": exc.code,
+            "detail": exc.message,
+        },
         status_code=exc.status,
         media_type="application/problem+json",
     )
@@ -108,8 +114,14 @@ def frame_response(header: dict[str, Any], blobs: list[bytes]) -> Response:
     return Response(frames.encode(header, blobs), media_type=frames.CONTENT_TYPE)
 
 
-def field(data: dict[str, Any], name: str, typ: type | tuple[type, ...], default: Any = ..., *,
-          optional: bool = False) -> Any:
+def field(
+    data: dict[str, Any],
+    name: str,
+    typ: type | tuple[type, ...],
+    default: Any = ...,
+    *,
+    optional: bool = False,
+) -> Any:
     if name not in data or (optional and data[name] is None):
         if default is ...:
             raise Invalid(f"missing field {name!r}")

@@ -12,7 +12,13 @@ from vivace._version import __version__
 from vivace.protocol.functions import FunctionSpec, SpecError
 from vivace.protocol.versions import VERSION_HEADER
 from vivace.server.api.common import (
-    field, frame_body, json_body, plane_of, query_float, query_int, route,
+    field,
+    frame_body,
+    json_body,
+    plane_of,
+    query_float,
+    query_int,
+    route,
 )
 from vivace.server.blobs import BlobError
 from vivace.server.channel import ChannelError
@@ -52,7 +58,9 @@ async def create_app(request: Request) -> Response:
     if name is not None and not (0 < len(name) <= 64 and all(c.isalnum() or c in "-_." for c in name)):
         raise Invalid("app names are 1-64 characters of letters, digits, '-', '_' and '.'")
     client_version = request.headers.get(VERSION_HEADER, "")
-    res = await plane_of(request).store.write(lambda tx: apps.create_app(tx, name, state, client_version))
+    plane = plane_of(request)
+    res = await plane.store.write(lambda tx: apps.create_app(tx, name, state, client_version))
+    res["heartbeat_interval"] = min(5.0, plane.config.app_heartbeat_timeout / 4)
     return JSONResponse(res)
 
 
@@ -146,7 +154,9 @@ async def list_containers(request: Request) -> Response:
     ref = request.query_params.get("app")
     include = request.query_params.get("all") in ("1", "true")
     app_id = await plane.store.read(lambda tx: apps.find_app(tx, ref)) if ref else None
-    rows = await plane.store.read(lambda tx: containers.list_containers(tx, app_id=app_id, include_stopped=include))
+    rows = await plane.store.read(
+        lambda tx: containers.list_containers(tx, app_id=app_id, include_stopped=include)
+    )
     return JSONResponse({"containers": rows})
 
 
@@ -182,8 +192,9 @@ async def exec_in_container(request: Request) -> Response:
     chan = plane.channels.get(worker_id)
     if chan is None:
         raise ChannelError(f"worker {worker_id} has no open channel")
-    reply = await chan.request({"type": "exec", "container_id": cid, "argv": argv, "timeout": timeout},
-                               timeout + 5)
+    reply = await chan.request(
+        {"type": "exec", "container_id": cid, "argv": argv, "timeout": timeout}, timeout + 5
+    )
     if reply.get("error"):
         raise Conflict(str(reply["error"]), code="exec_failed")
     return JSONResponse({k: reply.get(k) for k in ("stdout", "stderr", "returncode")})
@@ -249,5 +260,3 @@ async def head_blob(request: Request) -> Response:
     except BlobError as exc:
         raise Invalid(str(exc)) from None
     return Response(status_code=200 if exists else 404)
-
-

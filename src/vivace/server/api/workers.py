@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import Any
 
@@ -67,8 +68,14 @@ async def poll(request: Request) -> Response:
     blobs: list[bytes] = []
     start = []
     for a in res.start:
-        item: dict[str, Any] = {"container_id": a.container_id, "function_id": a.function_id, "app_id": a.app_id,
-                                "lease_token": a.lease_token, "spec": a.spec, "definition": None}
+        item: dict[str, Any] = {
+            "container_id": a.container_id,
+            "function_id": a.function_id,
+            "app_id": a.app_id,
+            "lease_token": a.lease_token,
+            "spec": a.spec,
+            "definition": None,
+        }
         if a.definition is not None:
             item["definition"] = len(blobs)
             blobs.append(a.definition)
@@ -93,15 +100,15 @@ async def events(request: Request) -> Response:
             raise Invalid("event must be 'started' or 'exited'")
         code = field(ev, "exit_code", int, None, optional=True)
         reason = field(ev, "reason", str, None, optional=True)
-        touched |= await plane.store.write(
-            lambda tx, cid=cid, kind=kind, code=code, reason=reason: workers.container_event(
-                tx, worker_id, cid, kind, code, reason
-            )
-        )
+        touched |= await plane.store.write(functools.partial(_event_op, worker_id, cid, kind, code, reason))
         if kind == "exited":
             plane.container_cache.pop(cid, None)
     plane.requeued(touched)
     return JSONResponse({"ok": True})
+
+
+def _event_op(worker_id: str, cid: str, kind: str, code: int | None, reason: str | None, tx: Any) -> set[str]:
+    return workers.container_event(tx, worker_id, cid, kind, code, reason)
 
 
 @route(kinds=("worker",))

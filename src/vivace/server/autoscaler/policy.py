@@ -53,5 +53,7 @@ def plan(s: Snapshot, now: float) -> Plan:
     excess = s.live - want
     if excess <= 0:
         return Plan(0, ())
-    expired = sorted((c for c in s.idle if now - c.idle_since >= s.scaledown_window), key=lambda c: c.idle_since)
+    expired = sorted(
+        (c for c in s.idle if now - c.idle_since >= s.scaledown_window), key=lambda c: c.idle_since
+    )
     return Plan(0, tuple(c.id for c in expired[:excess]))

@@ -21,7 +21,10 @@ def create_app(tx: Tx, name: str | None, state: str, client_version: str) -> dic
             raise Conflict("a deployed app needs a name")
         row = tx.fetchone("SELECT id FROM apps WHERE name = ? AND state = 'deployed'", (name,))
         if row is not None:
-            tx.execute("UPDATE apps SET heartbeat_at = ?, client_version = ? WHERE id = ?", (tx.now, client_version, row[0]))
+            tx.execute(
+                "UPDATE apps SET heartbeat_at = ?, client_version = ? WHERE id = ?",
+                (tx.now, client_version, row[0]),
+            )
             return {"app_id": row[0], "created": False}
     app_id = ids.new_id(ids.APP)
     tx.execute(
@@ -48,7 +51,8 @@ def stop_app(tx: Tx, app_id: str, reason: str) -> list[str]:
     if row[0] == "stopped":
         return []
     tx.execute(
-        "UPDATE apps SET state = 'stopped', stopped_at = ?, stop_reason = ? WHERE id = ?", (tx.now, reason, app_id)
+        "UPDATE apps SET state = 'stopped', stopped_at = ?, stop_reason = ? WHERE id = ?",
+        (tx.now, reason, app_id),
     )
     tx.execute("UPDATE functions SET active = 0 WHERE app_id = ?", (app_id,))
     rows = tx.fetchall("SELECT id FROM containers WHERE app_id = ? AND state <> 'stopped'", (app_id,))
@@ -62,7 +66,9 @@ def lapsed_apps(tx: Tx, older_than: float) -> list[str]:
     return [r[0] for r in rows]
 
 
-def register_function(tx: Tx, app_id: str, spec: FunctionSpec, definition: bytes | None) -> tuple[str, list[str]]:
+def register_function(
+    tx: Tx, app_id: str, spec: FunctionSpec, definition: bytes | None
+) -> tuple[str, list[str]]:
     """Create or update a function of an app. Returns its id and containers running an old definition."""
     state = tx.scalar("SELECT state FROM apps WHERE id = ?", (app_id,))
     if state is None:
@@ -70,7 +76,9 @@ def register_function(tx: Tx, app_id: str, spec: FunctionSpec, definition: bytes
     if state not in LIVE_STATES:
         raise Gone(f"app {app_id} has stopped")
     spec_json = json.dumps(spec.to_dict(), sort_keys=True)
-    row = tx.fetchone("SELECT id, spec, definition FROM functions WHERE app_id = ? AND name = ?", (app_id, spec.name))
+    row = tx.fetchone(
+        "SELECT id, spec, definition FROM functions WHERE app_id = ? AND name = ?", (app_id, spec.name)
+    )
     if row is None:
         fid = ids.new_id(ids.FUNCTION)
         tx.execute(
@@ -82,7 +90,9 @@ def register_function(tx: Tx, app_id: str, spec: FunctionSpec, definition: bytes
     old_def = None if row[2] is None else bytes(row[2])
     if row[1] == spec_json and old_def == definition:
         return fid, []
-    tx.execute("UPDATE functions SET spec = ?, definition = ?, active = 1 WHERE id = ?", (spec_json, definition, fid))
+    tx.execute(
+        "UPDATE functions SET spec = ?, definition = ?, active = 1 WHERE id = ?", (spec_json, definition, fid)
+    )
     stale = tx.fetchall("SELECT id FROM containers WHERE function_id = ? AND state <> 'stopped'", (fid,))
     return fid, [r[0] for r in stale]
 
@@ -94,7 +104,10 @@ def update_autoscaler(tx: Tx, function_id: str, changes: dict[str, Any]) -> Func
     data = json.loads(raw)
     data.update(changes)
     spec = FunctionSpec.from_dict(data)
-    tx.execute("UPDATE functions SET spec = ? WHERE id = ?", (json.dumps(spec.to_dict(), sort_keys=True), function_id))
+    tx.execute(
+        "UPDATE functions SET spec = ? WHERE id = ?",
+        (json.dumps(spec.to_dict(), sort_keys=True), function_id),
+    )
     return spec
 
 

@@ -121,7 +121,8 @@ def lease_inputs(tx: Tx, container_id: str, lease_token: str, limit: int) -> lis
     if rows:
         n = len(rows)
         tx.execute(
-            "UPDATE functions SET backlog = backlog - ?, running = running + ? WHERE id = ?", (n, n, function_id)
+            "UPDATE functions SET backlog = backlog - ?, running = running + ? WHERE id = ?",
+            (n, n, function_id),
         )
         tx.execute(
             "UPDATE containers SET held = held + ?, last_active_at = ?, state = 'running' WHERE id = ?",
@@ -176,7 +177,9 @@ def _spec(tx: Tx, function_id: str) -> FunctionSpec:
     return FunctionSpec.from_dict(json.loads(raw))
 
 
-def _finish(tx: Tx, seq: int, call_id: str, idx: int, function_id: str, container_id: str | None, out: OutputIn) -> None:
+def _finish(
+    tx: Tx, seq: int, call_id: str, idx: int, function_id: str, container_id: str | None, out: OutputIn
+) -> None:
     tx.execute(
         "INSERT INTO outputs (call_id, idx, part, input_seq, status, data, data_ref, error, duration, created_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id, idx, part) DO NOTHING",
@@ -195,21 +198,27 @@ def _finish(tx: Tx, seq: int, call_id: str, idx: int, function_id: str, containe
         )
 
 
-def _requeue(tx: Tx, seq: int, function_id: str, container_id: str | None, *, delay: float, system: bool) -> None:
+def _requeue(
+    tx: Tx, seq: int, function_id: str, container_id: str | None, *, delay: float, system: bool
+) -> None:
     tx.execute(
         "UPDATE inputs SET state = 'pending', attempt = attempt + 1, sys_failures = sys_failures + ?, "
         "not_before = ?, container_id = NULL, lease_token = NULL, leased_at = NULL, deadline = NULL "
         "WHERE seq = ?",
         (1 if system else 0, tx.now + delay, seq),
     )
-    tx.execute("UPDATE functions SET running = running - 1, backlog = backlog + 1 WHERE id = ?", (function_id,))
+    tx.execute(
+        "UPDATE functions SET running = running - 1, backlog = backlog + 1 WHERE id = ?", (function_id,)
+    )
     if container_id is not None:
         tx.execute(
             "UPDATE containers SET held = held - 1, last_active_at = ? WHERE id = ?", (tx.now, container_id)
         )
 
 
-def fail_input(tx: Tx, seq: int, status: OutputStatus, error: dict[str, str], *, retryable: bool) -> str | None:
+def fail_input(
+    tx: Tx, seq: int, status: OutputStatus, error: dict[str, str], *, retryable: bool
+) -> str | None:
     """Fail a leased input from outside its container (timeout, container lost). Returns its call id."""
     row = tx.fetchone(
         "SELECT state, call_id, idx, attempt, function_id, container_id, items, sys_failures "
@@ -282,9 +291,16 @@ def cancel_call(tx: Tx, call_id: str, terminate_containers: bool) -> tuple[set[s
     err = json.dumps({"type": "InputCancellation", "message": "the function call was cancelled"})
     for seq, idx, state, function_id, container_id in rows:
         if state == "pending":
-            tx.execute("UPDATE functions SET backlog = backlog - 1, running = running + 1 WHERE id = ?", (function_id,))
+            tx.execute(
+                "UPDATE functions SET backlog = backlog - 1, running = running + 1 WHERE id = ?",
+                (function_id,),
+            )
         else:
-            (stop.add(container_id) if terminate_containers else interrupt.setdefault(container_id, []).append(seq))
+            (
+                stop.add(container_id)
+                if terminate_containers
+                else interrupt.setdefault(container_id, []).append(seq)
+            )
         out = OutputIn(seq, FINAL, OutputStatus.CANCELLED.value, None, None, err, None)
         _finish(tx, seq, call_id, idx, function_id, container_id if state == "leased" else None, out)
     return stop, interrupt
@@ -331,8 +347,17 @@ def fail_pending(tx: Tx, function_id: str, message: str) -> set[str]:
     for seq, call_id, idx in tx.fetchall(
         "SELECT seq, call_id, idx FROM inputs WHERE function_id = ? AND state = 'pending'", (function_id,)
     ):
-        tx.execute("UPDATE functions SET backlog = backlog - 1, running = running + 1 WHERE id = ?", (function_id,))
-        _finish(tx, int(seq), call_id, int(idx), function_id, None,
-                OutputIn(int(seq), FINAL, OutputStatus.SYSTEM.value, None, None, err, None))
+        tx.execute(
+            "UPDATE functions SET backlog = backlog - 1, running = running + 1 WHERE id = ?", (function_id,)
+        )
+        _finish(
+            tx,
+            int(seq),
+            call_id,
+            int(idx),
+            function_id,
+            None,
+            OutputIn(int(seq), FINAL, OutputStatus.SYSTEM.value, None, None, err, None),
+        )
         touched.add(call_id)
     return touched

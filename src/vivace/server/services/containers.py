@@ -35,12 +35,17 @@ def autoscale(tx: Tx) -> AutoscaleResult:
     for fid, app_id, spec_json, backlog, running in funcs:
         spec = json.loads(spec_json)
         rows = tx.fetchall(
-            f"SELECT id, held, last_active_at FROM containers WHERE function_id = ? AND state IN {LIVE}", (fid,)
+            f"SELECT id, held, last_active_at FROM containers WHERE function_id = ? AND state IN {LIVE}",
+            (fid,),
         )
         snap = Snapshot(
-            backlog=int(backlog), running=int(running), live=len(rows),
-            min_containers=spec["min_containers"], max_containers=spec["max_containers"],
-            buffer_containers=spec["buffer_containers"], target_inputs=spec["target_inputs"],
+            backlog=int(backlog),
+            running=int(running),
+            live=len(rows),
+            min_containers=spec["min_containers"],
+            max_containers=spec["max_containers"],
+            buffer_containers=spec["buffer_containers"],
+            target_inputs=spec["target_inputs"],
             scaledown_window=spec["scaledown_window"],
             idle=tuple(IdleContainer(r[0], float(r[2])) for r in rows if r[1] == 0),
         )
@@ -83,7 +88,8 @@ def schedule(tx: Tx) -> dict[str, str]:
     for cid, wid in placed.items():
         r = by_id[cid]
         tx.execute(
-            "UPDATE containers SET state = 'assigned', worker_id = ?, assigned_at = ? WHERE id = ?", (wid, tx.now, cid)
+            "UPDATE containers SET state = 'assigned', worker_id = ?, assigned_at = ? WHERE id = ?",
+            (wid, tx.now, cid),
         )
         tx.execute(
             "UPDATE workers SET cpu_used = cpu_used + ?, memory_used = memory_used + ? WHERE id = ?",
@@ -110,8 +116,13 @@ def unplaceable(tx: Tx) -> list[tuple[str, str]]:
         req = Request(cid, float(cpu), int(mem), json.loads(spec_json).get("runtime"))
         if not could_ever_fit(req, workers):
             biggest = max(workers, key=lambda w: (w.cpu, w.memory))
-            out.append((cid, f"needs cpu={cpu:g} memory={mem} MiB but the largest worker has cpu={biggest.cpu:g} "
-                             f"memory={biggest.memory} MiB"))
+            out.append(
+                (
+                    cid,
+                    f"needs cpu={cpu:g} memory={mem} MiB but the largest worker has cpu={biggest.cpu:g} "
+                    f"memory={biggest.memory} MiB",
+                )
+            )
     return out
 
 
@@ -149,7 +160,9 @@ def mark_stopped(tx: Tx, container_id: str, exit_code: int | None, reason: str) 
         )
     calls: set[str] = set()
     err = {"type": "ContainerLost", "message": f"container {container_id} stopped: {reason}"}
-    for (seq,) in tx.fetchall("SELECT seq FROM inputs WHERE container_id = ? AND state = 'leased'", (container_id,)):
+    for (seq,) in tx.fetchall(
+        "SELECT seq FROM inputs WHERE container_id = ? AND state = 'leased'", (container_id,)
+    ):
         call = fail_input(tx, int(seq), OutputStatus.SYSTEM, err, retryable=False)
         if call:
             calls.add(call)
@@ -183,6 +196,18 @@ def list_containers(
         "ORDER BY c.created_at DESC LIMIT 500",
         params,
     )
-    keys = ("container_id", "app_id", "function", "worker_id", "state", "created_at", "started_at",
-            "stopped_at", "inputs_held", "inputs_served", "exit_code", "stop_reason")
+    keys = (
+        "container_id",
+        "app_id",
+        "function",
+        "worker_id",
+        "state",
+        "created_at",
+        "started_at",
+        "stopped_at",
+        "inputs_held",
+        "inputs_served",
+        "exit_code",
+        "stop_reason",
+    )
     return [dict(zip(keys, r, strict=True)) for r in rows]

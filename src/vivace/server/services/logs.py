@@ -15,8 +15,15 @@ def append(tx: Tx, lines: list[dict[str, Any]]) -> set[str]:
         tx.execute(
             "INSERT INTO logs (app_id, function_id, container_id, input_seq, stream, ts, line) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (ln["app_id"], ln.get("function_id"), ln.get("container_id"), ln.get("input_seq"),
-             ln.get("stream", "stdout"), float(ln.get("ts") or tx.now), str(ln["line"])[:MAX_LINE]),
+            (
+                ln["app_id"],
+                ln.get("function_id"),
+                ln.get("container_id"),
+                ln.get("input_seq"),
+                ln.get("stream", "stdout"),
+                float(ln.get("ts") or tx.now),
+                str(ln["line"])[:MAX_LINE],
+            ),
         )
         apps.add(ln["app_id"])
     return apps
@@ -25,7 +32,8 @@ def append(tx: Tx, lines: list[dict[str, Any]]) -> set[str]:
 def read(
     tx: Tx, *, app_id: str | None, container_id: str | None, cursor: int, limit: int, text: str | None = None
 ) -> list[dict[str, Any]]:
-    where, params = ["id > ?"], [cursor]
+    where: list[str] = ["id > ?"]
+    params: list[object] = [cursor]
     if app_id:
         where.append("app_id = ?")
         params.append(app_id)

@@ -12,8 +12,9 @@ from vivace.server.services.containers import mark_stopped
 from vivace.server.store.base import Tx
 
 
-def register(tx: Tx, name: str, cpu: float, memory: int, labels: dict[str, str], runtimes: list[str],
-             version: str) -> str:
+def register(
+    tx: Tx, name: str, cpu: float, memory: int, labels: dict[str, str], runtimes: list[str], version: str
+) -> str:
     wid = ids.new_id(ids.WORKER)
     tx.execute(
         "INSERT INTO workers (id, name, state, cpu, memory, labels, runtimes, version, registered_at, heartbeat_at) "
@@ -49,8 +50,10 @@ def poll(tx: Tx, worker_id: str, held: list[str]) -> PollResult:
     tx.execute("UPDATE workers SET heartbeat_at = ? WHERE id = ?", (tx.now, worker_id))
     if held:
         marks, vals = tx.in_list(held)
-        tx.execute(f"UPDATE containers SET heartbeat_at = ? WHERE id IN {marks} AND worker_id = ?",
-                   (tx.now, *vals, worker_id))
+        tx.execute(
+            f"UPDATE containers SET heartbeat_at = ? WHERE id IN {marks} AND worker_id = ?",
+            (tx.now, *vals, worker_id),
+        )
     result = PollResult()
     held_set = set(held)
     for cid, state_, fid, app_id, token, spec, definition in tx.fetchall(
@@ -64,8 +67,16 @@ def poll(tx: Tx, worker_id: str, held: list[str]) -> PollResult:
             else:
                 mark_stopped(tx, cid, None, "stopped before it started")
         elif state_ == "assigned" and cid not in held_set:
-            result.start.append(Assignment(cid, fid, app_id, token, json.loads(spec),
-                                           None if definition is None else bytes(definition)))
+            result.start.append(
+                Assignment(
+                    cid,
+                    fid,
+                    app_id,
+                    token,
+                    json.loads(spec),
+                    None if definition is None else bytes(definition),
+                )
+            )
     # containers the worker still runs that the control plane has revoked (e.g. after a partition)
     if held:
         marks, vals = tx.in_list(held)
@@ -79,8 +90,9 @@ def poll(tx: Tx, worker_id: str, held: list[str]) -> PollResult:
     return result
 
 
-def container_event(tx: Tx, worker_id: str, container_id: str, event: str, exit_code: int | None,
-                    reason: str | None) -> set[str]:
+def container_event(
+    tx: Tx, worker_id: str, container_id: str, event: str, exit_code: int | None, reason: str | None
+) -> set[str]:
     row = tx.fetchone("SELECT worker_id FROM containers WHERE id = ?", (container_id,))
     if row is None:
         raise NotFound(f"container {container_id} does not exist")
@@ -92,8 +104,11 @@ def container_event(tx: Tx, worker_id: str, container_id: str, event: str, exit_
             "WHERE id = ? AND state = 'assigned'",
             (tx.now, tx.now, container_id),
         )
-        tx.execute("UPDATE functions SET start_failures = 0 WHERE id = (SELECT function_id FROM containers "
-                   "WHERE id = ?)", (container_id,))
+        tx.execute(
+            "UPDATE functions SET start_failures = 0 WHERE id = (SELECT function_id FROM containers "
+            "WHERE id = ?)",
+            (container_id,),
+        )
         return set()
     never_started = tx.scalar("SELECT started_at FROM containers WHERE id = ?", (container_id,)) is None
     calls = mark_stopped(tx, container_id, exit_code, reason or "exited")
@@ -114,8 +129,11 @@ def _count_start_failure(tx: Tx, container_id: str, reason: str) -> set[str]:
     from vivace.server.services.calls import fail_pending
 
     tx.execute("UPDATE functions SET start_failures = 0 WHERE id = ?", (fid,))
-    return fail_pending(tx, fid, f"containers of this function failed to start {MAX_START_FAILURES} times in a "
-                                 f"row; last: {reason}")
+    return fail_pending(
+        tx,
+        fid,
+        f"containers of this function failed to start {MAX_START_FAILURES} times in a row; last: {reason}",
+    )
 
 
 def retire(tx: Tx, worker_id: str, reason: str) -> set[str]:
@@ -124,18 +142,26 @@ def retire(tx: Tx, worker_id: str, reason: str) -> set[str]:
     if tx.scalar("SELECT state FROM workers WHERE id = ?", (worker_id,)) != "alive":
         return calls
     tx.execute("UPDATE workers SET state = 'dead' WHERE id = ?", (worker_id,))
-    for (cid,) in tx.fetchall("SELECT id FROM containers WHERE worker_id = ? AND state <> 'stopped'", (worker_id,)):
+    for (cid,) in tx.fetchall(
+        "SELECT id FROM containers WHERE worker_id = ? AND state <> 'stopped'", (worker_id,)
+    ):
         calls |= mark_stopped(tx, cid, None, reason)
     return calls
 
 
 def reap_dead_workers(tx: Tx, timeout: float) -> tuple[list[str], set[str]]:
-    dead = [r[0] for r in tx.fetchall(
-        "SELECT id FROM workers WHERE state = 'alive' AND heartbeat_at < ?", (tx.now - timeout,))]
+    dead = [
+        r[0]
+        for r in tx.fetchall(
+            "SELECT id FROM workers WHERE state = 'alive' AND heartbeat_at < ?", (tx.now - timeout,)
+        )
+    ]
     calls: set[str] = set()
     for wid in dead:
         tx.execute("UPDATE workers SET state = 'dead' WHERE id = ?", (wid,))
-        for (cid,) in tx.fetchall("SELECT id FROM containers WHERE worker_id = ? AND state <> 'stopped'", (wid,)):
+        for (cid,) in tx.fetchall(
+            "SELECT id FROM containers WHERE worker_id = ? AND state <> 'stopped'", (wid,)
+        ):
             calls |= mark_stopped(tx, cid, None, "worker lost")
     return dead, calls
 
@@ -145,8 +171,19 @@ def list_workers(tx: Tx) -> list[dict[str, Any]]:
         "SELECT id, name, state, cpu, memory, cpu_used, memory_used, labels, runtimes, version, heartbeat_at "
         "FROM workers WHERE state = 'alive' ORDER BY registered_at"
     )
-    keys = ("worker_id", "name", "state", "cpu", "memory", "cpu_used", "memory_used", "labels", "runtimes",
-            "version", "heartbeat_at")
+    keys = (
+        "worker_id",
+        "name",
+        "state",
+        "cpu",
+        "memory",
+        "cpu_used",
+        "memory_used",
+        "labels",
+        "runtimes",
+        "version",
+        "heartbeat_at",
+    )
     out = [dict(zip(keys, r, strict=True)) for r in rows]
     for w in out:
         w["labels"], w["runtimes"] = json.loads(w["labels"]), json.loads(w["runtimes"])

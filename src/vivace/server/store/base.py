@@ -74,7 +74,12 @@ class Dialect:
 
     name = "sqlite"
     skip_locked = ""  # appended to a SELECT that claims rows
-    types = {"BLOB": "BLOB", "DOUBLE": "REAL", "SERIAL": "INTEGER PRIMARY KEY AUTOINCREMENT", "BIGINT": "INTEGER"}
+    types = {
+        "BLOB": "BLOB",
+        "DOUBLE": "REAL",
+        "SERIAL": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "BIGINT": "INTEGER",
+    }
 
     def sql(self, text: str) -> str:
         return text

@@ -75,7 +75,9 @@ def migrate(conn: DbConnection, dialect: Dialect) -> int:
     version under it.
     """
     conn.execute(
-        dialect.ddl("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at {DOUBLE})")
+        dialect.ddl(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at {DOUBLE})"
+        )
     )
     conn.commit()
     current = 0
@@ -85,7 +87,9 @@ def migrate(conn: DbConnection, dialect: Dialect) -> int:
                 conn.execute("BEGIN IMMEDIATE")
             else:
                 conn.execute("SELECT pg_advisory_xact_lock(7405221)")
-            current = int(conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0])
+            current = int(
+                conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
+            )
             if version <= current:
                 conn.commit()
                 continue

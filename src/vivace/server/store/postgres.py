@@ -13,7 +13,12 @@ _PLACEHOLDER = re.compile(r"\?")
 class PostgresDialect(Dialect):
     name = "postgres"
     skip_locked = " FOR UPDATE SKIP LOCKED"
-    types = {"BLOB": "BYTEA", "DOUBLE": "DOUBLE PRECISION", "SERIAL": "BIGSERIAL PRIMARY KEY", "BIGINT": "BIGINT"}
+    types = {
+        "BLOB": "BYTEA",
+        "DOUBLE": "DOUBLE PRECISION",
+        "SERIAL": "BIGSERIAL PRIMARY KEY",
+        "BIGINT": "BIGINT",
+    }
 
     def sql(self, text: str) -> str:
         return _PLACEHOLDER.sub("%s", text)
@@ -55,7 +60,9 @@ class PostgresStore(Store):
         try:
             import psycopg
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise RuntimeError("Postgres support needs the server extra: pip install 'vivace[server]'") from exc
+            raise RuntimeError(
+                "Postgres support needs the server extra: pip install 'vivace[server]'"
+            ) from exc
         return _Conn(psycopg.connect(self.url, autocommit=False))
 
     def _begin(self, conn: DbConnection) -> None:

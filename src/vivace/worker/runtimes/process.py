@@ -53,36 +53,50 @@ class ProcessHandle:
 
 class ProcessRuntime:
     name = "process"
-    capabilities = Capabilities(isolation=False, cpu_limit=False, memory_limit=False, pids_limit=False,
-                                network_isolation=False)
+    capabilities = Capabilities(
+        isolation=False, cpu_limit=False, memory_limit=False, pids_limit=False, network_isolation=False
+    )
 
     def _env(self, spec: ContainerSpec) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VIVACE_", "MODAL_"))}
         env.update(spec.env)
         pypath = [str(spec.source_dir)] if spec.source_dir else []
         pypath.append(_vivace_root())
-        env.update({
-            "VIVACE_SOCKET": str(spec.socket_path),
-            "VIVACE_TASK_ID": spec.container_id,
-            "MODAL_TASK_ID": spec.container_id,
-            "PYTHONPATH": os.pathsep.join(pypath),
-            "PYTHONUNBUFFERED": "1",
-            "HOME": str(spec.workdir),
-        })
+        env.update(
+            {
+                "VIVACE_SOCKET": str(spec.socket_path),
+                "VIVACE_TASK_ID": spec.container_id,
+                "MODAL_TASK_ID": spec.container_id,
+                "PYTHONPATH": os.pathsep.join(pypath),
+                "PYTHONUNBUFFERED": "1",
+                "HOME": str(spec.workdir),
+            }
+        )
         return env
 
     async def start(self, spec: ContainerSpec) -> ProcessHandle:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "vivace.runtime", cwd=str(spec.source_dir or spec.workdir), env=self._env(spec),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-m",
+            "vivace.runtime",
+            cwd=str(spec.source_dir or spec.workdir),
+            env=self._env(spec),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
             preexec_fn=_die_with_worker,
         )
         return ProcessHandle(proc)
 
     async def exec(self, spec: ContainerSpec, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
         proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=str(spec.source_dir or spec.workdir), env=self._env(spec), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            *argv,
+            cwd=str(spec.source_dir or spec.workdir),
+            env=self._env(spec),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), timeout)

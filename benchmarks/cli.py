@@ -1,0 +1,140 @@
+"""Command line of the harness: parse options, run the peers, write results and the docs page."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import driver
+from benchmarks.charts import write_charts
+from benchmarks.config import FULL, QUICK, RunConfig
+from benchmarks.machine import machine_info
+from benchmarks.registry import BENCHMARKS, PEERS
+from benchmarks.report import render_markdown
+
+SCHEMA = 1
+RESULTS = driver.REPO_ROOT / "benchmarks" / "results" / "latest.json"
+DOCS = driver.REPO_ROOT / "docs" / "benchmarks.md"
+CHARTS = driver.REPO_ROOT / "docs" / "benchmarks"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        peers = _pick(args.only, [p.name for p in PEERS], "peer")
+        benches = _pick(args.bench, [b.name for b in BENCHMARKS], "benchmark")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.report_only:
+        results = json.loads(args.results.read_text())
+    else:
+        config = _config(args)
+        try:
+            peer_results = driver.run_all(peers, benches, config, args.verbose)
+        except KeyboardInterrupt:
+            print("[bench] interrupted; the peer in progress was stopped, nothing written", file=sys.stderr)
+            return 130
+        results = _document(config, benches, peer_results)
+        _write_atomic(args.results, json.dumps(results, indent=2) + "\n")
+        print(f"[bench] wrote {_show(args.results)}", file=sys.stderr)
+    write_docs(results, args.docs, args.charts)
+    print(_summary(results))
+    failed = [n for n, r in results["peers"].items() if r["status"] in ("error", "timeout")]
+    return 1 if failed else 0
+
+
+def write_docs(results: dict[str, Any], md_path: Path, chart_dir: Path) -> None:
+    """Write the markdown page and, where matplotlib is importable, its charts."""
+    charts = write_charts(results, chart_dir)
+    rel = {name: os.path.relpath(path, md_path.parent) for name, path in charts.items()}
+    _write_atomic(md_path, render_markdown(results, rel))
+    print(
+        f"[bench] wrote {_show(md_path)}" + (f" and {len(charts)} chart(s)" if charts else ""),
+        file=sys.stderr,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="fewer calls and inputs, one repetition (< 5 min)")
+    p.add_argument("--only", help="comma-separated peers: " + ",".join(x.name for x in PEERS))
+    p.add_argument("--bench", help="comma-separated benchmarks: " + ",".join(b.name for b in BENCHMARKS))
+    p.add_argument("--calls", type=int, help="timed calls for the latency benchmark")
+    p.add_argument("--inputs", type=int, help="inputs per throughput repetition")
+    p.add_argument("--repetitions", type=int, help="throughput repetitions")
+    p.add_argument("--workers", type=int, help="worker processes for Ray, Dask and the pool (default: CPUs)")
+    p.add_argument("--peer-timeout", dest="peer_timeout_s", type=float, help="seconds allowed per peer")
+    p.add_argument("--run-timeout", dest="run_timeout_s", type=float, help="seconds allowed for all peers")
+    p.add_argument("--results", type=Path, default=RESULTS, help="results JSON to write (or read)")
+    p.add_argument("--docs", type=Path, default=DOCS, help="markdown page to write")
+    p.add_argument("--charts", type=Path, default=CHARTS, help="folder for PNG charts")
+    p.add_argument("--report-only", action="store_true", help="only re-render the docs from --results")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the peers' own output")
+    return p
+
+
+def _pick(raw: str | None, known: list[str], what: str) -> list[str]:
+    if not raw:
+        return known
+    chosen = [x.strip() for x in raw.split(",") if x.strip()]
+    unknown = [x for x in chosen if x not in known]
+    if unknown:
+        raise ValueError(f"unknown {what} {', '.join(unknown)}; choose from {', '.join(known)}")
+    return [x for x in known if x in chosen]
+
+
+def _config(args: argparse.Namespace) -> RunConfig:
+    base = QUICK if args.quick else FULL
+    return base.with_overrides(
+        calls=args.calls,
+        inputs=args.inputs,
+        repetitions=args.repetitions,
+        workers=args.workers,
+        peer_timeout_s=args.peer_timeout_s,
+        run_timeout_s=args.run_timeout_s,
+    )
+
+
+def _document(config: RunConfig, benches: list[str], peers: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA,
+        "machine": machine_info(),
+        "config": json.loads(config.to_json()),
+        "benchmarks": benches,
+        "versions": {name: r.get("version") for name, r in peers.items()},
+        "peers": peers,
+    }
+
+
+def _summary(results: dict[str, Any]) -> str:
+    lines = []
+    for name, r in results["peers"].items():
+        figures = r.get("benchmarks", {})
+        lat, thr = figures.get("latency", {}), figures.get("throughput", {})
+        text = r["status"]
+        if "p50_ms" in lat:
+            text += f"  p50 {lat['p50_ms']:.2f} ms  p99 {lat['p99_ms']:.2f} ms"
+        if "median_per_s" in thr:
+            text += f"  {thr['median_per_s']:,.0f} inputs/s"
+        lines.append(f"{name:>16}: {text}")
+    return "\n".join(lines)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _show(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(driver.REPO_ROOT))
+    except ValueError:
+        return str(path)
