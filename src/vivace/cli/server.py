@@ -97,4 +97,9 @@ def worker(
         memory=memory or total_mem,
         runtimes=runtimes.split(",") if runtimes else None,
     )
-    asyncio.run(Agent(config).run())
+    try:
+        import uvloop
+    except ImportError:  # uvloop comes with the server extra; plain asyncio works too
+        asyncio.run(Agent(config).run())
+    else:
+        uvloop.run(Agent(config).run())

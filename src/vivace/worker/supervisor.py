@@ -17,6 +17,7 @@ from vivace import exception as exc
 from vivace._version import __version__
 from vivace.client import ApiClient
 from vivace.protocol import frames
+from vivace.protocol.versions import check_compatible
 from vivace.worker.httpd import HttpRequest, HttpResponse, UnixHttpServer
 from vivace.worker.logs import LogShipper
 from vivace.worker.runtimes.base import ContainerHandle, ContainerRuntime, ContainerSpec, ExitStatus
@@ -136,7 +137,9 @@ class ContainerSupervisor:
             body = json.dumps({"cancel": sorted(self.cancel), "stop": self.stop_reason is not None})
             return HttpResponse(200, body.encode(), "application/json")
         if req.path == "/hello" and req.method == "GET":
-            peer = req.headers.get("x-vivace-version", "")
+            problem = check_compatible(req.headers.get("x-vivace-version"), "the container runtime")
+            if problem:
+                return HttpResponse(409, problem.encode(), "text/plain")
             info = {
                 "container_id": self.id,
                 "function_id": self.function_id,
@@ -145,11 +148,7 @@ class ContainerSupervisor:
                 "has_definition": self.definition is not None,
                 "version": __version__,
             }
-            return (
-                HttpResponse(200, json.dumps(info).encode(), "application/json")
-                if peer
-                else HttpResponse(400, b"missing x-vivace-version", "text/plain")
-            )
+            return HttpResponse(200, json.dumps(info).encode(), "application/json")
         if req.path == "/definition" and req.method == "GET":
             return HttpResponse(200, self.definition or b"")
         return HttpResponse(404, b"not found", "text/plain")
