@@ -63,6 +63,9 @@ def serve(
     from vivace.server.api import create_app
 
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # the store's threads hand results back to the event loop: with the default 5 ms switch interval a
+    # thread waiting for the GIL adds milliseconds to every request
+    sys.setswitchinterval(0.0002)
     config = ServerConfig(
         store_url=store_url or f"sqlite:///{home / 'vivace.db'}", blob_dir=str(home / "blobs")
     )

@@ -107,7 +107,15 @@ class Store:
     dialect: Dialect
     url: str
 
+    # run operations on the event loop's own thread (no GIL hand-offs): right for an embedded database
+    # whose statements take microseconds; a networked database keeps its threads
+    inline = False
+
     def __init__(self) -> None:
+        self._inline_write: DbConnection | None = None
+        self._inline_read: DbConnection | None = None
+        self._pending: list[tuple[Callable[[Tx], Any], asyncio.Future[Any]]] = []
+        self._flush_scheduled = False
         self._writes: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._reads: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
@@ -133,6 +141,8 @@ class Store:
             t = threading.Thread(target=self._serve, args=(q, group), name=name, daemon=True)
             t.start()
             self._threads.append(t)
+        if self.inline:
+            self._inline_write, self._inline_read = self._connect(), self._connect()
         self._started = True
 
     def close(self) -> None:
@@ -144,15 +154,29 @@ class Store:
         for t in self._threads:
             t.join(timeout=10)
         self._threads.clear()
+        for conn in (self._inline_write, self._inline_read):
+            if conn is not None:
+                conn.close()
+        self._inline_write = self._inline_read = None
 
     # -- public API ------------------------------------------------------------------------------
     async def write(self, op: Callable[[Tx], T]) -> T:
         """Run ``op`` in the next group commit; return once it is durable."""
+        if self._inline_write is not None:
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[T] = loop.create_future()
+            self._pending.append((op, fut))
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                loop.call_soon(self._flush_inline)
+            return await fut
         job = _Job(op)
         self._writes.put(job)
         return await asyncio.wrap_future(job.future)  # type: ignore[no-any-return]
 
     async def read(self, op: Callable[[Tx], T]) -> T:
+        if self._inline_read is not None:
+            return op(Tx(self._inline_read, self.dialect, self._now(self._inline_read)))
         job = _Job(op)
         self._reads.put(job)
         return await asyncio.wrap_future(job.future)  # type: ignore[no-any-return]
@@ -184,38 +208,71 @@ class Store:
         finally:
             conn.close()
 
-    def _run_batch(self, conn: DbConnection, batch: list[_Job]) -> None:
-        results: list[tuple[_Job, Any, BaseException | None]] = []
+    def _execute(
+        self, conn: DbConnection, ops: list[Callable[[Tx], Any]]
+    ) -> list[tuple[Any, Exception | None]]:
+        """Run ops in one transaction, each in its own savepoint, and commit. Raises if the commit fails."""
+        results: list[tuple[Any, Exception | None]] = []
+        self._begin(conn)
+        tx = Tx(conn, self.dialect, self._now(conn))
+        for op in ops:
+            conn.execute("SAVEPOINT op")
+            try:
+                value = op(tx)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO SAVEPOINT op")
+                conn.execute("RELEASE SAVEPOINT op")
+                if self.dialect.is_integrity_error(exc):
+                    exc = IntegrityError(str(exc))
+                results.append((None, exc))
+            else:
+                conn.execute("RELEASE SAVEPOINT op")
+                results.append((value, None))
+        conn.commit()
+        self.commits += 1
+        return results
+
+    def _flush_inline(self) -> None:
+        self._flush_scheduled = False
+        batch, self._pending = self._pending[:_MAX_GROUP], self._pending[_MAX_GROUP:]
+        if self._pending:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_inline)
+        conn = self._inline_write
+        assert conn is not None
         try:
-            self._begin(conn)
-            tx = Tx(conn, self.dialect, self._now(conn))
-            for job in batch:
-                if not job.future.set_running_or_notify_cancel():
-                    continue
-                conn.execute("SAVEPOINT op")
-                try:
-                    value = job.op(tx)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO SAVEPOINT op")
-                    conn.execute("RELEASE SAVEPOINT op")
-                    if self.dialect.is_integrity_error(exc):
-                        exc = IntegrityError(str(exc))
-                    results.append((job, None, exc))
-                else:
-                    conn.execute("RELEASE SAVEPOINT op")
-                    results.append((job, value, None))
-            conn.commit()
-            self.commits += 1
+            results = self._execute(conn, [op for op, _ in batch])
+        except Exception as exc:
+            log.exception("store transaction failed")
+            try:
+                conn.rollback()
+            except Exception:
+                pass
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(StoreError(f"store transaction failed: {exc}"))
+            return
+        for (_, fut), (value, err) in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if err is not None:
+                fut.set_exception(err)
+            else:
+                fut.set_result(value)
+
+    def _run_batch(self, conn: DbConnection, batch: list[_Job]) -> None:
+        live = [job for job in batch if job.future.set_running_or_notify_cancel()]
+        try:
+            outcome = self._execute(conn, [job.op for job in live])
+            results = [(job, value, err) for job, (value, err) in zip(live, outcome, strict=True)]
         except Exception as exc:  # the transaction itself failed: nothing in it is durable
             log.exception("store transaction failed")
             try:
                 conn.rollback()
             except Exception:
                 pass
-            for job in batch:
+            for job in live:
                 if not job.future.done():
-                    if not job.future.running():
-                        job.future.set_running_or_notify_cancel()
                     job.future.set_exception(StoreError(f"store transaction failed: {exc}"))
             return
         for job, value, err in results:

@@ -20,6 +20,8 @@ class SQLiteDialect(Dialect):
 
 
 class SQLiteStore(Store):
+    inline = True
+
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = path
