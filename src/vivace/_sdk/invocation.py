@@ -94,8 +94,15 @@ class OutputStream:
             params={"cursor": self.cursor, "wait": wait, "limit": 5000},
             timeout=wait + 30,
         )
+        header, out = self._decode(resp.content)
+        return out, header
+
+    def take(self, body: bytes) -> list[tuple[int, Outcome]]:
+        return self._decode(body)[1]
+
+    def _decode(self, body: bytes) -> tuple[dict[str, Any], list[tuple[int, Outcome]]]:
         try:
-            header, blobs = frames.decode(resp.content)
+            header, blobs = frames.decode(body)
         except frames.FrameError as err:
             raise exc.ServiceError(f"the server sent a malformed response: {err}") from None
         out = []
@@ -104,21 +111,33 @@ class OutputStream:
             if key in self.seen:
                 continue
             self.seen.add(key)
-            out.append(
-                (
-                    item["part"],
-                    _outcome(item, blobs)
-                    if item["status"] != "item"
-                    else Outcome(item["idx"], True, deserialize(blobs[item["blob"]])),
-                )
-            )
+            if item["status"] == "item":
+                out.append((item["part"], Outcome(item["idx"], True, deserialize(blobs[item["blob"]]))))
+            else:
+                out.append((item["part"], _outcome(item, blobs)))
         self.cursor = header["cursor"]
-        return out, header
+        return header, out
 
 
 async def call_one(api: ApiClient, function_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     call_id = new_call_id()
-    await send_inputs(api, call_id, function_id, CallKind.REMOTE, [0], [encode_args(args, kwargs)], 1)
+    header = {
+        "idx": [0],
+        "total": 1,
+        "function_id": function_id,
+        "kind": CallKind.REMOTE.value,
+        "await_outputs": POLL_WAIT,
+    }
+    resp = await api.post_frames(
+        f"/v1/calls/{call_id}/inputs", header, [encode_args(args, kwargs)], timeout=POLL_WAIT + 30
+    )
+    if resp.headers.get("content-type", "").startswith(frames.CONTENT_TYPE):
+        stream = OutputStream(api, call_id)
+        for part, o in stream.take(resp.content):
+            if part == FINAL:
+                if o.ok:
+                    return o.value
+                raise o.value
     return await wait_one(api, call_id, None)
 
 

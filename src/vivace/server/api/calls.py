@@ -83,6 +83,10 @@ async def put_inputs(request: Request) -> Response:
     function_id, added = await plane.store.write(op)
     if added:
         plane.inputs_changed(function_id)
+    wait = header.get("await_outputs")
+    if isinstance(wait, (int, float)) and not isinstance(wait, bool) and 0 < wait <= 60:
+        # a single call can wait for its result in the same request: one round trip fewer
+        return await _outputs_response(plane, call_id, 0, float(wait), 1000)
     return JSONResponse({"added": added})
 
 
@@ -92,7 +96,11 @@ async def get_outputs(request: Request) -> Response:
     cursor = query_int(request, "cursor", 0, 0, 2**62)
     wait = query_float(request, "wait", 0.0, 0.0, 60.0)
     limit = query_int(request, "limit", 1000, 1, 10_000)
-    plane = plane_of(request)
+    return await _outputs_response(plane_of(request), call_id, cursor, wait, limit)
+
+
+async def _outputs_response(plane: Any, call_id: str, cursor: int, wait: float, limit: int) -> Response:
+    """Long-poll the outputs after ``cursor``; answer as soon as there is one (or the call is done)."""
     deadline = time.monotonic() + wait
     while True:
         ev = plane.notifier.event(f"outputs:{call_id}")
@@ -110,16 +118,14 @@ async def get_outputs(request: Request) -> Response:
             item["blob"] = len(blobs)
             blobs.append(plane.unstash(o.data, o.data_ref))
         outs.append(item)
-    return frame_response(
-        {
-            "cursor": page.cursor,
-            "total": page.total,
-            "done": page.done,
-            "cancelled": page.cancelled,
-            "outputs": outs,
-        },
-        blobs,
-    )
+    header = {
+        "cursor": page.cursor,
+        "total": page.total,
+        "done": page.done,
+        "cancelled": page.cancelled,
+        "outputs": outs,
+    }
+    return frame_response(header, blobs)
 
 
 @route()
