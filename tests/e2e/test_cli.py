@@ -127,3 +127,45 @@ def test_a_gone_client_stops_its_ephemeral_app(home, how):
 
         wait_for(stopped, timeout=40)
     assert VIVACE  # the CLI entry point module is importable
+
+
+LOOKUP_SCRIPT = """
+import vivace
+f = vivace.Function.from_name("demo", "square")
+print(f.remote(7), list(f.map([1, 2, 3])))
+try:
+    vivace.Function.from_name("demo", "nope")
+except vivace.exception.NotFoundError as e:
+    print("missing:", e)
+"""
+
+
+def test_deploy_lookup_tokens_and_logs(home):
+    out = vivace(home, "deploy", "examples/hello.py", check=True).stdout
+    assert "Deployed app 'demo'" in out and "square" in out
+    proc = subprocess.run(
+        [sys.executable, "-c", LOOKUP_SCRIPT],
+        cwd=ROOT,
+        env=env_for(home),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "49 [1, 4, 9]" in proc.stdout and "missing:" in proc.stdout
+    logs = vivace(home, "app", "logs", "demo", check=True).stdout
+    assert "squaring 7" in logs
+    assert (
+        "squaring 7" not in vivace(home, "app", "logs", "demo", "--search", "squaring 2", check=True).stdout
+    )
+    info = vivace(home, "token", "info", check=True).stdout
+    assert "(user)" in info
+    new = vivace(home, "token", "new", "--label", "ci", check=True).stdout
+    token_id = new.split("token id:")[1].split()[0]
+    secret = new.split("token secret:")[1].split()[0]
+    url = json.loads((home / "daemon.json").read_text())["url"]
+    other = vivace(
+        home, "token", "info", VIVACE_SERVER_URL=url, VIVACE_TOKEN_ID=token_id, VIVACE_TOKEN_SECRET=secret
+    )
+    assert other.returncode == 0 and token_id in other.stdout
+    assert "Stopped" in vivace(home, "app", "stop", "demo", check=True).stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,6 +16,9 @@ from vivace.protocol.versions import VERSION_HEADER, check_compatible
 from vivace.server.errors import ApiError, Invalid, Unauthorized, VersionMismatch
 from vivace.server.plane import ControlPlane
 from vivace.server.services import tokens
+from vivace.server.store.base import StoreError
+
+log = logging.getLogger("vivace.server")
 
 Handler = Callable[[Request], Awaitable[Response]]
 AUTH_CACHE_SECONDS = 30.0
@@ -77,6 +81,11 @@ def route(*, kinds: tuple[str, ...] = ("user",)) -> Callable[[Handler], Handler]
                 return await fn(request)
             except ApiError as exc:
                 return problem(exc)
+            except StoreError as exc:
+                log.error("%s %s: %s", request.method, request.url.path, exc)
+                return problem(
+                    ApiError("the control plane's store failed; retry", code="store_unavailable", status=503)
+                )
 
         handler.__name__ = fn.__name__
         handler.__doc__ = fn.__doc__
