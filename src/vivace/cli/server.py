@@ -86,7 +86,6 @@ def worker(
     if not token:
         raise click.UsageError("a worker token is required: --token TOKEN_ID:SECRET or VIVACE_WORKER_TOKEN")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     total_mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
     config = WorkerConfig(
         server_url=server_url,

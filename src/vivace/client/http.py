@@ -10,15 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from vivace import exception as exc
 from vivace._version import __version__
+from vivace.client.wire import HttpClient, Response
 from vivace.protocol import frames
 from vivace.protocol.versions import VERSION_HEADER
 
@@ -55,29 +53,11 @@ class Credentials:
 
 
 class ApiClient:
-    def __init__(
-        self,
-        base_url: str,
-        creds: Credentials,
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-        retry_for: float = 60.0,
-    ) -> None:
+    def __init__(self, base_url: str, creds: Credentials, *, retry_for: float = 60.0) -> None:
         self.base_url = base_url.rstrip("/")
         self.creds = creds
         self.retry_for = retry_for
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-        if transport is None:
-            # small request/response pairs: Nagle plus delayed ACKs would add 40 ms to each
-            nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-            transport = httpx.AsyncHTTPTransport(limits=limits, socket_options=nodelay)
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            transport=transport,
-            limits=limits,
-            timeout=httpx.Timeout(30.0, connect=5.0),
-            headers={"authorization": creds.header(), VERSION_HEADER: __version__},
-        )
+        self._http = HttpClient(self.base_url, {"authorization": creds.header(), VERSION_HEADER: __version__})
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -93,7 +73,7 @@ class ApiClient:
         timeout: float | None = None,
         retry_for: float | None = None,
         content_type: str | None = None,
-    ) -> httpx.Response:
+    ) -> Response:
         budget = self.retry_for if retry_for is None else retry_for
         deadline = time.monotonic() + budget
         delay = 0.05
@@ -107,9 +87,9 @@ class ApiClient:
                     content=content,
                     params=params,
                     headers=headers,
-                    timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+                    timeout=30.0 if timeout is None else timeout,
                 )
-            except (httpx.TransportError, OSError) as err:
+            except (OSError, asyncio.IncompleteReadError) as err:
                 if time.monotonic() + delay > deadline:
                     raise exc.ServiceError(
                         f"cannot reach the vivace server at {self.base_url}: {err}"
@@ -128,22 +108,20 @@ class ApiClient:
     async def post_json(self, path: str, body: Any = None, **kw: Any) -> Any:
         return (await self.request("POST", path, json_body=body if body is not None else {}, **kw)).json()
 
-    async def post_frames(
-        self, path: str, header: dict[str, Any], blobs: list[bytes], **kw: Any
-    ) -> httpx.Response:
+    async def post_frames(self, path: str, header: dict[str, Any], blobs: list[bytes], **kw: Any) -> Response:
         return await self.request(
             "POST", path, content=frames.encode(header, blobs), content_type=frames.CONTENT_TYPE, **kw
         )
 
     @staticmethod
-    def decode_frames(resp: httpx.Response) -> tuple[dict[str, Any], list[bytes]]:
+    def decode_frames(resp: Response) -> tuple[dict[str, Any], list[bytes]]:
         try:
             return frames.decode(resp.content)
         except frames.FrameError as err:
             raise exc.ServiceError(f"the server sent a malformed response: {err}") from None
 
 
-def _error_from(resp: httpx.Response) -> exc.Error:
+def _error_from(resp: Response) -> exc.Error:
     detail, code = resp.text[:2000], ""
     try:
         body = json.loads(resp.content)
