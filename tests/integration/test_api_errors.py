@@ -83,3 +83,23 @@ def test_openapi_lists_every_route(http):
     spec = http.get("/v1/openapi.json").json()
     assert spec["openapi"].startswith("3.")
     assert "/v1/calls/{call_id}/inputs" in spec["paths"] and "/v1/workers/{worker_id}/poll" in spec["paths"]
+
+
+def test_a_worker_token_acts_only_for_its_own_workers(cluster, http):
+    other = http.post("/v1/tokens", json={"kind": "worker", "label": "other"}).json()
+    headers = {
+        "authorization": f"Bearer {other['token_id']}:{other['token_secret']}",
+        "x-vivace-version": __version__,
+    }
+    workers = http.get("/v1/workers").json()["workers"]
+    victim = workers[0]["worker_id"]
+    with httpx.Client(base_url=cluster.url, headers=headers, timeout=10) as c:
+        problem(c.post(f"/v1/workers/{victim}/poll", json={"held": [], "wait": 0}), 403)
+        problem(c.post(f"/v1/workers/{victim}/events", json={"events": []}), 403)
+        problem(c.post("/v1/workers", json={"name": "x", "cpu": 0.01, "memory": 1, "replaces": victim}), 403)
+        assert victim in [w["worker_id"] for w in http.get("/v1/workers").json()["workers"]]  # not retired
+        mine = c.post("/v1/workers", json={"name": "mine", "cpu": 0.01, "memory": 1}).json()
+        assert (
+            c.post(f"/v1/workers/{mine['worker_id']}/poll", json={"held": [], "wait": 0}).status_code == 200
+        )
+        c.post(f"/v1/workers/{mine['worker_id']}/poll", json={"held": [], "wait": 0})

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from vivace.protocol import ids
 from vivace.protocol.calls import FINAL, CallKind, OutputStatus
 from vivace.server.api.common import (
+    check_worker,
     field,
     frame_body,
     frame_response,
@@ -172,6 +173,7 @@ async def exchange(request: Request) -> Response:
     function_id, owner, _ = info
     if owner != worker_id:
         raise Forbidden(f"container {container_id} does not belong to worker {worker_id}")
+    await check_worker(request, worker_id)
     outputs = _parse_outputs(header.get("outputs", []), blobs, plane)
     held = header.get("held")
     rejected = 0

@@ -49,6 +49,7 @@ async def authenticate(request: Request) -> str:
     if not header.startswith("Bearer "):
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer TOKEN_ID:TOKEN_SECRET'")
     token_id, _, secret = header[7:].strip().partition(":")
+    request.scope["vivace.token_id"] = token_id
     if not token_id or not secret:
         raise Unauthorized("malformed token: expected TOKEN_ID:TOKEN_SECRET")
     plane = plane_of(request)
@@ -117,6 +118,26 @@ async def frame_body(request: Request) -> tuple[dict[str, Any], list[bytes]]:
         return frames.decode(raw)
     except frames.FrameError as exc:
         raise Invalid(str(exc)) from None
+
+
+async def check_worker(request: Request, worker_id: str) -> None:
+    """A worker token acts only for the workers it registered."""
+    plane = plane_of(request)
+    token_id = request.scope.get("vivace.token_id")
+    owner = plane.worker_tokens.get(worker_id)
+    if owner is None:
+        owner = await plane.store.read(
+            lambda tx: tx.scalar("SELECT token_id FROM workers WHERE id = ?", (worker_id,))
+        )
+        if owner is None:
+            from vivace.server.errors import NotFound
+
+            raise NotFound(f"worker {worker_id} is not registered")
+        plane.worker_tokens[worker_id] = str(owner)
+    if owner != token_id:
+        from vivace.server.errors import Forbidden
+
+        raise Forbidden(f"this token did not register worker {worker_id}")
 
 
 def frame_response(header: dict[str, Any], blobs: list[bytes]) -> Response:

@@ -12,9 +12,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from vivace.protocol.versions import VERSION_HEADER, check_compatible
-from vivace.server.api.common import authenticate, field, frame_response, json_body, plane_of, route
+from vivace.server.api.common import (
+    authenticate,
+    check_worker,
+    field,
+    frame_response,
+    json_body,
+    plane_of,
+    route,
+)
 from vivace.server.channel import WorkerChannel
-from vivace.server.errors import ApiError, Invalid
+from vivace.server.errors import ApiError, Invalid, NotFound
 from vivace.server.services import logs, workers
 
 
@@ -33,10 +41,16 @@ async def register(request: Request) -> Response:
     replaces = field(body, "replaces", str, None, optional=True)
     version = request.headers.get(VERSION_HEADER, "")
     plane = plane_of(request)
+    token_id = request.scope.get("vivace.token_id")
+    if replaces:
+        try:
+            await check_worker(request, replaces)
+        except NotFound:
+            replaces = None  # nothing to retire
 
     def op(tx: Any) -> tuple[str, set[str]]:
         lost = workers.retire(tx, replaces, "worker restarted") if replaces else set()
-        return workers.register(tx, name, float(cpu), memory, labels, runtimes, version), lost
+        return workers.register(tx, name, float(cpu), memory, labels, runtimes, version, token_id), lost
 
     wid, lost = await plane.store.write(op)
     if replaces:
@@ -49,6 +63,7 @@ async def register(request: Request) -> Response:
 async def poll(request: Request) -> Response:
     """Long-poll: returns at once when there is something to start or stop, else after ``wait``."""
     worker_id = request.path_params["worker_id"]
+    await check_worker(request, worker_id)
     body = await json_body(request)
     held = field(body, "held", list, [])
     stopping = set(field(body, "stopping", list, []))
@@ -87,6 +102,7 @@ async def poll(request: Request) -> Response:
 @route(kinds=("worker",))
 async def events(request: Request) -> Response:
     worker_id = request.path_params["worker_id"]
+    await check_worker(request, worker_id)
     body = await json_body(request)
     evs = field(body, "events", list)
     plane = plane_of(request)
@@ -134,6 +150,7 @@ async def channel(ws: WebSocket) -> None:
         kind = await authenticate(ws)  # type: ignore[arg-type]
         if kind != "worker":
             raise Invalid("only worker tokens may open a channel")
+        await check_worker(ws, worker_id)  # type: ignore[arg-type]
     except ApiError:
         await ws.close(code=4401)
         return

@@ -13,13 +13,20 @@ from vivace.server.store.base import Tx
 
 
 def register(
-    tx: Tx, name: str, cpu: float, memory: int, labels: dict[str, str], runtimes: list[str], version: str
+    tx: Tx,
+    name: str,
+    cpu: float,
+    memory: int,
+    labels: dict[str, str],
+    runtimes: list[str],
+    version: str,
+    token_id: str | None = None,
 ) -> str:
     wid = ids.new_id(ids.WORKER)
     tx.execute(
-        "INSERT INTO workers (id, name, state, cpu, memory, labels, runtimes, version, registered_at, heartbeat_at) "
-        "VALUES (?, ?, 'alive', ?, ?, ?, ?, ?, ?, ?)",
-        (wid, name, cpu, memory, json.dumps(labels), json.dumps(runtimes), version, tx.now, tx.now),
+        "INSERT INTO workers (id, name, state, cpu, memory, labels, runtimes, version, registered_at, heartbeat_at, "
+        "token_id) VALUES (?, ?, 'alive', ?, ?, ?, ?, ?, ?, ?, ?)",
+        (wid, name, cpu, memory, json.dumps(labels), json.dumps(runtimes), version, tx.now, tx.now, token_id),
     )
     return wid
 

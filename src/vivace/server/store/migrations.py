@@ -64,6 +64,10 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX logs_app ON logs(app_id, id)",
         "CREATE INDEX logs_container ON logs(container_id, id)",
     ],
+    [
+        # a worker token acts only for the workers it registered
+        "ALTER TABLE workers ADD COLUMN token_id TEXT",
+    ],
 ]
 
 
