@@ -128,3 +128,8 @@ def test_cancel(basic):
 def test_stats(basic):
     stats = basic.square.get_current_stats()
     assert stats.backlog == 0 and stats.num_total_runners >= 0
+
+
+def test_a_function_no_worker_can_hold_fails_at_once(basic):
+    with pytest.raises(exc.ResourceExhaustedError, match="needs cpu=512"):
+        basic.huge.remote(1)

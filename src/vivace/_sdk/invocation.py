@@ -63,9 +63,9 @@ def _outcome(item: dict[str, Any], blobs: list[bytes]) -> Outcome:
     if item["status"] == "cancelled":
         return Outcome(item["idx"], False, exc.InputCancellation(_msg(item, "the input was cancelled")))
     if item["status"] == "system":
-        return Outcome(
-            item["idx"], False, exc.ExecutionError(_msg(item, "the platform could not run the input"))
-        )
+        resources = '"ResourceExhaustedError"' in (item.get("error") or "")
+        kind = exc.ResourceExhaustedError if resources else exc.ExecutionError
+        return Outcome(item["idx"], False, kind(_msg(item, "the platform could not run the input")))
     return Outcome(item["idx"], False, unpack_exception(item.get("error"), blob))
 
 

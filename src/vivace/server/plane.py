@@ -96,6 +96,9 @@ class ControlPlane:
         placed = await self.store.write(containers.schedule)
         if res.created or res.stopping or placed:
             self.workers_changed()
+        failed = await self.store.write(_fail_unplaceable)
+        if failed:
+            self.outputs_changed(failed)
 
     async def _reap_loop(self) -> None:
         while True:
@@ -136,6 +139,19 @@ class ControlPlane:
     def note_duration(self, function_id: str, seconds: float) -> None:
         prev = self.fast_functions.get(function_id)
         self.fast_functions[function_id] = seconds if prev is None else 0.8 * prev + 0.2 * seconds
+
+
+def _fail_unplaceable(tx: Any) -> set[str]:
+    """A container no live worker could ever hold fails its function's inputs at once, saying why."""
+    touched: set[str] = set()
+    for cid, reason in containers.unplaceable(tx):
+        fid = tx.scalar("SELECT function_id FROM containers WHERE id = ?", (cid,))
+        containers.mark_stopped(tx, cid, None, f"unschedulable: {reason}")
+        log.warning("container %s cannot be placed: %s", cid, reason)
+        touched |= calls.fail_pending(
+            tx, fid, f"no worker can run this function: it {reason}", "ResourceExhaustedError"
+        )
+    return touched
 
 
 def _timeout_inputs(tx: Any, expired: list[tuple[int, str]]) -> None:

@@ -73,3 +73,8 @@ def single(_):
 def hello_log(x):
     print(f"hello from input {x}")
     return x
+
+
+@app.function(cpu=512)
+def huge(x):
+    return x

@@ -340,9 +340,9 @@ def release_unheld(tx: Tx, container_id: str, lease_token: str, held: set[int]) 
     return calls_touched
 
 
-def fail_pending(tx: Tx, function_id: str, message: str) -> set[str]:
+def fail_pending(tx: Tx, function_id: str, message: str, kind: str = "ExecutionError") -> set[str]:
     """Give every pending input of a function a final system-failure output."""
-    err = json.dumps({"type": "ExecutionError", "message": message})
+    err = json.dumps({"type": kind, "message": message})
     touched: set[str] = set()
     for seq, call_id, idx in tx.fetchall(
         "SELECT seq, call_id, idx FROM inputs WHERE function_id = ? AND state = 'pending'", (function_id,)
