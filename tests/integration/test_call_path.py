@@ -133,3 +133,9 @@ def test_stats(basic):
 def test_a_function_no_worker_can_hold_fails_at_once(basic):
     with pytest.raises(exc.ResourceExhaustedError, match="needs cpu=512"):
         basic.huge.remote(1)
+
+
+def test_startup_timeout_stops_slow_containers_and_fails_the_inputs(app_loader):
+    module = app_loader("slowstart")
+    with module.app.run(), pytest.raises(exc.ExecutionError, match="startup timed out"):
+        module.never_ready.remote(1)

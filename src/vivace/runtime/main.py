@@ -202,7 +202,7 @@ def main() -> None:
     threading.Thread(target=rt.heartbeat_forever, name="vivace-heartbeat", daemon=True).start()
     try:
         fn = rt.load()
-    except SocketError:
+    except (SocketError, SystemExit):
         raise
     except BaseException as err:
         import traceback

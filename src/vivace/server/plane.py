@@ -114,6 +114,10 @@ class ControlPlane:
             await self.store.write(lambda tx: _timeout_inputs(tx, expired))
             self.requeued(await self.store.read(lambda tx: _calls_of(tx, expired)))
             self.workers_changed()
+        stuck = await self.store.write(containers.stuck_starting)
+        if stuck:
+            log.warning("containers did not start in time: %s", stuck)
+            self.workers_changed()
         dead, lost_calls = await self.store.write(
             lambda tx: workers.reap_dead_workers(tx, self.config.worker_timeout)
         )

@@ -97,7 +97,7 @@ class ContainerSupervisor:
         await self._server.close()
         shutil.rmtree(self.spec.workdir, ignore_errors=True)
         self.spec.socket_path.unlink(missing_ok=True)
-        if self.stop_reason is not None and status.reason in ("killed", "exited"):
+        if self.stop_reason is not None:  # we asked it to stop: however it ended, that is why
             return ExitStatus(status.code, "stopped: " + self.stop_reason)
         return status
 

@@ -110,6 +110,11 @@ def lease_inputs(tx: Tx, container_id: str, lease_token: str, limit: int) -> lis
     function_id, state, token, spec_json = row
     if token != lease_token or state not in ("assigned", "running"):
         raise Gone(f"container {container_id} no longer holds a lease ({state})")
+    if tx.execute(
+        "UPDATE containers SET ready_at = ? WHERE id = ? AND ready_at IS NULL", (tx.now, container_id)
+    ):
+        # this container started: the function's run of failed starts is over
+        tx.execute("UPDATE functions SET start_failures = 0 WHERE id = ?", (function_id,))
     timeout = float(json.loads(spec_json)["timeout"])
     rows = tx.fetchall(
         "UPDATE inputs SET state = 'leased', container_id = ?, lease_token = ?, leased_at = ?, deadline = ? "

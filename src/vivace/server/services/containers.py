@@ -126,6 +126,23 @@ def unplaceable(tx: Tx) -> list[tuple[str, str]]:
     return out
 
 
+DEFAULT_STARTUP_TIMEOUT = 300.0
+
+
+def stuck_starting(tx: Tx) -> list[tuple[str, float]]:
+    """Containers whose runtime has not asked for work within the function's ``startup_timeout``."""
+    out = []
+    for cid, assigned_at, spec_json in tx.fetchall(
+        "SELECT c.id, c.assigned_at, f.spec FROM containers c JOIN functions f ON f.id = c.function_id "
+        "WHERE c.state IN ('assigned', 'running') AND c.ready_at IS NULL"
+    ):
+        limit = json.loads(spec_json).get("startup_timeout") or DEFAULT_STARTUP_TIMEOUT
+        if assigned_at is not None and tx.now - float(assigned_at) > float(limit):
+            request_stop(tx, cid, f"startup timed out after {float(limit):g} s")
+            out.append((cid, float(limit)))
+    return out
+
+
 def request_stop(tx: Tx, container_id: str, reason: str) -> bool:
     row = tx.fetchone("SELECT state FROM containers WHERE id = ?", (container_id,))
     if row is None:

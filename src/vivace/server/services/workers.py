@@ -111,16 +111,14 @@ def container_event(
             "WHERE id = ? AND state = 'assigned'",
             (tx.now, tx.now, container_id),
         )
-        tx.execute(
-            "UPDATE functions SET start_failures = 0 WHERE id = (SELECT function_id FROM containers "
-            "WHERE id = ?)",
-            (container_id,),
-        )
         return set()
-    never_started = tx.scalar("SELECT started_at FROM containers WHERE id = ?", (container_id,)) is None
+    never_started = tx.scalar("SELECT ready_at FROM containers WHERE id = ?", (container_id,)) is None
     calls = mark_stopped(tx, container_id, exit_code, reason or "exited")
     if never_started:
-        calls |= _count_start_failure(tx, container_id, reason or "exited")
+        why = tx.scalar(
+            "SELECT stop_reason FROM containers WHERE id = ?", (container_id,)
+        )  # first reason wins
+        calls |= _count_start_failure(tx, container_id, str(why or reason or "exited"))
     return calls
 
 

@@ -67,6 +67,8 @@ MIGRATIONS: list[list[str]] = [
     [
         # a worker token acts only for the workers it registered
         "ALTER TABLE workers ADD COLUMN token_id TEXT",
+        # when the container's runtime first asked for work: the end of its start (startup_timeout)
+        "ALTER TABLE containers ADD COLUMN ready_at {DOUBLE}",
     ],
 ]
 
