@@ -38,3 +38,9 @@ def load_app(name):
 @pytest.fixture(scope="session")
 def app_loader(cluster):
     return load_app
+
+
+@pytest.fixture
+def app_loader_unbound():
+    """``load_app`` without starting the shared SQLite cluster."""
+    return load_app

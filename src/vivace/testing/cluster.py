@@ -20,13 +20,19 @@ from vivace.server.plane import ControlPlane
 
 class LocalCluster:
     def __init__(
-        self, home: Path, *, worker_cpu: float = 2.0, worker_memory: int = 4096, tick: float = 0.5
+        self,
+        home: Path,
+        *,
+        worker_cpu: float = 2.0,
+        worker_memory: int = 4096,
+        tick: float = 0.5,
+        store_url: str | None = None,
     ) -> None:
         self.home = home
         self.worker_cpu = worker_cpu
         self.worker_memory = worker_memory
         self.config = ServerConfig(
-            store_url=f"sqlite:///{home / 'vivace.db'}",
+            store_url=store_url or f"sqlite:///{home / 'vivace.db'}",
             blob_dir=str(home / "blobs"),
             tick=tick,
             worker_timeout=10.0,
