@@ -122,3 +122,28 @@ class synchronized(Generic[T]):
 
     def __get__(self, obj: Any, owner: Any = None) -> _Bound[T]:
         return _Bound(self.fn, obj if obj is not None else owner)
+
+
+class _Twin:
+    def __init__(self, sync: Callable[..., Any], aio: Callable[..., Any]) -> None:
+        self._sync = sync
+        self.aio = aio
+        functools.update_wrapper(self, sync)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._sync(*args, **kwargs)
+
+
+class twin:
+    """A blocking method paired with an explicit async form: ``obj.m(...)`` and ``obj.m.aio(...)``.
+
+    For methods whose async form is not simply the blocking one awaited (iterators, generators).
+    """
+
+    def __init__(self, sync: Callable[..., Any], aio: Callable[..., Any]) -> None:
+        self.sync = sync
+        self.aio = aio
+        self.__doc__ = sync.__doc__
+
+    def __get__(self, obj: Any, owner: Any = None) -> _Twin:
+        return _Twin(self.sync.__get__(obj, owner), self.aio.__get__(obj, owner))

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from vivace import exception as exc
 from vivace._sdk import invocation
 from vivace._sdk.connection import get_client
-from vivace._sync import iter_async, iter_sync, run_async, run_sync, synchronized
+from vivace._sync import iter_async, iter_sync, run_async, run_sync, synchronized, twin
 from vivace.protocol.calls import CallKind
 from vivace.protocol.functions import FunctionSpec
 
@@ -177,7 +177,21 @@ class Function:
         ):
             yield batch
 
-    async def _map_aio(
+    async def _outcomes_aio(
+        self,
+        argsets: Iterable[tuple[tuple[Any, ...], dict[str, Any]]],
+        order_outputs: bool,
+        return_exceptions: bool,
+    ) -> AsyncIterator[Any]:
+        self._check_not_generator("map")
+        async for batch in iter_async(self._map_batches(argsets, order_outputs)):
+            for o in batch:
+                if o.ok or return_exceptions:
+                    yield o.value
+                else:
+                    raise o.value
+
+    def _map_aio(
         self,
         *iterables: Iterable[Any],
         kwargs: dict[str, Any] | None = None,
@@ -185,12 +199,39 @@ class Function:
         return_exceptions: bool = False,
     ) -> AsyncIterator[Any]:
         argsets = ((a, kwargs or {}) for a in zip(*iterables, strict=False))
-        async for batch in iter_async(self._map_batches(argsets, order_outputs)):
-            for o in batch:
-                if o.ok or return_exceptions:
-                    yield o.value
-                else:
-                    raise o.value
+        return self._outcomes_aio(argsets, order_outputs, return_exceptions)
+
+    def _starmap_aio(
+        self,
+        iterable: Iterable[Any],
+        kwargs: dict[str, Any] | None = None,
+        order_outputs: bool = True,
+        return_exceptions: bool = False,
+    ) -> AsyncIterator[Any]:
+        argsets = ((tuple(a), kwargs or {}) for a in iterable)
+        return self._outcomes_aio(argsets, order_outputs, return_exceptions)
+
+    async def _for_each_aio(
+        self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None, ignore_exceptions: bool = False
+    ) -> None:
+        argsets = ((a, kwargs or {}) for a in zip(*iterables, strict=False))
+        async for _ in self._outcomes_aio(argsets, False, ignore_exceptions):
+            pass
+
+    async def _spawn_map_aio(
+        self, *iterables: Iterable[Any], kwargs: dict[str, Any] | None = None
+    ) -> FunctionCall:
+        argsets = [(a, kwargs or {}) for a in zip(*iterables, strict=False)]
+        return await run_async(self._spawn_map(argsets))
+
+    def _remote_gen_aio(self, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        return iter_async(self._gen(args, kwargs))
+
+    map = twin(map, _map_aio)  # type: ignore[assignment]
+    starmap = twin(starmap, _starmap_aio)  # type: ignore[assignment]
+    for_each = twin(for_each, _for_each_aio)  # type: ignore[assignment]
+    spawn_map = twin(spawn_map, _spawn_map_aio)  # type: ignore[assignment]
+    remote_gen = twin(remote_gen, _remote_gen_aio)  # type: ignore[assignment]
 
     # -- autoscaler and stats -----------------------------------------------------------------------
     @synchronized

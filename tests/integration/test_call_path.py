@@ -29,6 +29,12 @@ def test_aio_forms(basic):
 
     async def go():
         assert await basic.square.remote.aio(5) == 25
+        assert [x async for x in basic.square.map.aio(range(4))] == [0, 1, 4, 9]
+        assert [x async for x in basic.add.starmap.aio([(1, 2)])] == [3]
+        assert [x async for x in basic.countdown.remote_gen.aio(2)] == [2, 1]
+        assert await basic.square.for_each.aio(range(2)) is None
+        spawned = await basic.square.spawn_map.aio(range(3))
+        assert await spawned.get.aio() == [0, 1, 4]
         call = await basic.square.spawn.aio(6)
         return await call.get.aio()
 
