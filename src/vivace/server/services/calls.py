@@ -174,6 +174,10 @@ def put_outputs(tx: Tx, container_id: str, lease_token: str, outputs: list[Outpu
             result.requeued_functions.add(function_id)
         else:
             _finish(tx, out.seq, call_id, idx, function_id, container_id, out)
+    if result.rejected and not result.accepted:
+        live = tx.fetchone("SELECT state, lease_token FROM containers WHERE id = ?", (container_id,))
+        if live is None or live[1] != lease_token or live[0] not in ("assigned", "running"):
+            raise Gone(f"container {container_id} no longer holds a lease; its outputs were not stored")
     return result
 
 
