@@ -145,3 +145,9 @@ def test_startup_timeout_stops_slow_containers_and_fails_the_inputs(app_loader):
     module = app_loader("slowstart")
     with module.app.run(), pytest.raises(exc.ExecutionError, match="startup timed out"):
         module.never_ready.remote(1)
+
+
+def test_a_retry_runs_after_its_delay_not_after_a_long_poll(basic, tmp_path):
+    # initial_delay is 1 s; a retry nobody wakes up for would only run when the 25 s long-poll expires
+    call = basic.flaky_delayed.spawn(str(tmp_path / "n"))
+    assert call.get(timeout=15) == 2

@@ -27,10 +27,9 @@ class ControlPlane:
         self.token_cache: dict[str, tuple[str, str, float]] = {}
         self.container_cache: dict[str, tuple[str, str, str]] = {}  # container -> (function, worker, app)
         self.fast_functions: dict[str, float] = {}  # function -> EWMA of input duration (s)
-        self.cancel_requests: dict[str, set[int]] = {}
-        self.worker_tokens: dict[
-            str, str
-        ] = {}  # worker -> the token that registered it  # container -> inputs to interrupt
+        self.cancel_requests: dict[str, set[int]] = {}  # container -> inputs to interrupt
+        self.worker_tokens: dict[str, str] = {}  # worker -> the token that registered it
+        self.ready_containers: set[str] = set()  # containers whose first lease (their ready mark) is stored
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:

@@ -78,3 +78,14 @@ def hello_log(x):
 @app.function(cpu=512)
 def huge(x):
     return x
+
+
+@app.function(retries=vivace.Retries(max_retries=1, initial_delay=1.0))
+def flaky_delayed(path):
+    with open(path, "a") as f:
+        f.write("x")
+    with open(path) as f:
+        attempts = len(f.read())
+    if attempts == 1:
+        raise CustomError("first attempt fails")
+    return attempts

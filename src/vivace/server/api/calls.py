@@ -27,6 +27,7 @@ from vivace.server.services import calls, workers
 from vivace.server.services.calls import OutputIn
 
 MAX_BATCH = 5000
+RETRY_RECHECK = 0.25  # seconds between lease attempts while queued inputs wait out a retry delay
 _STATUSES = {s.value for s in OutputStatus}
 
 
@@ -204,11 +205,19 @@ async def exchange(request: Request) -> Response:
     deadline = time.monotonic() + float(wait)
     while limit > 0:
         ev = plane.notifier.event(f"inputs:{function_id}")
-        leased = await plane.store.write(lambda tx: calls.lease_inputs(tx, container_id, token, limit))
+        backlog = await plane.store.read(
+            lambda tx: tx.scalar("SELECT backlog FROM functions WHERE id = ?", (function_id,))
+        )
+        if container_id in plane.ready_containers and not backlog:
+            leased = []  # nothing queued: skip the write (a commit is the costliest step here)
+        else:
+            leased = await plane.store.write(lambda tx: calls.lease_inputs(tx, container_id, token, limit))
+            plane.ready_containers.add(container_id)
         remaining = deadline - time.monotonic()
         if leased or remaining <= 0:
             break
-        await plane.notifier.wait(ev, remaining)
+        # queued inputs that could not be leased wait out a retry delay: look again soon
+        await plane.notifier.wait(ev, min(remaining, RETRY_RECHECK) if backlog else remaining)
     items: list[dict[str, Any]] = []
     out_blobs: list[bytes] = []
     for li in leased:

@@ -215,6 +215,17 @@ class Store:
         results: list[tuple[Any, Exception | None]] = []
         self._begin(conn)
         tx = Tx(conn, self.dialect, self._now(conn))
+        if len(ops) == 1:  # nothing to isolate it from: no savepoint, a failure rolls back the transaction
+            try:
+                value = ops[0](tx)
+            except Exception as exc:
+                conn.rollback()
+                if self.dialect.is_integrity_error(exc):
+                    exc = IntegrityError(str(exc))
+                return [(None, exc)]
+            conn.commit()
+            self.commits += 1
+            return [(value, None)]
         for op in ops:
             conn.execute("SAVEPOINT op")
             try:
