@@ -13,6 +13,8 @@ APPS = Path(__file__).parent / "apps"
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
     home = tmp_path_factory.mktemp("vivace")
+    # the worker inherits this: a frozen container is detected in seconds (default 30 s)
+    os.environ.setdefault("VIVACE_CONTAINER_HEARTBEAT_TIMEOUT", "4")
     with LocalCluster(home) as c:
         old = {k: os.environ.get(k) for k in c.client_env()}
         os.environ.update(c.client_env())

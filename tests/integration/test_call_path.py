@@ -151,3 +151,18 @@ def test_a_retry_runs_after_its_delay_not_after_a_long_poll(basic, tmp_path):
     # initial_delay is 1 s; a retry nobody wakes up for would only run when the 25 s long-poll expires
     call = basic.flaky_delayed.spawn(str(tmp_path / "n"))
     assert call.get(timeout=15) == 2
+
+
+def test_a_frozen_container_is_killed_and_its_input_retried(basic, tmp_path):
+    import os
+    import signal
+    import time
+
+    marker = tmp_path / "pid"
+    call = basic.freeze_me.spawn(str(marker))
+    deadline = time.monotonic() + 60
+    while not marker.exists() or not marker.read_text():
+        assert time.monotonic() < deadline, "the input never started"
+        time.sleep(0.1)
+    os.kill(int(marker.read_text()), signal.SIGSTOP)  # its heartbeat thread stops with it
+    assert call.get(timeout=90) == "thawed"  # the worker killed it; the input ran again elsewhere

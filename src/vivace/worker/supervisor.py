@@ -24,6 +24,16 @@ from vivace.worker.runtimes.base import ContainerHandle, ContainerRuntime, Conta
 
 log = logging.getLogger("vivace.worker")
 STOP_GRACE = 5.0
+HEARTBEAT_TIMEOUT = 30.0
+
+
+def heartbeat_timeout() -> float:
+    """Seconds of heartbeat silence after which a container counts as frozen (runtime beats every 1 s)."""
+    raw = os.environ.get("VIVACE_CONTAINER_HEARTBEAT_TIMEOUT")
+    try:
+        return max(2.0, float(raw)) if raw else HEARTBEAT_TIMEOUT
+    except ValueError:
+        return HEARTBEAT_TIMEOUT
 
 
 def socket_path_for(workdir: Path, container_id: str) -> Path:
@@ -75,6 +85,7 @@ class ContainerSupervisor:
         self.current: int | None = None
         self.stop_reason: str | None = None
         self.last_heartbeat = time.monotonic()
+        self.heartbeats = 0  # the watchdog starts once the runtime is up and beating
         self._server = UnixHttpServer(str(self.spec.socket_path), self._handle)
         self._exchange_path = f"/v1/workers/{worker_id}/containers/{self.id}/exchange"
 
@@ -91,7 +102,9 @@ class ContainerSupervisor:
             for s, name in ((self.handle.stdout, "stdout"), (self.handle.stderr, "stderr"))
             if s is not None
         ]
+        watchdog = asyncio.create_task(self._watch_heartbeats())
         status = await self.handle.wait()
+        watchdog.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*pumps), 2)
         await self._server.close()
@@ -100,6 +113,25 @@ class ContainerSupervisor:
         if self.stop_reason is not None:  # we asked it to stop: however it ended, that is why
             return ExitStatus(status.code, "stopped: " + self.stop_reason)
         return status
+
+    async def _watch_heartbeats(self) -> None:
+        """A runtime whose heartbeat thread went silent is frozen (stopped, deadlocked in C, swapping):
+        kill it so that its inputs go back to the queue instead of waiting for their timeouts."""
+        timeout = heartbeat_timeout()
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            if self.heartbeats and time.monotonic() - self.last_heartbeat > timeout:
+                log.warning("container %s sent no heartbeat for %.0f s; killing it", self.id, timeout)
+                self.logs.add(
+                    self.app_id,
+                    self.function_id,
+                    self.id,
+                    None,
+                    "system",
+                    f"container sent no heartbeat for {timeout:g} s and was killed",
+                )
+                self.kill(f"no heartbeat for {timeout:g} s")
+                return
 
     async def stop(self, reason: str) -> None:
         if self.handle is None or self.stop_reason is not None:
@@ -134,6 +166,7 @@ class ContainerSupervisor:
             return await self._exchange(req.body)
         if req.path == "/heartbeat" and req.method == "POST":
             self.last_heartbeat = time.monotonic()
+            self.heartbeats += 1
             body = json.dumps({"cancel": sorted(self.cancel), "stop": self.stop_reason is not None})
             return HttpResponse(200, body.encode(), "application/json")
         if req.path == "/hello" and req.method == "GET":

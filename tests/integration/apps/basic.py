@@ -89,3 +89,13 @@ def flaky_delayed(path):
     if attempts == 1:
         raise CustomError("first attempt fails")
     return attempts
+
+
+@app.function()
+def freeze_me(path):
+    if os.path.exists(path):
+        return "thawed"
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(120)
+    return "slept"
