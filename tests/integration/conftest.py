@@ -15,7 +15,9 @@ def cluster(tmp_path_factory):
     home = tmp_path_factory.mktemp("vivace")
     # the worker inherits this: a frozen container is detected in seconds (default 30 s)
     os.environ.setdefault("VIVACE_CONTAINER_HEARTBEAT_TIMEOUT", "4")
-    with LocalCluster(home) as c:
+    # these tests are about the call path and share files with their functions through the host:
+    # isolation has its own suite (tests/isolation), run on every OCI runtime the host has
+    with LocalCluster(home, runtimes=["process"]) as c:
         old = {k: os.environ.get(k) for k in c.client_env()}
         os.environ.update(c.client_env())
         yield c

@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
 @pytest.fixture
 def pg_cluster(pg_server, tmp_path, monkeypatch):
     dsn = create_database(pg_server.dsn, "vivace_cluster")
-    with LocalCluster(tmp_path / "home", store_url=dsn) as cluster:
+    with LocalCluster(tmp_path / "home", store_url=dsn, runtimes=["process"]) as cluster:
         for k, v in cluster.client_env().items():
             monkeypatch.setenv(k, v)
         yield cluster

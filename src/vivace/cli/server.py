@@ -68,6 +68,13 @@ def server_stop() -> None:
 @click.option("--cpu", type=click.FloatRange(min=0.01), default=None, help="Cores to offer (default: all).")
 @click.option("--memory", type=click.IntRange(min=16), default=None, help="MiB to offer (default: all).")
 @click.option("--runtimes", default=None, help="Comma-separated runtimes to offer (default: all available).")
+@click.option(
+    "--pids-limit",
+    type=click.IntRange(min=8),
+    default=4096,
+    show_default=True,
+    help="Most processes and threads one container may have (isolated runtimes).",
+)
 def worker(
     server_url: str,
     token: str | None,
@@ -76,6 +83,7 @@ def worker(
     cpu: float | None,
     memory: int | None,
     runtimes: str | None,
+    pids_limit: int,
 ) -> None:
     """Run a worker agent that executes containers for a control plane."""
     import asyncio
@@ -94,7 +102,8 @@ def worker(
         name=name or socket.gethostname(),
         cpu=cpu or float(os.cpu_count() or 1),
         memory=memory or total_mem,
-        runtimes=runtimes.split(",") if runtimes else None,
+        runtimes=[r.strip() for r in runtimes.split(",") if r.strip()] if runtimes else None,
+        pids_limit=pids_limit,
     )
     try:
         import uvloop

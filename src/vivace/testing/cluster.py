@@ -27,7 +27,13 @@ class LocalCluster:
         worker_memory: int = 4096,
         tick: float = 0.5,
         store_url: str | None = None,
+        runtimes: list[str] | None = None,
+        pids_limit: int | None = None,
+        worker_env: dict[str, str] | None = None,
     ) -> None:
+        self.runtimes = runtimes
+        self.pids_limit = pids_limit
+        self.worker_env = worker_env or {}
         self.home = home
         self.worker_cpu = worker_cpu
         self.worker_memory = worker_memory
@@ -97,8 +103,13 @@ class LocalCluster:
         return self
 
     def start_worker(self) -> None:
-        env = {**os.environ, "VIVACE_WORKER_TOKEN": self.worker_token}
+        env = {**os.environ, **self.worker_env, "VIVACE_WORKER_TOKEN": self.worker_token}
         log = open(self.home / "worker.log", "ab")  # noqa: SIM115
+        extra = []
+        if self.runtimes:
+            extra += ["--runtimes", ",".join(self.runtimes)]
+        if self.pids_limit is not None:
+            extra += ["--pids-limit", str(self.pids_limit)]
         self.worker = subprocess.Popen(
             [
                 sys.executable,
@@ -113,6 +124,7 @@ class LocalCluster:
                 str(self.worker_cpu),
                 "--memory",
                 str(self.worker_memory),
+                *extra,
             ],
             env=env,
             stdout=log,

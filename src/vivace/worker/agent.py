@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -18,7 +19,8 @@ from vivace import exception as exc
 from vivace.client import ApiClient, Credentials
 from vivace.worker.channel import run_channel
 from vivace.worker.logs import LogShipper
-from vivace.worker.runtimes import ContainerRuntime, available_runtimes
+from vivace.worker.runtimes import FUNCTION_DEFAULTS, ContainerRuntime, RuntimeContext, available_runtimes
+from vivace.worker.runtimes.oci import mounted_under, unmount
 from vivace.worker.sources import SourceCache
 from vivace.worker.supervisor import ContainerSupervisor
 
@@ -35,20 +37,23 @@ class WorkerConfig:
     memory: int
     runtimes: list[str] | None = None
     labels: dict[str, str] | None = None
+    pids_limit: int | None = 4096
 
 
 class Agent:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.api = ApiClient(config.server_url, Credentials.parse(config.token), retry_for=3600)
-        found = available_runtimes()
+        key = hashlib.sha256(str(config.workdir.resolve()).encode()).hexdigest()[:10]
+        self.ctx = RuntimeContext(config.workdir, key, config.pids_limit)
+        found = available_runtimes(self.ctx)
         if config.runtimes:
             missing = [r for r in config.runtimes if r not in found]
             if missing:
                 raise exc.InvalidError(
                     f"runtime(s) {', '.join(missing)} not available here; have {sorted(found)}"
                 )
-            found = {k: v for k, v in found.items() if k in config.runtimes}
+            found = {k: found[k] for k in config.runtimes}
         self.runtimes: dict[str, ContainerRuntime] = found
         self.worker_id = ""
         self.containers: dict[str, ContainerSupervisor] = {}
@@ -65,6 +70,8 @@ class Agent:
             loop.add_signal_handler(sig, self._stopping.set)
         self.config.workdir.mkdir(parents=True, exist_ok=True)
         previous = self._reconcile()
+        for runtime in self.runtimes.values():
+            await asyncio.to_thread(runtime.prepare)
         await self._register(previous)
         bg = [
             asyncio.create_task(c)
@@ -84,6 +91,9 @@ class Agent:
                 await asyncio.wait(self.tasks, timeout=10)
             for t in bg:
                 t.cancel()
+            for runtime in self.runtimes.values():
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(runtime.reconcile, set())
             with contextlib.suppress(Exception):
                 await self.logs.flush()
             await self.api.aclose()
@@ -103,6 +113,14 @@ class Agent:
                     with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
                         os.killpg(int(pidf.read_text()), signal.SIGKILL)
                         log.info("reconcile: killed leftover container %s", d.name)
+        for runtime in self.runtimes.values():
+            for what in runtime.reconcile(set()):
+                log.info("reconcile: removed %s", what)
+        for m in mounted_under(cdir):
+            log.info("reconcile: unmounted %s", m)
+            unmount(m)
+        if cdir.exists():
+            for d in cdir.iterdir():
                 shutil.rmtree(d, ignore_errors=True)
         return previous
 
@@ -167,11 +185,37 @@ class Agent:
 
     async def _run_container(self, a: dict[str, Any], definition: bytes | None) -> None:
         cid = a["container_id"]
-        runtime = self.runtimes.get(a["spec"].get("runtime") or "") or next(iter(self.runtimes.values()))
+        try:
+            runtime = self._choose_runtime(a["spec"])
+        except exc.InvalidError as err:
+            self.starting.discard(cid)
+            self.logs.add(
+                a["app_id"], a["function_id"], cid, None, "system", f"container failed to start: {err}"
+            )
+            await self._event(cid, "exited", None, f"failed to start: {err}")
+            return
         try:
             return await self._run_started(a, definition, runtime)
         finally:
             self.starting.discard(cid)
+
+    def _choose_runtime(self, spec: dict[str, Any]) -> ContainerRuntime:
+        wanted = spec.get("runtime")
+        if wanted:
+            if wanted not in self.runtimes:
+                raise exc.InvalidError(
+                    f"runtime {wanted!r} is not offered by this worker ({', '.join(self.runtimes)})"
+                )
+            runtime = self.runtimes[wanted]
+        else:
+            names = [n for n in FUNCTION_DEFAULTS if n in self.runtimes] or list(self.runtimes)
+            runtime = self.runtimes[names[0]]
+        if spec.get("block_network") and not runtime.capabilities.network_isolation:
+            raise exc.InvalidError(
+                f"block_network=True needs an isolated runtime (crun, runc, runsc); this worker runs "
+                f"{runtime.name!r}, which cannot block the network"
+            )
+        return runtime
 
     async def _run_started(
         self, a: dict[str, Any], definition: bytes | None, runtime: ContainerRuntime

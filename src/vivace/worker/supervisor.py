@@ -37,13 +37,15 @@ def heartbeat_timeout() -> float:
 
 
 def socket_path_for(workdir: Path, container_id: str) -> Path:
-    """Unix socket paths are limited to 107 bytes: keep them short whatever the worker's directory."""
-    path = workdir / "vivace.sock"
+    """The container's socket, alone in its directory (isolated runtimes mount that directory).
+
+    Unix socket paths are limited to 107 bytes: keep them short whatever the worker's directory."""
+    path = workdir / "sock" / "vivace.sock"
     if len(str(path)) < 100:
         return path
     short = Path(tempfile.gettempdir()) / f"vivace-{os.getuid()}"
     short.mkdir(mode=0o700, exist_ok=True)
-    return short / f"{container_id}.sock"
+    return short / container_id / "vivace.sock"
 
 
 class ContainerSupervisor:
@@ -79,6 +81,7 @@ class ContainerSupervisor:
             cpu_limit=self.fspec.get("cpu_limit"),
             memory=self.fspec["memory"],
             memory_limit=self.fspec.get("memory_limit"),
+            block_network=bool(self.fspec.get("block_network")),
         )
         self.handle: ContainerHandle | None = None
         self.cancel: set[int] = set()
@@ -91,6 +94,7 @@ class ContainerSupervisor:
 
     async def start(self) -> None:
         self.spec.workdir.mkdir(parents=True, exist_ok=True)
+        self.spec.socket_path.parent.mkdir(mode=0o755, exist_ok=True)
         await self._server.start()
         self.handle = await self.runtime.start(self.spec)
         (self.spec.workdir / "pid").write_text(str(self.handle.pid))
@@ -109,7 +113,7 @@ class ContainerSupervisor:
             await asyncio.wait_for(asyncio.gather(*pumps), 2)
         await self._server.close()
         shutil.rmtree(self.spec.workdir, ignore_errors=True)
-        self.spec.socket_path.unlink(missing_ok=True)
+        shutil.rmtree(self.spec.socket_path.parent, ignore_errors=True)
         if self.stop_reason is not None:  # we asked it to stop: however it ended, that is why
             return ExitStatus(status.code, "stopped: " + self.stop_reason)
         return status

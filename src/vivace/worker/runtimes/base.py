@@ -34,6 +34,20 @@ class ContainerSpec:
     cpu_limit: float | None = None
     memory: int = 128
     memory_limit: int | None = None
+    block_network: bool = False
+
+
+@dataclass(frozen=True)
+class RuntimeContext:
+    """What every runtime on one worker shares."""
+
+    workdir: Path  # the worker's directory (images/, containers/)
+    key: str  # short, host-unique name of this worker: its cgroups and namespaces carry it
+    pids_limit: int | None = 4096
+
+    @property
+    def images(self) -> Path:
+        return self.workdir / "images"
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,12 @@ class ContainerHandle(Protocol):
 class ContainerRuntime(Protocol):
     name: str
     capabilities: Capabilities
+
+    def prepare(self) -> None:
+        """Build what starts need (root filesystems), off the start path."""
+
+    def reconcile(self, keep: set[str]) -> list[str]:
+        """Remove what containers not in ``keep`` left behind; return what was removed."""
 
     async def start(self, spec: ContainerSpec) -> ContainerHandle: ...
     async def exec(

@@ -57,6 +57,12 @@ class ProcessRuntime:
         isolation=False, cpu_limit=False, memory_limit=False, pids_limit=False, network_isolation=False
     )
 
+    def prepare(self) -> None:
+        pass
+
+    def reconcile(self, keep: set[str]) -> list[str]:
+        return []  # process containers die with their worker (PR_SET_PDEATHSIG)
+
     def _env(self, spec: ContainerSpec) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VIVACE_", "MODAL_"))}
         env.update(spec.env)

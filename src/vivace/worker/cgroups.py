@@ -1,0 +1,262 @@
+"""Per-container cgroups on v1, v2 and hybrid hosts.
+
+The worker owns one cgroup per container, ``<root>/<worker key>/<container id>``, and writes the limits
+there (memory, cpu, pids). Every runtime starts the container *inside* it: OCI runtimes get a child
+``ctr`` as their ``cgroupsPath`` (limits stay on the parent, so they hold whatever the runtime does),
+bwrap and process runtimes are moved in before they exec. After the container ends the worker reads
+whether the kernel OOM-killed something in it, then removes the cgroup.
+
+Hybrid hosts (v1 controllers plus a cgroup2 mount that holds no controllers) are treated as v1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CONTROLLERS_V1 = ("memory", "cpu", "pids")
+CPU_PERIOD_US = 100_000
+
+
+class CgroupError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class CgroupHost:
+    mode: str  # "v1", "v2" or "hybrid"
+    mounts: dict[str, Path]  # v1: controller -> mount point; v2: {"": mount point}
+    missing: tuple[str, ...] = ()
+    unified_mount: Path | None = None  # hybrid: the controller-less cgroup2 mount
+    others: tuple[Path, ...] = ()  # v1 hierarchies we set no limits in (runtimes create cgroups there)
+
+    def roots(self) -> list[Path]:
+        """Every hierarchy a container's cgroup may appear in."""
+        found = list(dict.fromkeys([*self.mounts.values(), *self.others]))
+        if self.unified_mount is not None:
+            found.append(self.unified_mount)
+        return found
+
+    @property
+    def unified(self) -> bool:
+        return self.mode == "v2"
+
+
+def detect(mountinfo: str | None = None) -> CgroupHost:
+    """Which cgroup layout this host has, from ``/proc/self/mountinfo``."""
+    if mountinfo is None:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+    v1: dict[str, Path] = {}
+    v2: list[Path] = []
+    other: list[Path] = []
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, rfields = left.split(), right.split()
+        if len(fields) < 5 or len(rfields) < 3:
+            continue
+        mountpoint, fstype, options = Path(fields[4]), rfields[0], rfields[2].split(",")
+        if fstype == "cgroup2":
+            v2.append(mountpoint)
+        elif fstype == "cgroup":
+            for opt in options:
+                if opt in CONTROLLERS_V1:
+                    v1.setdefault(opt, mountpoint)
+            other.append(mountpoint)
+    if v1:
+        missing = tuple(c for c in CONTROLLERS_V1 if c not in v1)
+        rest = tuple(dict.fromkeys(p for p in other if p not in v1.values()))
+        return CgroupHost("hybrid" if v2 else "v1", v1, missing, v2[0] if v2 else None, rest)
+    if v2:
+        root = min(v2, key=lambda p: len(str(p)))
+        have = (
+            set((root / "cgroup.controllers").read_text().split())
+            if (root / "cgroup.controllers").exists()
+            else set()
+        )
+        missing = tuple(c for c in CONTROLLERS_V1 if c not in have)
+        return CgroupHost("v2", {"": root}, missing)
+    raise CgroupError("no cgroup filesystem is mounted: containers cannot be limited on this host")
+
+
+@dataclass(frozen=True)
+class Limits:
+    cpu: float  # request, in cores
+    cpu_limit: float | None
+    memory: int  # request, MiB
+    memory_limit: int | None  # MiB; None: no hard limit
+    pids: int | None
+
+
+class ContainerCgroup:
+    """One container's cgroup (a directory per v1 controller, or one v2 directory)."""
+
+    def __init__(self, host: CgroupHost, relpath: str) -> None:
+        self.host = host
+        self.relpath = relpath.strip("/")  # e.g. vivace/<worker key>/<container id>
+
+    # OCI runtimes create this child and put the container in it
+    @property
+    def runtime_path(self) -> str:
+        return "/" + self.relpath + "/ctr"
+
+    def dirs(self) -> list[Path]:
+        return [root / self.relpath for root in self.host.roots()]
+
+    def create(self, limits: Limits) -> None:
+        if self.host.unified:
+            self._create_v2(limits)
+        else:
+            self._create_v1(limits)
+
+    def _create_v1(self, limits: Limits) -> None:
+        m = self.host.mounts
+        mem = m["memory"] / self.relpath
+        mem.mkdir(parents=True, exist_ok=True)
+        _write(mem / "memory.soft_limit_in_bytes", str(limits.memory << 20))
+        if limits.memory_limit is not None:
+            _write(mem / "memory.limit_in_bytes", str(limits.memory_limit << 20))
+            with contextlib.suppress(OSError):  # only with swap accounting
+                _write(mem / "memory.memsw.limit_in_bytes", str(limits.memory_limit << 20))
+            with contextlib.suppress(OSError):
+                _write(mem / "memory.swappiness", "0")
+        cpu = m["cpu"] / self.relpath
+        cpu.mkdir(parents=True, exist_ok=True)
+        _write(cpu / "cpu.shares", str(max(2, int(limits.cpu * 1024))))
+        if limits.cpu_limit is not None:
+            _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+            _write(cpu / "cpu.cfs_quota_us", str(max(1000, int(limits.cpu_limit * CPU_PERIOD_US))))
+        pids = m["pids"] / self.relpath
+        pids.mkdir(parents=True, exist_ok=True)
+        if limits.pids is not None:
+            _write(pids / "pids.max", str(limits.pids))
+
+    def _create_v2(self, limits: Limits) -> None:
+        root = self.host.mounts[""]
+        path = root / self.relpath
+        # enable the controllers down the tree (a cgroup's children get what its subtree_control names)
+        parts = Path(self.relpath).parts
+        for i in range(len(parts)):
+            d = root.joinpath(*parts[: i + 1])
+            d.mkdir(exist_ok=True)
+            parent = d.parent
+            with contextlib.suppress(OSError):
+                _write(parent / "cgroup.subtree_control", "+memory +cpu +pids")
+        with contextlib.suppress(OSError):
+            _write(path / "cgroup.subtree_control", "+memory +cpu +pids")
+        _write(path / "memory.low", str(limits.memory << 20))
+        if limits.memory_limit is not None:
+            _write(path / "memory.max", str(limits.memory_limit << 20))
+            with contextlib.suppress(OSError):
+                _write(path / "memory.swap.max", "0")
+        _write(path / "cpu.weight", str(max(1, min(10000, int(limits.cpu * 100)))))
+        if limits.cpu_limit is not None:
+            _write(path / "cpu.max", f"{max(1000, int(limits.cpu_limit * CPU_PERIOD_US))} {CPU_PERIOD_US}")
+        if limits.pids is not None:
+            _write(path / "pids.max", str(limits.pids))
+
+    def add_current_process(self) -> None:
+        """Move the calling process in (used between fork and exec, so async-signal-safe enough)."""
+        pid = str(os.getpid())
+        if self.host.unified:
+            leaf = self.host.mounts[""] / self.relpath / "ctr"
+            leaf.mkdir(exist_ok=True)
+            _write(leaf / "cgroup.procs", pid)
+            return
+        for d in self.dirs():
+            _write(d / "cgroup.procs", pid)
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel OOM-killed a process in this container."""
+        if self.host.unified:
+            f = self.host.mounts[""] / self.relpath / "memory.events"
+        else:
+            f = self.host.mounts["memory"] / self.relpath / "memory.oom_control"
+        with contextlib.suppress(OSError):
+            for line in f.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill" and int(value) > 0:
+                    return True
+        return False
+
+    def pids(self) -> set[int]:
+        found: set[int] = set()
+        for d in self.dirs():
+            if not d.exists():
+                continue
+            for dirpath, _dirs, _files in os.walk(d):
+                with contextlib.suppress(OSError):
+                    found.update(int(p) for p in Path(dirpath, "cgroup.procs").read_text().split())
+        return found
+
+    def kill_all(self) -> None:
+        """SIGKILL everything in the container (a fork loop included)."""
+        if self.host.unified:
+            kill = self.host.mounts[""] / self.relpath / "cgroup.kill"
+            if kill.exists():
+                with contextlib.suppress(OSError):
+                    _write(kill, "1")
+                return
+        for _ in range(50):
+            pids = self.pids()
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.01)
+
+    def signal_all(self, sig: int) -> None:
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+    def remove(self) -> None:
+        """Kill what is left and remove the directories, children first."""
+        self.kill_all()
+        for d in self.dirs():
+            _rmtree_cgroup(d)
+
+
+def _rmtree_cgroup(path: Path) -> None:
+    if not path.exists():
+        return
+    for dirpath, dirs, _files in os.walk(path, topdown=False):
+        for name in dirs:
+            _rmdir(Path(dirpath, name))
+    _rmdir(path)
+
+
+def _rmdir(path: Path) -> None:
+    for _ in range(100):  # a cgroup is busy for a moment after its last process exits
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            if err.errno != errno.EBUSY:
+                raise
+            time.sleep(0.01)
+
+
+def _write(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def leftovers(host: CgroupHost, relroot: str) -> list[str]:
+    """Container cgroups under ``relroot`` (one worker's) that exist on the host."""
+    names: set[str] = set()
+    for base in host.roots():
+        d = base / relroot
+        if d.is_dir():
+            names.update(p.name for p in d.iterdir() if p.is_dir())
+    return sorted(names)
