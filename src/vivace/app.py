@@ -119,8 +119,6 @@ class App:
             ("cloud", cloud),
             ("region", region),
             ("nonpreemptible", nonpreemptible),
-            ("block_network", block_network),
-            ("restrict_modal_access", restrict_modal_access),
         ):
             params.check_not_yet(key, value)
         cpu_req, cpu_lim = params.cpu(cpu)
@@ -133,6 +131,8 @@ class App:
         params.flag("serialized", serialized)
         params.flag("single_use_containers", single_use_containers)
         params.flag("enable_memory_snapshot", enable_memory_snapshot)
+        params.flag("block_network", block_network)
+        params.flag("restrict_modal_access", restrict_modal_access)
         if name is not None and (not isinstance(name, str) or not name):
             raise exc.InvalidError("name must be a non-empty string")
 
@@ -165,6 +165,8 @@ class App:
                 startup_timeout=start_timeout,
                 retries=policy,
                 single_use_containers=single_use_containers,
+                block_network=block_network,
+                restrict_modal_access=restrict_modal_access,
                 env=fn_env,
                 **scaling,
             )

@@ -63,8 +63,6 @@ def test_bad_parameters_are_typed_errors(kw, match):
         {"gpu": "H100"},
         {"volumes": {"/d": object()}},
         {"secrets": [object()]},
-        {"block_network": True},
-        {"restrict_modal_access": True},
         {"schedule": object()},
         {"cloud": "aws"},
         {"region": "us"},

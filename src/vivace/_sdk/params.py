@@ -24,8 +24,6 @@ RENAMED = {
 NOT_YET: dict[str, tuple[str, Any]] = {
     "image": ("custom images (the Image builder)", None),
     "ephemeral_disk": ("ephemeral disk limits (the Image builder)", None),
-    "block_network": ("network isolation (isolated container runtimes)", False),
-    "restrict_modal_access": ("restricted API access (isolated container runtimes)", False),
     "gpu": ("GPU devices (isolated container runtimes)", None),
     "volumes": ("Volumes (storage primitives)", None),
     "secrets": ("Secrets (storage primitives)", None),

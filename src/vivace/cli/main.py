@@ -56,7 +56,16 @@ def cli() -> None:
 def _register() -> None:
     from vivace.cli import apps, runs, server
 
-    for cmd in (runs.run, runs.deploy, apps.app, apps.container, apps.token, server.server, server.worker):
+    for cmd in (
+        runs.run,
+        runs.deploy,
+        apps.app,
+        apps.container,
+        apps.token,
+        server.server,
+        server.worker,
+        server.doctor,
+    ):
         cli.add_command(cmd)
 
 

@@ -111,3 +111,26 @@ def worker(
         asyncio.run(Agent(config).run())
     else:
         uvloop.run(Agent(config).run())
+
+
+@click.command()
+def doctor() -> None:
+    """Say what this host supports for running containers, and what is missing."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from vivace.worker.doctor import checks, default_runtime
+
+    table = Table("check", "", "detail", "how to fix")
+    results = checks()
+    for c in results:
+        table.add_row(c.name, "[green]ok[/]" if c.ok else "[red]missing[/]", c.detail, "" if c.ok else c.fix)
+    console = Console()
+    console.print(table)
+    runtime = default_runtime()
+    if runtime == "process":
+        console.print(
+            "[yellow]functions will run with the 'process' runtime: no isolation (development only)[/]"
+        )
+        raise SystemExit(1)
+    console.print(f"functions run with [bold]{runtime}[/] by default")

@@ -45,6 +45,8 @@ class FunctionSpec:
     buffer_containers: int = 0
     scaledown_window: float = 60.0
     single_use_containers: bool = False
+    block_network: bool = False
+    restrict_modal_access: bool = False  # containers reach only their own inputs through their socket
     max_inputs: int = 1
     target_inputs: int = 1
     env: Dict[str, str] = field(default_factory=dict)
@@ -104,6 +106,9 @@ class FunctionSpec:
             raise SpecError("source_hash must be a hex sha256")
         if self.runtime is not None:
             _check_str(self.runtime, "runtime")
+        for flag in ("block_network", "restrict_modal_access", "serialized", "is_generator"):
+            if not isinstance(getattr(self, flag), bool):
+                raise SpecError(f"{flag} must be a boolean")
         r = self.retries
         _check_int(r.max_retries, "retries", 0, 10)
         _check_num(r.backoff_coefficient, "backoff_coefficient", 1.0, 10.0)

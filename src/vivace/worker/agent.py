@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import signal
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from vivace import exception as exc
 from vivace.client import ApiClient, Credentials
 from vivace.worker.channel import run_channel
 from vivace.worker.logs import LogShipper
+from vivace.worker.network import NetworkPool, have_tools
 from vivace.worker.runtimes import FUNCTION_DEFAULTS, ContainerRuntime, RuntimeContext, available_runtimes
 from vivace.worker.runtimes.oci import mounted_under, unmount
 from vivace.worker.sources import SourceCache
@@ -45,7 +47,13 @@ class Agent:
         self.config = config
         self.api = ApiClient(config.server_url, Credentials.parse(config.token), retry_for=3600)
         key = hashlib.sha256(str(config.workdir.resolve()).encode()).hexdigest()[:10]
-        self.ctx = RuntimeContext(config.workdir, key, config.pids_limit)
+        self.network: NetworkPool | None = None
+        if os.geteuid() == 0 and not have_tools():
+            host = urllib.parse.urlsplit(config.server_url).hostname
+            self.network = NetworkPool(
+                key, control_plane_host=host if host and not _is_loopback(host) else None
+            )
+        self.ctx = RuntimeContext(config.workdir, key, config.pids_limit, self.network)
         found = available_runtimes(self.ctx)
         if config.runtimes:
             missing = [r for r in config.runtimes if r not in found]
@@ -72,6 +80,9 @@ class Agent:
         previous = self._reconcile()
         for runtime in self.runtimes.values():
             await asyncio.to_thread(runtime.prepare)
+        if self.network is not None and any(r.capabilities.network_isolation for r in self.runtimes.values()):
+            await asyncio.to_thread(self.network.setup)
+            self.network.kick()
         await self._register(previous)
         bg = [
             asyncio.create_task(c)
@@ -94,6 +105,9 @@ class Agent:
             for runtime in self.runtimes.values():
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(runtime.reconcile, set())
+            if self.network is not None:
+                with contextlib.suppress(Exception):
+                    await self.network.close()
             with contextlib.suppress(Exception):
                 await self.logs.flush()
             await self.api.aclose()
@@ -115,6 +129,9 @@ class Agent:
                         log.info("reconcile: killed leftover container %s", d.name)
         for runtime in self.runtimes.values():
             for what in runtime.reconcile(set()):
+                log.info("reconcile: removed %s", what)
+        if self.network is not None:
+            for what in self.network.teardown():
                 log.info("reconcile: removed %s", what)
         for m in mounted_under(cdir):
             log.info("reconcile: unmounted %s", m)
@@ -269,3 +286,14 @@ class Agent:
             await self.api.post_json(f"/v1/workers/{self.worker_id}/events", body)
         except exc.Error as err:
             log.warning("could not report %s of %s: %s", event, cid, err)
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -170,16 +170,25 @@ class ContainerCgroup:
         for d in self.dirs():
             _write(d / "cgroup.procs", pid)
 
-    def oom_killed(self) -> bool:
-        """Whether the kernel OOM-killed a process in this container."""
+    def oom_killed(self, sigkilled: bool) -> bool:
+        """Whether the kernel OOM-killed a process in this container.
+
+        v2 counts OOM kills up the tree (``memory.events``). v1 counts them only in the cgroup of the
+        killed task, which the OCI runtime has already removed; there a SIGKILL we did not send, in a
+        container whose peak usage reached its memory limit, is the kernel's OOM killer."""
         if self.host.unified:
             f = self.host.mounts[""] / self.relpath / "memory.events"
-        else:
-            f = self.host.mounts["memory"] / self.relpath / "memory.oom_control"
-        with contextlib.suppress(OSError):
-            for line in f.read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == "oom_kill" and int(value) > 0:
+            return _counter(f, "oom_kill") > 0
+        mem = self.host.mounts["memory"] / self.relpath
+        if _counter(mem / "memory.oom_control", "oom_kill") > 0:
+            return True
+        if not sigkilled:
+            return False
+        for prefix in ("memory.", "memory.memsw."):  # memsw: with swap accounting
+            with contextlib.suppress(OSError, ValueError):
+                peak = int((mem / f"{prefix}max_usage_in_bytes").read_text())
+                limit = int((mem / f"{prefix}limit_in_bytes").read_text())
+                if peak >= limit - (1 << 20):  # failcnt stays 0 on some kernels: the peak tells
                     return True
         return False
 
@@ -220,6 +229,15 @@ class ContainerCgroup:
         self.kill_all()
         for d in self.dirs():
             _rmtree_cgroup(d)
+
+
+def _counter(path: Path, key: str) -> int:
+    with contextlib.suppress(OSError, ValueError):
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    return 0
 
 
 def _rmtree_cgroup(path: Path) -> None:

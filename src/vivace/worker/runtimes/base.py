@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from vivace.worker.network import NetworkPool
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class RuntimeContext:
     workdir: Path  # the worker's directory (images/, containers/)
     key: str  # short, host-unique name of this worker: its cgroups and namespaces carry it
     pids_limit: int | None = 4096
+    network: NetworkPool | None = None  # None: isolated containers get no network at all
 
     @property
     def images(self) -> Path:
@@ -56,6 +60,8 @@ class ExitStatus:
     reason: str  # "exited", "crashed", "oom", "killed"
 
     def describe(self) -> str:
+        if self.reason == "oom":
+            return "out of memory: OOM-killed at its memory limit (exit code 137)"
         return self.reason if self.code is None else f"{self.reason} (exit code {self.code})"
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from vivace.worker import images
 from vivace.worker.cgroups import CgroupHost, ContainerCgroup, Limits, detect, leftovers
+from vivace.worker.network import Slot
 from vivace.worker.runtimes.base import Capabilities, ContainerSpec, ExitStatus, RuntimeContext
 from vivace.worker.runtimes.security import MASKED_PATHS, READONLY_PATHS, seccomp_profile
 
@@ -74,6 +75,7 @@ def oci_config(
     runtime_bundle: Path,
     netns: str | None,
     rlimit_nofile: int,
+    resolv_conf: Path | None = None,
     hostname: str = "vivace",
 ) -> dict[str, Any]:
     """The OCI runtime spec for one container (pure: unit-tested)."""
@@ -107,6 +109,11 @@ def oci_config(
         mounts.append(
             {"destination": "/src", "type": "bind", "source": str(spec.source_dir),
              "options": ["rbind", "ro", "nosuid", "nodev"]}
+        )  # fmt: skip
+    if resolv_conf is not None:
+        mounts.append(
+            {"destination": "/etc/resolv.conf", "type": "bind", "source": str(resolv_conf),
+             "options": ["bind", "ro", "nosuid", "nodev", "noexec"]}
         )  # fmt: skip
     namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")]
     namespaces.append({"type": "network", "path": netns} if netns else {"type": "network"})
@@ -143,7 +150,9 @@ class OciHandle:
         cgroup: ContainerCgroup,
         bundle: Path,
         cid: str,
+        slot: Slot | None,
     ) -> None:
+        self.slot = slot
         self.proc = proc
         self.runtime = runtime
         self.cgroup = cgroup
@@ -156,8 +165,9 @@ class OciHandle:
 
     async def wait(self) -> ExitStatus:
         code = await self.proc.wait()
-        oom = await asyncio.to_thread(self.cgroup.oom_killed)
-        await self.runtime.cleanup(self.cid, self.bundle, self.cgroup)
+        sigkilled = code in (-signal.SIGKILL, 128 + signal.SIGKILL) and not self._killed
+        oom = await asyncio.to_thread(self.cgroup.oom_killed, sigkilled)
+        await self.runtime.cleanup(self.cid, self.bundle, self.cgroup, self.slot)
         if oom:
             return ExitStatus(137, "oom")
         if code == 0:
@@ -243,38 +253,50 @@ class OciRuntime:
         for d in (rootfs, upper, work):
             d.mkdir(parents=True, exist_ok=True)
         cgroup = self._cgroup(spec.container_id)
+        slot: Slot | None = None
         try:
             cgroup.create(
                 Limits(spec.cpu, spec.cpu_limit, spec.memory, spec.memory_limit, self.ctx.pids_limit)
             )
             mount_overlay([base], upper, work, rootfs)
             nofile = _nofile_limit()
-            netns = None
+            pool = self.ctx.network
+            if pool is not None:
+                slot = await pool.acquire(spec.block_network)
+            netns = slot.path if slot is not None else None
+            resolv = None
+            if slot is not None and not slot.blocked:
+                resolv = self.ctx.workdir / "resolv.conf"
+                if not resolv.exists():
+                    resolv.write_text(pool.resolv_conf() if pool else "")
             config = oci_config(
                 spec,
                 cgroups_path=cgroup.runtime_path,
                 runtime_bundle=bundle_src,
                 netns=netns,
                 rlimit_nofile=nofile,
+                resolv_conf=resolv,
             )
             (bundle / "config.json").write_text(json.dumps(config))
             self.state_root.mkdir(parents=True, exist_ok=True)
             extra = []
             if self.name == "runsc":  # runsc's own network stack, in the given namespace, or none at all
-                extra = ["--network=none" if netns is None else "--network=sandbox"]
+                extra = ["--network=none" if slot is None or slot.blocked else "--network=sandbox"]
             proc = await asyncio.create_subprocess_exec(
                 self.binary, *self.global_args, *extra, "run", "--bundle", str(bundle), spec.container_id,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 preexec_fn=self._preexec,
             )  # fmt: skip
         except BaseException:
-            await self.cleanup(spec.container_id, bundle, cgroup)
+            await self.cleanup(spec.container_id, bundle, cgroup, slot)
             raise
-        return OciHandle(proc, self, cgroup, bundle, spec.container_id)
+        return OciHandle(proc, self, cgroup, bundle, spec.container_id, slot)
 
-    async def cleanup(self, cid: str, bundle: Path, cgroup: ContainerCgroup) -> None:
+    async def cleanup(self, cid: str, bundle: Path, cgroup: ContainerCgroup, slot: Slot | None) -> None:
         await self._run_tool("delete", "--force", cid)
         await asyncio.to_thread(self._cleanup_sync, bundle, cgroup)
+        if slot is not None and self.ctx.network is not None:
+            await self.ctx.network.release(slot)
 
     @staticmethod
     def _cleanup_sync(bundle: Path, cgroup: ContainerCgroup) -> None:

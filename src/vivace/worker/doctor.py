@@ -1,0 +1,91 @@
+"""What this host supports for running containers, and what it lacks (``vivace doctor``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from vivace.worker import network
+from vivace.worker.cgroups import CgroupError, detect
+from vivace.worker.runtimes import FUNCTION_DEFAULTS, PREFERENCE, missing_runtimes
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _version(binary: str) -> str:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.splitlines()[0].strip() if out else ""
+
+
+def checks() -> list[Check]:
+    found: list[Check] = []
+    root = os.geteuid() == 0
+    found.append(
+        Check("root", root, "running as root" if root else f"running as uid {os.geteuid()}",
+              "" if root else "isolated runtimes (crun, runc, runsc) need the worker to run as root")
+    )  # fmt: skip
+    try:
+        host = detect()
+        detail = f"{host.mode}" + (
+            f", missing controllers: {', '.join(host.missing)}" if host.missing else ""
+        )
+        if host.mode == "hybrid":
+            detail += " (crun runs in a private mount namespace without the cgroup2 mount)"
+        found.append(
+            Check("cgroups", not host.missing, detail, "enable the memory, cpu and pids controllers")
+        )
+    except CgroupError as err:
+        found.append(Check("cgroups", False, str(err), "mount cgroup2 at /sys/fs/cgroup"))
+    filesystems = Path("/proc/filesystems").read_text() if Path("/proc/filesystems").exists() else ""
+    found.append(
+        Check("overlayfs", "overlay" in filesystems, "supported" if "overlay" in filesystems else "not supported",
+              "load the overlay kernel module (modprobe overlay)")
+    )  # fmt: skip
+    seccomp = "Seccomp:" in Path("/proc/self/status").read_text()
+    found.append(Check("seccomp", seccomp, "supported" if seccomp else "not supported by this kernel"))
+    userns = Path("/proc/sys/user/max_user_namespaces")
+    n = int(userns.read_text()) if userns.exists() else 0
+    found.append(
+        Check("user namespaces", n > 0, f"max_user_namespaces={n}", "sysctl user.max_user_namespaces=15000")
+    )
+    missing_net = network.have_tools()
+    found.append(
+        Check("container networking", not missing_net,
+              "ip and iptables present" if not missing_net else f"missing: {', '.join(missing_net)}",
+              "apt-get install iproute2 iptables")
+    )  # fmt: skip
+    why = missing_runtimes()
+    for name in PREFERENCE:
+        if name == "process":
+            found.append(Check("runtime process", True, "always available: no isolation, development only"))
+            continue
+        if name in why:
+            found.append(Check(f"runtime {name}", False, why[name], f"apt-get install {name}"))
+        else:
+            found.append(Check(f"runtime {name}", True, _version(shutil.which(name) or name) or "available"))
+    gpus = sorted(str(p) for p in Path("/dev").glob("nvidia[0-9]*"))
+    found.append(Check("GPUs", True, f"{len(gpus)} NVIDIA device(s)" if gpus else "none (CPU only)"))
+    found.append(
+        Check("KVM", Path("/dev/kvm").exists(), "/dev/kvm present" if Path("/dev/kvm").exists() else "absent")
+    )
+    return found
+
+
+def default_runtime() -> str:
+    why = missing_runtimes()
+    for name in FUNCTION_DEFAULTS:
+        if name not in why:
+            return name
+    return "process"

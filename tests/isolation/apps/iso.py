@@ -1,0 +1,106 @@
+"""Functions that probe their own container, for the isolation suite."""
+
+import os
+import socket
+
+import vivace
+
+app = vivace.App("iso")
+
+
+@app.function(max_containers=2)
+def read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read(200)
+    except OSError as err:
+        return type(err).__name__
+
+
+@app.function(max_containers=2)
+def listdir(path):
+    try:
+        return sorted(os.listdir(path))
+    except OSError as err:
+        return type(err).__name__
+
+
+@app.function(max_containers=2)
+def write_then_list(name):
+    with open(f"/tmp/{name}", "w") as f:
+        f.write("mine")
+    return sorted(os.listdir("/tmp"))
+
+
+@app.function(max_containers=2)
+def processes():
+    return sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+
+
+@app.function(memory=(64, 64), retries=0)
+def hog(mib):
+    chunks = [bytearray(1 << 20) for _ in range(mib)]
+    return len(chunks)
+
+
+@app.function(retries=0)
+def fork_many(n):
+    pids, failed = [], None
+    for _ in range(n):
+        try:
+            pid = os.fork()
+        except OSError as err:
+            failed = type(err).__name__
+            break
+        if pid == 0:
+            import time
+
+            time.sleep(30)
+            os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    return len(pids), failed
+
+
+def _connect(host, port):
+    s = socket.socket()
+    s.settimeout(3)
+    try:
+        s.connect((host, port))
+        return s.recv(16).decode()
+    except OSError as err:
+        return type(err).__name__
+    finally:
+        s.close()
+
+
+@app.function(max_containers=2)
+def connect(host, port):
+    return _connect(host, port)
+
+
+@app.function(max_containers=2, block_network=True)
+def connect_blocked(host, port):
+    return _connect(host, port)
+
+
+@app.function(max_containers=2)
+def privileged_ops():
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    results = {}
+    results["mount"] = libc.mount(b"tmpfs", b"/mnt", b"tmpfs", 0, None) == 0
+    results["unshare_user"] = libc.unshare(0x10000000) == 0
+    try:
+        os.chown("/tmp", 1000, 1000)
+        results["chown"] = True
+    except OSError:
+        results["chown"] = False
+    with open("/proc/self/status") as f:
+        status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+    results["cap_eff"] = status["CapEff"].strip()
+    results["no_new_privs"] = status["NoNewPrivs"].strip()
+    return results

@@ -1,0 +1,128 @@
+"""The isolation suite runs once per OCI runtime this host has (crun, runc, runsc); in CI all three
+must be installed (``.ci/install-runtimes.sh``)."""
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import uuid
+
+import pytest
+
+from vivace.testing.cluster import LocalCluster
+
+RUNTIMES = ("crun", "runc", "runsc")
+PIDS_LIMIT = 64
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def runtime(request):
+    name = request.param
+    if os.geteuid() != 0 or shutil.which(name) is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} must be installed (as root) in CI: .ci/install-runtimes.sh")
+        pytest.skip(f"{name} is not installed (or not root)")
+    return name
+
+
+@pytest.fixture(scope="module")
+def iso(runtime, tmp_path_factory):
+    home = tmp_path_factory.mktemp(f"iso-{runtime}")
+    with LocalCluster(home, runtimes=[runtime], pids_limit=PIDS_LIMIT) as cluster:
+        old = {k: os.environ.get(k) for k in cluster.client_env()}
+        os.environ.update(cluster.client_env())
+        module = _load("iso")
+        try:
+            with module.app.run():
+                module.cluster = cluster
+                yield module
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def _load(name):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    sys.modules.pop(name, None)
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "apps" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def test_host():
+    """A host in a network namespace of our own, serving a greeting on TCP: (address, port).
+
+    Never an address outside this machine: traffic leaves nowhere."""
+    tag = uuid.uuid4().hex[:6]
+    ns, host_if, ns_if = f"vvtest-{tag}", f"vt{tag}", f"vp{tag}"
+    host_ip, ns_ip = "10.214.77.1", "10.214.77.2"
+
+    def ip(*args):
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    ip("netns", "add", ns)
+    try:
+        ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", ns)
+        ip("addr", "add", f"{host_ip}/30", "dev", host_if)
+        ip("link", "set", host_if, "up")
+        ip("-n", ns, "addr", "add", f"{ns_ip}/30", "dev", ns_if)
+        ip("-n", ns, "link", "set", ns_if, "up")
+        ip("-n", ns, "link", "set", "lo", "up")
+        ip("-n", ns, "route", "add", "default", "via", host_ip)
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", ns, "python3", "-c", _SERVER, ns_ip],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        port = int(server.stdout.readline())
+        yield ns_ip, port
+        server.kill()
+        server.wait()
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+
+
+_SERVER = """
+import socket, sys
+s = socket.socket(); s.bind((sys.argv[1], 0)); s.listen(16)
+print(s.getsockname()[1], flush=True)
+while True:
+    c, _ = s.accept(); c.sendall(b"hello"); c.close()
+"""
+
+
+@pytest.fixture
+def host_listener():
+    """A service on the host itself (all addresses), which containers must not reach: its port."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 0))
+    s.listen(16)
+    stop = threading.Event()
+
+    def serve():
+        s.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                c, _ = s.accept()
+            except OSError:
+                continue
+            c.sendall(b"host")
+            c.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield s.getsockname()[1]
+    stop.set()
+    t.join()
+    s.close()

