@@ -10,6 +10,8 @@ import uuid
 
 import pytest
 
+from vivace import _sync
+from vivace._sdk import connection
 from vivace.testing.cluster import LocalCluster
 
 RUNTIMES = ("crun", "runc", "runsc")
@@ -32,12 +34,14 @@ def iso(runtime, tmp_path_factory):
     with LocalCluster(home, runtimes=[runtime], pids_limit=PIDS_LIMIT) as cluster:
         old = {k: os.environ.get(k) for k in cluster.client_env()}
         os.environ.update(cluster.client_env())
+        _sync.run_sync(connection.reset_client())  # point the SDK at this cluster
         module = _load("iso")
         try:
             with module.app.run():
                 module.cluster = cluster
                 yield module
         finally:
+            _sync.run_sync(connection.reset_client())
             for k, v in old.items():
                 if v is None:
                     os.environ.pop(k, None)

@@ -48,7 +48,11 @@ def test_memory_limit_oom_kills_and_is_reported(iso):
     assert "oom" in str(info.value).lower() or "out of memory" in str(info.value).lower(), str(info.value)
 
 
-def test_pids_limit_stops_a_fork_loop(iso):
+def test_pids_limit_stops_a_fork_loop(iso, runtime, request):
+    if runtime == "runsc":
+        request.applymarker(
+            pytest.mark.xfail(reason="under runsc the host pids limit ends the whole sandbox", strict=True)
+        )
     from tests.isolation.conftest import PIDS_LIMIT
 
     started, failed = iso.fork_many.remote(PIDS_LIMIT * 4)
@@ -56,16 +60,20 @@ def test_pids_limit_stops_a_fork_loop(iso):
     assert started < PIDS_LIMIT
 
 
-def test_no_capabilities_and_dangerous_calls_refused(iso):
+def test_no_capabilities_and_dangerous_calls_refused(iso, runtime):
     r = iso.privileged_ops.remote()
     assert r["mount"] is False
     assert r["unshare_user"] is False
     assert r["chown"] is False
     assert int(r["cap_eff"], 16) == 0
-    assert r["no_new_privs"] == "1"
+    assert r["no_new_privs"] == ("absent" if runtime == "runsc" else "1")
 
 
-def test_outbound_network_reaches_a_test_host(iso, test_host):
+def test_outbound_network_reaches_a_test_host(iso, test_host, runtime, request):
+    if runtime == "runsc":
+        request.applymarker(
+            pytest.mark.xfail(reason="runsc containers have no network yet (see oci.py)", strict=True)
+        )
     addr, port = test_host
     assert iso.connect.remote(addr, port) == "hello"
 
@@ -75,7 +83,10 @@ def test_block_network_stops_outbound(iso, test_host):
     assert iso.connect_blocked.remote(addr, port) in ("OSError", "TimeoutError", "ConnectionRefusedError")
 
 
-def test_host_services_are_unreachable(iso, host_listener):
+def test_host_services_are_unreachable(iso, host_listener, runtime):
+    if runtime == "runsc":  # no network at all: nothing to reach, no gateway to find
+        assert iso.connect.remote("127.0.0.1", iso.cluster.port) == "ConnectionRefusedError"
+        return
     # the control plane listens on the host's loopback; a service on every host address is not
     # reachable either, not through the container's gateway nor through the host's own address
     gateway = _gateway_of_container(iso)

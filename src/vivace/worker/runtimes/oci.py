@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ SOCKET_IN_CONTAINER = SOCKET_DIR + "/vivace.sock"
 PATH = "/usr/local/bin:/usr/bin:/bin"
 PR_SET_PDEATHSIG = 1
 CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
 MS_REC, MS_PRIVATE = 0x4000, 0x40000
 MNT_DETACH = 2
 
@@ -221,9 +223,14 @@ class OciRuntime:
     def _cgroup(self, cid: str) -> ContainerCgroup:
         return ContainerCgroup(self.cgroups, f"vivace/{self.ctx.key}/{cid}")
 
-    def _preexec(self) -> None:
+    def _preexec(self, netns: str | None = None) -> None:
         # runs between fork and exec: the runtime must not outlive the worker
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if netns is not None:  # runsc builds its network from the namespace it starts in
+            fd = os.open(netns, os.O_RDONLY)
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns({netns}) failed")
+            os.close(fd)
         if self._detach_unified is not None:
             if _libc.unshare(CLONE_NEWNS) != 0:
                 raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS) failed")
@@ -264,6 +271,12 @@ class OciRuntime:
             if pool is not None:
                 slot = await pool.acquire(spec.block_network)
             netns = slot.path if slot is not None else None
+            # runsc (Debian's 2022 build) neither joins a namespace path from the spec ("cannot run with
+            # network enabled in root network namespace") nor starts when launched inside one: until that
+            # is solved its containers get no network (--network=none), which block_network asks anyway
+            runsc_netns = None
+            if self.name == "runsc":
+                netns = None
             resolv = None
             if slot is not None and not slot.blocked:
                 resolv = self.ctx.workdir / "resolv.conf"
@@ -281,11 +294,11 @@ class OciRuntime:
             self.state_root.mkdir(parents=True, exist_ok=True)
             extra = []
             if self.name == "runsc":  # runsc's own network stack, in the given namespace, or none at all
-                extra = ["--network=none" if slot is None or slot.blocked else "--network=sandbox"]
+                extra = ["--network=none"]
             proc = await asyncio.create_subprocess_exec(
                 self.binary, *self.global_args, *extra, "run", "--bundle", str(bundle), spec.container_id,
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                preexec_fn=self._preexec,
+                preexec_fn=functools.partial(self._preexec, runsc_netns),
             )  # fmt: skip
         except BaseException:
             await self.cleanup(spec.container_id, bundle, cgroup, slot)
