@@ -164,6 +164,9 @@ class Cluster:
                 "4096",
                 "--name",
                 f"chaos-{self.worker_starts}",
+                # these tests are about durability of the call path and share files with their functions
+                "--runtimes",
+                "process",
             ],
             f"worker-{self.worker_starts}.log",
         )
