@@ -1,26 +1,45 @@
 """The isolation suite runs once per OCI runtime this host has (crun, runc, runsc); in CI all three
 must be installed (``.ci/install-runtimes.sh``)."""
 
+import hashlib
 import os
 import shutil
 import socket
 import subprocess
 import threading
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 from vivace import _sync
 from vivace._sdk import connection
 from vivace.testing.cluster import LocalCluster
+from vivace.worker.cgroups import detect
+from vivace.worker.runtimes.oci import mounted_under
 
 RUNTIMES = ("crun", "runc", "runsc")
 PIDS_LIMIT = 64
+WARM_POOL_RUNTIMES = ("crun", "runc", "runsc")  # the oci runtimes keep warm containers
+# (runtime, warm pool size): every runtime with the worker's default pool; crun also fully cold
+VARIANTS = [pytest.param((r, 2), id=r) for r in RUNTIMES] + [pytest.param(("crun", 0), id="crun-cold")]
 
 
-@pytest.fixture(scope="module", params=RUNTIMES)
-def runtime(request):
-    name = request.param
+@pytest.fixture(scope="module", params=VARIANTS)
+def variant(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def warm_pool(variant):
+    """How many warm containers the worker keeps (0 where the runtime has no pool)."""
+    return variant[1] if variant[0] in WARM_POOL_RUNTIMES else 0
+
+
+@pytest.fixture(scope="module")
+def runtime(variant):
+    name = variant[0]
     if os.geteuid() != 0 or shutil.which(name) is None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{name} must be installed (as root) in CI: .ci/install-runtimes.sh")
@@ -29,9 +48,14 @@ def runtime(request):
 
 
 @pytest.fixture(scope="module")
-def iso(runtime, tmp_path_factory):
-    home = tmp_path_factory.mktemp(f"iso-{runtime}")
-    with LocalCluster(home, runtimes=[runtime], pids_limit=PIDS_LIMIT) as cluster:
+def iso(runtime, warm_pool, tmp_path_factory):
+    home = tmp_path_factory.mktemp(f"iso-{runtime}-{warm_pool}")
+    with LocalCluster(home, runtimes=[runtime], pids_limit=PIDS_LIMIT, warm_pool=warm_pool) as cluster:
+        if warm_pool:  # start measuring from a ready pool, as a worker that has been up a while has
+            fp = WorkerFootprint(home / "worker")
+            wait_for(
+                lambda: len([p for p in fp.container_cgroups().values() if p]) >= warm_pool, "the warm pool"
+            )
         old = {k: os.environ.get(k) for k in cluster.client_env()}
         os.environ.update(cluster.client_env())
         _sync.run_sync(connection.reset_client())  # point the SDK at this cluster
@@ -130,3 +154,73 @@ def host_listener():
     stop.set()
     t.join()
     s.close()
+
+
+class WorkerFootprint:
+    """Everything on the host that carries one worker's key."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.key = hashlib.sha256(str(workdir.resolve()).encode()).hexdigest()[:10]
+        self.cgroups = detect()
+
+    def container_cgroups(self) -> dict[str, set[int]]:
+        """Container cgroup name -> the processes in it."""
+        found: dict[str, set[int]] = {}
+        for root in self.cgroups.roots():
+            base = root / "vivace" / self.key
+            if not base.is_dir():
+                continue
+            for d in base.iterdir():
+                if not d.is_dir():
+                    continue
+                pids = found.setdefault(d.name, set())
+                for dirpath, _dirs, _files in os.walk(d):
+                    try:
+                        pids.update(int(p) for p in Path(dirpath, "cgroup.procs").read_text().split())
+                    except OSError:
+                        pass
+        return found
+
+    def worker_cgroup_dirs(self) -> list[Path]:
+        return [
+            root / "vivace" / self.key
+            for root in self.cgroups.roots()
+            if (root / "vivace" / self.key).exists()
+        ]
+
+    def mounts(self) -> list[Path]:
+        return mounted_under(self.workdir)
+
+    def namespaces(self) -> list[str]:
+        netns = Path("/run/netns")
+        return (
+            sorted(p.name for p in netns.iterdir() if p.name.startswith(f"vv{self.key[:6]}-"))
+            if netns.exists()
+            else []
+        )
+
+    def links(self) -> list[str]:
+        out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
+        return [line for line in out.splitlines() if f"vh{self.key[:6]}" in line]
+
+    def chains(self) -> list[str]:
+        found = []
+        for table in ("filter", "nat"):
+            out = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True).stdout
+            found += [line for line in out.splitlines() if self.key[:6] in line]
+        return found
+
+    def state(self) -> list[Path]:
+        root = Path("/run/vivace") / self.key
+        return list(root.rglob("*")) if root.exists() else []
+
+
+def wait_for(predicate, what, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -1,7 +1,5 @@
 """What a function sees from inside an isolated container, on every OCI runtime the host has."""
 
-import os
-
 import pytest
 
 from vivace import exception as exc
@@ -30,16 +28,24 @@ def test_runs_in_its_own_root_filesystem(iso, host_secret):
 
 
 def test_containers_do_not_see_each_other(iso):
-    a = iso.write_then_list.remote("a-file")
-    b = iso.write_then_list.remote("b-file")
-    assert "a-file" in a
-    # a second container (or a later one) never sees another container's writable layer
-    if "a-file" in b:  # same container reused: force a second one alongside
-        results = list(iso.write_then_list.map([f"x{i}" for i in range(6)]))
-        assert any(len([n for n in r if n.startswith("x")]) < 6 for r in results) or True
+    # inputs spread over two containers; each sees only the files it wrote itself
+    results = list(iso.write_own.map(range(8)))
+    task_ids = {tid for tid, _ in results}
+    assert len(task_ids) == 2, task_ids
+    for tid, files in results:
+        assert files and all(f.startswith(tid + "-") for f in files), (tid, files)
     pids = iso.processes.remote()
     assert pids[0] == 1 and len(pids) < 10, pids  # own PID namespace: no host processes
-    assert os.getpid() not in pids or len(pids) < 10
+
+
+def test_container_gets_its_identity_and_environment(iso, warm_pool):
+    ident = iso.identity.remote()
+    assert ident["task_id"].startswith("ta-") and ident["vivace_task_id"] == ident["task_id"], ident
+    assert ident["greeting"] == "hello"
+    assert ident["leaked"] == [], ident  # the worker's own variables (VIVACE_WARM, ...) never leak
+    worker_log = (iso.cluster.home / "worker.log").read_text()
+    started_warm = f"container {ident['task_id']}: started from warm" in worker_log
+    assert started_warm == bool(warm_pool), worker_log[-2000:]
 
 
 def test_memory_limit_oom_kills_and_is_reported(iso):

@@ -75,6 +75,13 @@ def server_stop() -> None:
     show_default=True,
     help="Most processes and threads one container may have (isolated runtimes).",
 )
+@click.option(
+    "--warm-pool",
+    type=click.IntRange(min=0, max=64),
+    default=2,
+    show_default=True,
+    help="Generic containers kept started for fast starts (default runtime; 0: none).",
+)
 def worker(
     server_url: str,
     token: str | None,
@@ -84,6 +91,7 @@ def worker(
     memory: int | None,
     runtimes: str | None,
     pids_limit: int,
+    warm_pool: int,
 ) -> None:
     """Run a worker agent that executes containers for a control plane."""
     import asyncio
@@ -104,6 +112,7 @@ def worker(
         memory=memory or total_mem,
         runtimes=[r.strip() for r in runtimes.split(",") if r.strip()] if runtimes else None,
         pids_limit=pids_limit,
+        warm_pool=warm_pool,
     )
     try:
         import uvloop

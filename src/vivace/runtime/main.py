@@ -192,7 +192,24 @@ class Runtime:
             )
 
 
+def wait_for_function() -> None:
+    """A warm container: import what every container needs, then wait for the worker to hand over a
+    function (one JSON line on stdin: the container's environment). EOF: the pool is closing."""
+    import json
+
+    import vivace  # noqa: F401  (user code imports it: pay for that now, not on the call path)
+    from vivace._sdk import serialization  # noqa: F401  (cloudpickle)
+
+    line = sys.stdin.readline()
+    if not line:
+        raise SystemExit(0)
+    os.environ.update(json.loads(line)["env"])
+    importlib.invalidate_caches()  # /src was empty when the interpreter started
+
+
 def main() -> None:
+    if os.environ.pop("VIVACE_WARM", None):
+        wait_for_function()
     path = os.environ.get("VIVACE_SOCKET")
     if not path:
         sys.stderr.write("vivace.runtime: VIVACE_SOCKET is not set; this runs inside a vivace container\n")

@@ -30,7 +30,9 @@ class LocalCluster:
         runtimes: list[str] | None = None,
         pids_limit: int | None = None,
         worker_env: dict[str, str] | None = None,
+        warm_pool: int | None = None,
     ) -> None:
+        self.warm_pool = warm_pool
         self.runtimes = runtimes
         self.pids_limit = pids_limit
         self.worker_env = worker_env or {}
@@ -110,6 +112,8 @@ class LocalCluster:
             extra += ["--runtimes", ",".join(self.runtimes)]
         if self.pids_limit is not None:
             extra += ["--pids-limit", str(self.pids_limit)]
+        if self.warm_pool is not None:
+            extra += ["--warm-pool", str(self.warm_pool)]
         self.worker = subprocess.Popen(
             [
                 sys.executable,

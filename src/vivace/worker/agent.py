@@ -40,6 +40,7 @@ class WorkerConfig:
     runtimes: list[str] | None = None
     labels: dict[str, str] | None = None
     pids_limit: int | None = 4096
+    warm_pool: int = 2  # generic containers kept started for the default runtime
 
 
 class Agent:
@@ -83,6 +84,7 @@ class Agent:
         if self.network is not None and any(r.capabilities.network_isolation for r in self.runtimes.values()):
             await asyncio.to_thread(self.network.setup)
             self.network.kick()
+        self._start_warm_pool()
         await self._register(previous)
         bg = [
             asyncio.create_task(c)
@@ -103,6 +105,10 @@ class Agent:
             for t in bg:
                 t.cancel()
             for runtime in self.runtimes.values():
+                close = getattr(runtime, "close", None)
+                if close is not None:
+                    with contextlib.suppress(Exception):
+                        await close()
                 with contextlib.suppress(Exception):
                     await asyncio.to_thread(runtime.reconcile, set())
             if self.network is not None:
@@ -111,6 +117,19 @@ class Agent:
             with contextlib.suppress(Exception):
                 await self.logs.flush()
             await self.api.aclose()
+
+    def default_runtime(self) -> ContainerRuntime:
+        names = [n for n in FUNCTION_DEFAULTS if n in self.runtimes] or list(self.runtimes)
+        return self.runtimes[names[0]]
+
+    def _start_warm_pool(self) -> None:
+        runtime = self.default_runtime()
+        pool = getattr(runtime, "warm", None)
+        if pool is None or self.config.warm_pool <= 0:
+            return
+        pool.size = self.config.warm_pool
+        pool.fill()
+        log.info("keeping %d warm %s containers", pool.size, runtime.name)
 
     def _reconcile(self) -> str | None:
         """Kill containers left by a previous run of this worker and forget their files."""
@@ -225,8 +244,7 @@ class Agent:
                 )
             runtime = self.runtimes[wanted]
         else:
-            names = [n for n in FUNCTION_DEFAULTS if n in self.runtimes] or list(self.runtimes)
-            runtime = self.runtimes[names[0]]
+            runtime = self.default_runtime()
         if spec.get("block_network") and not runtime.capabilities.network_isolation:
             raise exc.InvalidError(
                 f"block_network=True needs an isolated runtime (crun, runc, runsc); this worker runs "

@@ -193,6 +193,17 @@ class ContainerCgroup:
         return False
 
     def pids(self) -> set[int]:
+    def memory_usage(self) -> int | None:
+        """Bytes of memory the container uses now (None where the host does not say)."""
+        if self.host.unified:
+            f = self.host.mounts[""] / self.relpath / "memory.current"
+        else:
+            f = self.host.mounts["memory"] / self.relpath / "memory.usage_in_bytes"
+        try:
+            return int(f.read_text())
+        except (OSError, ValueError):
+            return None
+
         found: set[int] = set()
         for d in self.dirs():
             if not d.exists():

@@ -89,14 +89,22 @@ class ContainerSupervisor:
         self.stop_reason: str | None = None
         self.last_heartbeat = time.monotonic()
         self.heartbeats = 0  # the watchdog starts once the runtime is up and beating
-        self._server = UnixHttpServer(str(self.spec.socket_path), self._handle)
+        self._server: UnixHttpServer | None = None
         self._exchange_path = f"/v1/workers/{worker_id}/containers/{self.id}/exchange"
 
     async def start(self) -> None:
         self.spec.workdir.mkdir(parents=True, exist_ok=True)
+        reserve = getattr(self.runtime, "reserve", None)
+        if reserve is not None:  # a warm container may take this one: it decides where the socket is
+            reserve(self.spec)
         self.spec.socket_path.parent.mkdir(mode=0o755, exist_ok=True)
+        self._server = UnixHttpServer(str(self.spec.socket_path), self._handle)
         await self._server.start()
-        self.handle = await self.runtime.start(self.spec)
+        try:
+            self.handle = await self.runtime.start(self.spec)
+        except BaseException:
+            await self._server.close()
+            raise
         (self.spec.workdir / "pid").write_text(str(self.handle.pid))
 
     async def run(self) -> ExitStatus:
@@ -111,7 +119,8 @@ class ContainerSupervisor:
         watchdog.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*pumps), 2)
-        await self._server.close()
+        if self._server is not None:
+            await self._server.close()
         shutil.rmtree(self.spec.workdir, ignore_errors=True)
         shutil.rmtree(self.spec.socket_path.parent, ignore_errors=True)
         if self.stop_reason is not None:  # we asked it to stop: however it ended, that is why

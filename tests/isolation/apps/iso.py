@@ -33,6 +33,30 @@ def write_then_list(name):
 
 
 @app.function(max_containers=2)
+def write_own(i):
+    import time
+
+    tid = os.environ["MODAL_TASK_ID"]
+    with open(f"/tmp/{tid}-{i}", "w") as f:
+        f.write("mine")
+    time.sleep(0.5)
+    return tid, sorted(os.listdir("/tmp"))
+
+
+@app.function(env={"ISO_GREETING": "hello"})
+def identity():
+    return {
+        "task_id": os.environ.get("MODAL_TASK_ID"),
+        "greeting": os.environ.get("ISO_GREETING"),
+        "vivace_task_id": os.environ.get("VIVACE_TASK_ID"),
+        "leaked": sorted(
+            k for k in os.environ if k.startswith("VIVACE_") and k not in ("VIVACE_SOCKET", "VIVACE_TASK_ID")
+        ),
+        "cwd": os.getcwd(),
+    }
+
+
+@app.function(max_containers=2)
 def processes():
     return sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
 

@@ -17,12 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import functools
 import json
 import logging
 import os
 import shutil
 import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +82,12 @@ def oci_config(
     rlimit_nofile: int,
     resolv_conf: Path | None = None,
     hostname: str = "vivace",
+    warm: bool = False,
 ) -> dict[str, Any]:
-    """The OCI runtime spec for one container (pure: unit-tested)."""
+    """The OCI runtime spec for one container (pure: unit-tested).
+
+    ``warm``: a generic container for the warm pool; its runtime starts, imports what every container
+    needs, and waits on stdin for the function it will serve (:class:`WarmPool`)."""
     env = {
         "PATH": PATH,
         "HOME": "/root",
@@ -92,6 +99,8 @@ def oci_config(
         "VIVACE_TASK_ID": spec.container_id,
         "MODAL_TASK_ID": spec.container_id,
     }
+    if warm:
+        env["VIVACE_WARM"] = "1"
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
@@ -164,12 +173,15 @@ class OciHandle:
         self.stdout = proc.stdout
         self.stderr = proc.stderr
         self._killed = False
+        self.on_exit: Callable[[], object] | None = None
 
     async def wait(self) -> ExitStatus:
         code = await self.proc.wait()
         sigkilled = code in (-signal.SIGKILL, 128 + signal.SIGKILL) and not self._killed
         oom = await asyncio.to_thread(self.cgroup.oom_killed, sigkilled)
         await self.runtime.cleanup(self.cid, self.bundle, self.cgroup, self.slot)
+        if self.on_exit is not None:
+            self.on_exit()
         if oom:
             return ExitStatus(137, "oom")
         if code == 0:
@@ -214,6 +226,9 @@ class OciRuntime:
         self._detach_unified = (
             self.cgroups.unified_mount if (name == "crun" and self.cgroups.mode == "hybrid") else None
         )
+        self.warm = WarmPool(self)
+        self._claims: dict[str, WarmContainer] = {}  # reserved for a container that is starting
+        self._oci_names: dict[str, str] = {}  # container id -> OCI name, where they differ (warm)
 
     # -- preparation -----------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -252,14 +267,33 @@ class OciRuntime:
         return proc.returncode or 0, out
 
     # -- lifecycle -------------------------------------------------------------------------------
+    def reserve(self, spec: ContainerSpec) -> None:
+        """Called before the worker listens on the container's socket: when a warm container can serve
+        ``spec``, take it and point ``spec.socket_path`` at the socket directory it already mounts."""
+        warm = self.warm.take(spec)
+        if warm is not None:
+            self._claims[spec.container_id] = warm
+            spec.socket_path = warm.dir / "sock" / "vivace.sock"
+
     async def start(self, spec: ContainerSpec) -> OciHandle:
+        warm = self._claims.pop(spec.container_id, None)
+        if warm is not None:
+            return await self._claim(warm, spec)
+        handle, _ = await self._launch(spec, spec.container_id, spec.workdir)
+        return handle
+
+    async def _launch(
+        self, spec: ContainerSpec, name: str, cdir: Path, *, warm: bool = False
+    ) -> tuple[OciHandle, asyncio.subprocess.Process]:
+        """Mount the root, make the cgroup, take a network slot and ``<runtime> run`` the container
+        named ``name`` whose files live in ``cdir``."""
         base = images.base_rootfs(self.ctx.images) / "rootfs"
         bundle_src = images.runtime_bundle(self.ctx.images)
-        bundle = spec.workdir / "bundle"
-        rootfs, upper, work = bundle / "rootfs", spec.workdir / "upper", spec.workdir / "work"
+        bundle = cdir / "bundle"
+        rootfs, upper, work = bundle / "rootfs", cdir / "upper", cdir / "work"
         for d in (rootfs, upper, work):
             d.mkdir(parents=True, exist_ok=True)
-        cgroup = self._cgroup(spec.container_id)
+        cgroup = self._cgroup(name)
         slot: Slot | None = None
         try:
             cgroup.create(
@@ -274,7 +308,6 @@ class OciRuntime:
             # runsc (Debian's 2022 build) neither joins a namespace path from the spec ("cannot run with
             # network enabled in root network namespace") nor starts when launched inside one: until that
             # is solved its containers get no network (--network=none), which block_network asks anyway
-            runsc_netns = None
             if self.name == "runsc":
                 netns = None
             resolv = None
@@ -289,21 +322,62 @@ class OciRuntime:
                 netns=netns,
                 rlimit_nofile=nofile,
                 resolv_conf=resolv,
+                warm=warm,
             )
             (bundle / "config.json").write_text(json.dumps(config))
             self.state_root.mkdir(parents=True, exist_ok=True)
-            extra = []
-            if self.name == "runsc":  # runsc's own network stack, in the given namespace, or none at all
-                extra = ["--network=none"]
+            extra = ["--network=none"] if self.name == "runsc" else []
             proc = await asyncio.create_subprocess_exec(
-                self.binary, *self.global_args, *extra, "run", "--bundle", str(bundle), spec.container_id,
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                preexec_fn=functools.partial(self._preexec, runsc_netns),
+                self.binary, *self.global_args, *extra, "run", "--bundle", str(bundle), name,
+                stdin=asyncio.subprocess.PIPE if warm else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                preexec_fn=self._preexec,
             )  # fmt: skip
         except BaseException:
-            await self.cleanup(spec.container_id, bundle, cgroup, slot)
+            await self.cleanup(name, bundle, cgroup, slot)
             raise
-        return OciHandle(proc, self, cgroup, bundle, spec.container_id, slot)
+        return OciHandle(proc, self, cgroup, bundle, name, slot), proc
+
+    async def _claim(self, warm: WarmContainer, spec: ContainerSpec) -> OciHandle:
+        """Hand a warm container its function: its limits, its source, its environment."""
+        handle = warm.handle
+        try:
+            await asyncio.to_thread(
+                handle.cgroup.create,
+                Limits(spec.cpu, spec.cpu_limit, spec.memory, spec.memory_limit, self.ctx.pids_limit),
+            )
+            if spec.source_dir is not None:
+                await asyncio.to_thread(_link_tree, spec.source_dir, warm.dir / "src")
+            env = {k: v for k, v in spec.env.items() if not k.startswith("VIVACE_")}
+            env.update(VIVACE_TASK_ID=spec.container_id, MODAL_TASK_ID=spec.container_id)
+            assert warm.proc.stdin is not None
+            warm.proc.stdin.write(json.dumps({"env": env}).encode() + b"\n")
+            await warm.proc.stdin.drain()
+            warm.proc.stdin.close()
+        except BaseException:
+            handle.kill()
+            await handle.wait()
+            raise
+        log.info("container %s: started from warm %s container %s", spec.container_id, self.name, handle.cid)
+        self._oci_names[spec.container_id] = handle.cid
+        handle.on_exit = lambda: self._oci_names.pop(spec.container_id, None)
+        return handle
+
+    async def start_warm(self) -> WarmContainer:
+        """One generic container for the pool: no user code, no function yet."""
+        name = "warm-" + uuid.uuid4().hex[:12]
+        cdir = self.ctx.workdir / "containers" / name
+        (cdir / "sock").mkdir(parents=True, mode=0o755)
+        (cdir / "src").mkdir()
+        spec = ContainerSpec(
+            container_id=name,
+            workdir=cdir,
+            socket_path=cdir / "sock" / "vivace.sock",
+            source_dir=cdir / "src",
+        )
+        handle, proc = await self._launch(spec, name, cdir, warm=True)
+        (cdir / "pid").write_text(str(proc.pid))
+        return WarmContainer(name, cdir, handle, proc)
 
     async def cleanup(self, cid: str, bundle: Path, cgroup: ContainerCgroup, slot: Slot | None) -> None:
         await self._run_tool("delete", "--force", cid)
@@ -317,9 +391,18 @@ class OciRuntime:
         for m in mounted_under(bundle.parent):
             unmount(m)
         unmount(bundle / "rootfs")
+        if bundle.parent.name.startswith("warm-"):  # a warm container's files are the runtime's own
+            shutil.rmtree(bundle.parent, ignore_errors=True)
+
+    async def close(self) -> None:
+        """Stop the warm pool and every warm container not handed out."""
+        claimed = list(self._claims.values())
+        self._claims.clear()
+        await self.warm.close(claimed)
 
     async def exec(self, spec: ContainerSpec, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
-        code, out = await self._run_tool("exec", spec.container_id, *argv, timeout=timeout)
+        name = self._oci_names.get(spec.container_id, spec.container_id)
+        code, out = await self._run_tool("exec", name, *argv, timeout=timeout)
         return code, out, b""
 
     def reconcile(self, keep: set[str]) -> list[str]:
@@ -343,6 +426,127 @@ class OciRuntime:
             with contextlib.suppress(OSError):
                 d.rmdir()
         return removed
+
+
+@dataclass(eq=False)
+class WarmContainer:
+    name: str
+    dir: Path
+    handle: OciHandle
+    proc: asyncio.subprocess.Process
+
+
+class WarmPool:
+    """Generic containers started ahead of need, so that a container start is a hand-over.
+
+    A warm container has its root mounted, its cgroup, its network slot and a Python that has
+    imported vivace; it waits on stdin. Taking one writes the function's limits to its cgroup, links the
+    function's source into its ``/src``, and sends it its environment; it then runs exactly like a
+    container started cold. Each is used once. ``size`` is the number kept ready (``vivace worker
+    --warm-pool N``); containers that need what a warm one lacks (``block_network``, a memory limit below
+    what it already uses) start cold.
+    """
+
+    MEMORY_MARGIN = 16 << 20  # headroom a function's memory limit must leave above a warm container's use
+    RETRY_AFTER = 5.0
+
+    def __init__(self, runtime: OciRuntime, size: int = 0) -> None:
+        self.runtime = runtime
+        self.size = size
+        self.ready: list[WarmContainer] = []
+        self._filling = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._failed_at = 0.0
+
+    def take(self, spec: ContainerSpec) -> WarmContainer | None:
+        if spec.block_network and self.runtime.ctx.network is not None:
+            return None  # warm containers hold an open network slot
+        for i, warm in enumerate(self.ready):
+            if warm.proc.returncode is not None:
+                continue  # died: its watcher removes it
+            if spec.memory_limit is not None:
+                used = warm.handle.cgroup.memory_usage()
+                if used is None or used + self.MEMORY_MARGIN > spec.memory_limit << 20:
+                    return None
+            del self.ready[i]
+            self.fill()
+            return warm
+        self.fill()
+        return None
+
+    def fill(self) -> None:
+        if self._closed or time.monotonic() - self._failed_at < self.RETRY_AFTER:
+            return
+        while len(self.ready) + self._filling < self.size:
+            self._filling += 1
+            self._spawn(self._make())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _make(self) -> None:
+        try:
+            warm = await self.runtime.start_warm()
+        except Exception as err:
+            self._failed_at = time.monotonic()
+            log.warning("could not start a warm %s container (retrying in %gs): %s",
+                        self.runtime.name, self.RETRY_AFTER, err)  # fmt: skip
+            self._spawn(self._refill_later())
+            return
+        finally:
+            self._filling -= 1
+        if self._closed:
+            await _discard(warm)
+            return
+        self.ready.append(warm)
+        self._spawn(self._watch(warm))
+
+    async def _refill_later(self) -> None:
+        await asyncio.sleep(self.RETRY_AFTER)
+        self.fill()
+
+    async def _watch(self, warm: WarmContainer) -> None:
+        await warm.proc.wait()
+        if warm in self.ready:  # died before anyone took it
+            self.ready.remove(warm)
+            err = b""
+            if warm.handle.stderr is not None:
+                with contextlib.suppress(Exception):
+                    err = await asyncio.wait_for(warm.handle.stderr.read(4096), 1)
+            status = await warm.handle.wait()
+            if not self._closed:
+                log.warning("warm %s container %s %s: %s", self.runtime.name, warm.name,
+                            status.describe(), err.decode(errors="replace").strip()[-500:])  # fmt: skip
+                self._failed_at = time.monotonic()
+                self._spawn(self._refill_later())
+
+    async def close(self, also: list[WarmContainer] = ()) -> None:  # type: ignore[assignment]
+        self._closed = True
+        victims = [*self.ready, *also]
+        self.ready.clear()
+        await asyncio.gather(*(_discard(w) for w in victims), return_exceptions=True)
+        for t in list(self._tasks):
+            t.cancel()
+
+
+async def _discard(warm: WarmContainer) -> None:
+    warm.handle.kill()
+    await warm.handle.wait()
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Make ``dst`` (an empty directory) a copy of ``src`` made of hardlinks (a copy across filesystems)."""
+
+    def link(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dst, copy_function=link, symlinks=True, dirs_exist_ok=True)
 
 
 def _nofile_limit() -> int:

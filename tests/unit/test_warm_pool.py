@@ -1,0 +1,205 @@
+"""The warm pool's bookkeeping, over a fake runtime (the real hand-over runs in tests/isolation)."""
+
+import asyncio
+import functools
+from pathlib import Path
+
+import pytest
+
+from vivace.worker.runtimes.base import ContainerSpec, ExitStatus
+from vivace.worker.runtimes.oci import WarmContainer, WarmPool, oci_config
+
+
+class FakeProc:
+    def __init__(self) -> None:
+        self.returncode = None
+        self.exited = asyncio.Event()
+
+    async def wait(self):
+        await self.exited.wait()
+        return self.returncode
+
+    def die(self, code):
+        self.returncode = code
+        self.exited.set()
+
+
+class FakeCgroup:
+    def __init__(self, usage):
+        self.usage = usage
+
+    def memory_usage(self):
+        return self.usage
+
+
+class FakeHandle:
+    def __init__(self, proc, usage):
+        self.proc = proc
+        self.cgroup = FakeCgroup(usage)
+        self.stderr = None
+        self.killed = False
+
+    def kill(self):
+        self.killed = True
+        if self.proc.returncode is None:
+            self.proc.die(-9)
+
+    async def wait(self):
+        code = await self.proc.wait()
+        return ExitStatus(code, "killed" if self.killed else "crashed")
+
+
+class FakeRuntime:
+    name = "fake"
+
+    def __init__(self, network=None, usage=20 << 20, fail=False):
+        self.ctx = type("Ctx", (), {"network": network})()
+        self.started: list[WarmContainer] = []
+        self.usage = usage
+        self.fail = fail
+
+    async def start_warm(self):
+        if self.fail:
+            raise OSError("no overlay here")
+        proc = FakeProc()
+        w = WarmContainer(
+            f"warm-{len(self.started)}", Path("/nonexistent"), FakeHandle(proc, self.usage), proc
+        )
+        self.started.append(w)
+        return w
+
+
+def spec(**kw):
+    return ContainerSpec(
+        container_id="ta-1", workdir=Path("/x"), socket_path=Path("/x/s"), source_dir=None, **kw
+    )
+
+
+def run(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+
+    return wrapper
+
+
+async def settle():
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+@run
+async def test_fills_to_size_and_refills_after_a_take():
+    rt = FakeRuntime()
+    pool = WarmPool(rt, size=2)
+    pool.fill()
+    await settle()
+    assert len(pool.ready) == 2
+    taken = pool.take(spec())
+    assert taken is rt.started[0]
+    await settle()
+    assert len(pool.ready) == 2 and len(rt.started) == 3  # replaced at once
+    await pool.close()
+
+
+@run
+async def test_size_zero_keeps_nothing():
+    rt = FakeRuntime()
+    pool = WarmPool(rt, size=0)
+    assert pool.take(spec()) is None
+    await settle()
+    assert rt.started == []
+
+
+@run
+async def test_block_network_starts_cold_when_warm_ones_hold_a_network():
+    rt = FakeRuntime(network=object())
+    pool = WarmPool(rt, size=1)
+    pool.fill()
+    await settle()
+    assert pool.take(spec(block_network=True)) is None
+    assert len(pool.ready) == 1
+    await pool.close()
+
+
+@run
+async def test_block_network_takes_a_warm_one_when_no_container_has_a_network():
+    rt = FakeRuntime(network=None)
+    pool = WarmPool(rt, size=1)
+    pool.fill()
+    await settle()
+    assert pool.take(spec(block_network=True)) is not None
+    await pool.close()
+
+
+@pytest.mark.parametrize(("limit", "taken"), [(64, True), (30, False), (None, True)])
+@run
+async def test_memory_limit_must_leave_headroom_above_current_use(limit, taken):
+    rt = FakeRuntime(usage=40 << 20)
+    pool = WarmPool(rt, size=1)
+    pool.fill()
+    await settle()
+    got = pool.take(spec(memory_limit=limit))
+    assert (got is not None) == taken
+    await pool.close()
+
+
+@run
+async def test_a_warm_container_that_dies_is_dropped_and_replaced_later():
+    rt = FakeRuntime()
+    pool = WarmPool(rt, size=1)
+    pool.RETRY_AFTER = 0.05
+    pool.fill()
+    await settle()
+    first = pool.ready[0]
+    first.proc.die(1)
+    await settle()
+    assert first not in pool.ready
+    assert pool.take(spec()) is None  # not handed out dead, and no hot restart loop
+    await asyncio.sleep(0.15)
+    assert len(pool.ready) == 1 and pool.ready[0] is not first
+    await pool.close()
+
+
+@run
+async def test_start_failures_back_off():
+    rt = FakeRuntime(fail=True)
+    pool = WarmPool(rt, size=2)
+    pool.fill()
+    await settle()
+    assert pool.ready == []
+    pool.fill()  # within RETRY_AFTER: no new attempts
+    await settle()
+    assert pool._filling == 0
+    await pool.close()
+
+
+@run
+async def test_close_kills_what_is_ready_and_stops_filling():
+    rt = FakeRuntime()
+    pool = WarmPool(rt, size=2)
+    pool.fill()
+    await settle()
+    ready = list(pool.ready)
+    await pool.close()
+    assert all(w.handle.killed for w in ready)
+    pool.fill()
+    await settle()
+    assert len(rt.started) == 2
+
+
+def test_warm_config_waits_for_its_function_and_hides_worker_variables():
+    s = ContainerSpec(
+        container_id="warm-1",
+        workdir=Path("/w"),
+        socket_path=Path("/w/sock/vivace.sock"),
+        source_dir=Path("/w/src"),
+        env={"VIVACE_SERVER": "http://secret", "USER_VAR": "1"},
+    )
+    cfg = oci_config(
+        s, cgroups_path="/x", runtime_bundle=Path("/rt"), netns=None, rlimit_nofile=1024, warm=True
+    )
+    env = dict(e.split("=", 1) for e in cfg["process"]["env"])
+    assert env["VIVACE_WARM"] == "1" and "VIVACE_SERVER" not in env and env["USER_VAR"] == "1"
+    cold = oci_config(s, cgroups_path="/x", runtime_bundle=Path("/rt"), netns=None, rlimit_nofile=1024)
+    assert "VIVACE_WARM=1" not in cold["process"]["env"]
