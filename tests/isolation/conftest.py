@@ -1,5 +1,5 @@
-"""The isolation suite runs once per OCI runtime this host has (crun, runc, runsc); in CI all three
-must be installed (``.ci/install-runtimes.sh``)."""
+"""The isolation suite runs once per isolating runtime this host has (crun, runc, runsc, bwrap; here
+as root); in CI all of them must be installed (``.ci/install-runtimes.sh``)."""
 
 import hashlib
 import os
@@ -19,7 +19,7 @@ from vivace.testing.cluster import LocalCluster
 from vivace.worker.cgroups import detect
 from vivace.worker.runtimes.oci import mounted_under
 
-RUNTIMES = ("crun", "runc", "runsc")
+RUNTIMES = ("crun", "runc", "runsc", "bwrap")
 PIDS_LIMIT = 64
 WARM_POOL_RUNTIMES = ("crun", "runc", "runsc")  # the oci runtimes keep warm containers
 # (runtime, warm pool size): every runtime with the worker's default pool; crun also fully cold

@@ -167,8 +167,9 @@ class ContainerCgroup:
             leaf.mkdir(exist_ok=True)
             _write(leaf / "cgroup.procs", pid)
             return
-        for d in self.dirs():
-            _write(d / "cgroup.procs", pid)
+        # v1: the hierarchies ``create`` made (the others hold no directory of ours)
+        for root in dict.fromkeys(self.host.mounts.values()):
+            _write(root / self.relpath / "cgroup.procs", pid)
 
     def oom_killed(self, sigkilled: bool) -> bool:
         """Whether the kernel OOM-killed a process in this container.
@@ -192,7 +193,6 @@ class ContainerCgroup:
                     return True
         return False
 
-    def pids(self) -> set[int]:
     def memory_usage(self) -> int | None:
         """Bytes of memory the container uses now (None where the host does not say)."""
         if self.host.unified:
@@ -204,6 +204,7 @@ class ContainerCgroup:
         except (OSError, ValueError):
             return None
 
+    def pids(self) -> set[int]:
         found: set[int] = set()
         for d in self.dirs():
             if not d.exists():
@@ -289,3 +290,49 @@ def leftovers(host: CgroupHost, relroot: str) -> list[str]:
         if d.is_dir():
             names.update(p.name for p in d.iterdir() if p.is_dir())
     return sorted(names)
+
+
+WORKER_LEAF = "vivace-worker"
+
+
+def delegated_subtree(host: CgroupHost, own: str | None = None) -> str | None:
+    """The cgroup v2 subtree a worker that is not root may manage (systemd's ``Delegate=yes``).
+
+    That is the worker's own cgroup (``own``, read from ``/proc/self/cgroup`` when not given) where its
+    directory and control files are writable and it offers the memory, cpu and pids controllers; a
+    worker restarted inside the leaf :func:`claim_subtree` made gets that leaf's parent. None: no such
+    subtree (or not a v2 host), and limits cannot be enforced."""
+    if not host.unified:
+        return None
+    if own is None:
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/self/cgroup").read_text().splitlines():
+                if line.startswith("0::"):
+                    own = line[3:]
+    if own is None:
+        return None
+    rel = own.strip("/")
+    if Path(rel).name == WORKER_LEAF:
+        rel = str(Path(rel).parent).strip(".")
+    d = host.mounts[""] / rel
+    if not rel or not all(os.access(d / f, os.W_OK) for f in (".", "cgroup.procs", "cgroup.subtree_control")):
+        return None
+    try:
+        have = set((d / "cgroup.controllers").read_text().split())
+    except OSError:
+        return None
+    return rel if set(CONTROLLERS_V1) <= have else None
+
+
+def claim_subtree(host: CgroupHost, rel: str) -> None:
+    """Make the delegated cgroup ``rel`` able to limit children: cgroup v2 lets only a cgroup without
+    processes of its own hand controllers down, so whatever runs in it (the worker) moves to a leaf."""
+    d = host.mounts[""] / rel
+    leaf = d / WORKER_LEAF
+    leaf.mkdir(exist_ok=True)
+    for pid in (d / "cgroup.procs").read_text().split():
+        try:
+            _write(leaf / "cgroup.procs", pid)
+        except ProcessLookupError:  # exited meanwhile
+            continue
+    _write(d / "cgroup.subtree_control", "+memory +cpu +pids")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from vivace.worker import network
 from vivace.worker.cgroups import CgroupError, detect
-from vivace.worker.runtimes import FUNCTION_DEFAULTS, PREFERENCE, missing_runtimes
+from vivace.worker.runtimes import FUNCTION_DEFAULTS, PREFERENCE, bwrap, missing_runtimes, seccomp
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def checks() -> list[Check]:
     root = os.geteuid() == 0
     found.append(
         Check("root", root, "running as root" if root else f"running as uid {os.geteuid()}",
-              "" if root else "isolated runtimes (crun, runc, runsc) need the worker to run as root")
+              "" if root else "crun, runc and runsc need the worker to run as root (bwrap runs without)")
     )  # fmt: skip
     try:
         host = detect()
@@ -71,16 +71,41 @@ def checks() -> list[Check]:
         if name == "process":
             found.append(Check("runtime process", True, "always available: no isolation, development only"))
             continue
+        binary = (bwrap.binary() if name == "bwrap" else shutil.which(name)) or name
         if name in why:
-            found.append(Check(f"runtime {name}", False, why[name], f"apt-get install {name}"))
+            fix = "apt-get install bubblewrap" if name == "bwrap" else f"apt-get install {name}"
+            found.append(Check(f"runtime {name}", False, why[name], fix))
         else:
-            found.append(Check(f"runtime {name}", True, _version(shutil.which(name) or name) or "available"))
+            found.append(Check(f"runtime {name}", True, _version(binary) or "available"))
+        if name == "bwrap" and name not in why:
+            found.extend(_bwrap_checks(root))
     gpus = sorted(str(p) for p in Path("/dev").glob("nvidia[0-9]*"))
     found.append(Check("GPUs", True, f"{len(gpus)} NVIDIA device(s)" if gpus else "none (CPU only)"))
     found.append(
         Check("KVM", Path("/dev/kvm").exists(), "/dev/kvm present" if Path("/dev/kvm").exists() else "absent")
     )
     return found
+
+
+def _bwrap_checks(root: bool) -> list[Check]:
+    """What bwrap containers get on this host beyond their own namespaces and no capabilities."""
+    no_limits = bwrap.limits_status()
+    no_seccomp = seccomp.unavailable_reason()
+    return [
+        Check("bwrap user namespaces", True, "unprivileged user namespaces work" if not root else "work"),
+        Check("bwrap limits", no_limits is None,
+              "cpu, memory and pids limits enforced (cgroups)" if no_limits is None
+              else f"NOT enforced: {no_limits}",
+              "run the worker as root, or in a delegated cgroup (systemd-run --user -p Delegate=yes ...)"),
+        Check("bwrap seccomp", no_seccomp is None,
+              "seccomp filter (libseccomp)" if no_seccomp is None
+              else f"no seccomp filter ({no_seccomp}): no_new_privs, no capabilities and a user namespace only",
+              "apt-get install libseccomp2"),
+        Check("bwrap network", root,
+              "own network namespace from the worker's pool (no network where it has none)" if root
+              else "NOT isolated: containers share the host's network (block_network=True: loopback only)",
+              "run the worker as root for per-container network namespaces"),
+    ]  # fmt: skip
 
 
 def default_runtime() -> str:

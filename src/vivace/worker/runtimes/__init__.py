@@ -1,7 +1,8 @@
-"""Container runtimes behind one small port: crun, runc and runsc (``oci``) and ``process``.
+"""Container runtimes behind one small port: crun, runc and runsc (``oci``), ``bwrap`` and ``process``.
 
 A worker offers every runtime its host has, in order of preference; a container that names none
-gets the first. ``process`` gives no isolation and is for development only.
+gets the first. The oci runtimes need root; ``bwrap`` also runs where the worker is not root (with
+fewer guarantees, see ``bwrap.py``). ``process`` gives no isolation and is for development only.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from vivace.worker.runtimes.base import (
     ExitStatus,
     RuntimeContext,
 )
+from vivace.worker.runtimes.bwrap import BwrapRuntime, probe
 from vivace.worker.runtimes.oci import OciRuntime
 from vivace.worker.runtimes.process import ProcessRuntime
 
 __all__ = [
     "FUNCTION_DEFAULTS",
     "PREFERENCE",
+    "BwrapRuntime",
     "Capabilities",
     "ContainerHandle",
     "ContainerRuntime",
@@ -37,17 +40,20 @@ __all__ = [
 ]
 
 log = logging.getLogger("vivace.worker")
-PREFERENCE = ("crun", "runc", "process", "runsc")  # runsc only when asked for (sandboxes)
-FUNCTION_DEFAULTS = ("crun", "runc", "process")
+PREFERENCE = ("crun", "runc", "bwrap", "process", "runsc")  # runsc only when asked for (sandboxes)
+FUNCTION_DEFAULTS = ("crun", "runc", "bwrap", "process")
 OCI = ("crun", "runc", "runsc")
 
 
 def missing_runtimes() -> dict[str, str]:
     """Runtimes this host cannot offer, with the reason."""
     why: dict[str, str] = {}
+    bwrap = probe()  # bubblewrap needs no root, but working user namespaces
+    if bwrap is not None:
+        why["bwrap"] = bwrap
     if os.geteuid() != 0:
         for name in OCI:
-            why[name] = "needs root (run the worker as root)"
+            why[name] = "needs root (run the worker as root, or use bwrap)"
         return why
     try:
         detect()
@@ -70,6 +76,8 @@ def available_runtimes(ctx: RuntimeContext) -> dict[str, ContainerRuntime]:
             continue
         if name == "process":
             found[name] = ProcessRuntime()
+        elif name == "bwrap":
+            found[name] = BwrapRuntime(ctx)
         else:
             found[name] = OciRuntime(name, shutil.which(name) or name, ctx)
     return found
