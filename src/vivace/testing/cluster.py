@@ -31,8 +31,12 @@ class LocalCluster:
         pids_limit: int | None = None,
         worker_env: dict[str, str] | None = None,
         warm_pool: int | None = None,
+        worker_user: int | None = None,
+        worker_wrapper: list[str] | None = None,
     ) -> None:
         self.warm_pool = warm_pool
+        self.worker_user = worker_user  # uid the worker runs as (None: this process's)
+        self.worker_wrapper = worker_wrapper or []  # argv the worker runs under, as this process's user
         self.runtimes = runtimes
         self.pids_limit = pids_limit
         self.worker_env = worker_env or {}
@@ -114,8 +118,19 @@ class LocalCluster:
             extra += ["--pids-limit", str(self.pids_limit)]
         if self.warm_pool is not None:
             extra += ["--warm-pool", str(self.warm_pool)]
+        switch: list[str] = []
+        if self.worker_user is not None:  # its directory is its own; everything else it may only read
+            import pwd
+
+            gid = pwd.getpwuid(self.worker_user).pw_gid
+            (self.home / "worker").mkdir(exist_ok=True)
+            os.chown(self.home / "worker", self.worker_user, gid)
+            switch = ["setpriv", f"--reuid={self.worker_user}", f"--regid={gid}", "--clear-groups", "--"]
+            env["HOME"] = str(self.home / "worker")
         self.worker = subprocess.Popen(
             [
+                *self.worker_wrapper,
+                *switch,
                 sys.executable,
                 "-m",
                 "vivace.cli.main",

@@ -245,9 +245,9 @@ class Agent:
             runtime = self.runtimes[wanted]
         else:
             runtime = self.default_runtime()
-        if spec.get("block_network") and not runtime.capabilities.network_isolation:
+        if spec.get("block_network") and not runtime.capabilities.can_block_network:
             raise exc.InvalidError(
-                f"block_network=True needs an isolated runtime (crun, runc, runsc); this worker runs "
+                f"block_network=True needs an isolated runtime (crun, runc, runsc, bwrap); this worker runs "
                 f"{runtime.name!r}, which cannot block the network"
             )
         return runtime

@@ -24,6 +24,11 @@ class Capabilities:
     pids_limit: bool
     network_isolation: bool
     gpu: bool = False
+    network_block: bool | None = None  # can give a container loopback only; None: as network_isolation
+
+    @property
+    def can_block_network(self) -> bool:
+        return self.network_isolation if self.network_block is None else self.network_block
 
 
 @dataclass

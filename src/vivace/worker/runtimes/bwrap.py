@@ -247,6 +247,7 @@ class BwrapRuntime:
             memory_limit=limited,
             pids_limit=limited,
             network_isolation=not self.host_network,
+            network_block=True,  # --unshare-net: loopback only, whatever the host
         )
         self._seccomp: bytes | None = None
         host_resolv = Path("/etc/resolv.conf")  # the host's name servers, for the host's network
