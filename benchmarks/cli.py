@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import driver
+from benchmarks import coldstart, driver
 from benchmarks.charts import write_charts
 from benchmarks.config import FULL, QUICK, RunConfig
 from benchmarks.machine import machine_info
@@ -18,6 +18,7 @@ from benchmarks.registry import BENCHMARKS, PEERS
 from benchmarks.report import render_markdown
 
 SCHEMA = 1
+COLDSTART = "coldstart"
 RESULTS = driver.REPO_ROOT / "benchmarks" / "results" / "latest.json"
 DOCS = driver.REPO_ROOT / "docs" / "benchmarks.md"
 CHARTS = driver.REPO_ROOT / "docs" / "benchmarks"
@@ -27,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         peers = _pick(args.only, [p.name for p in PEERS], "peer")
-        benches = _pick(args.bench, [b.name for b in BENCHMARKS], "benchmark")
+        benches = _pick(args.bench, [b.name for b in BENCHMARKS] + [COLDSTART], "benchmark")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -35,17 +36,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = json.loads(args.results.read_text())
     else:
         config = _config(args)
+        call_benches = [b for b in benches if b != COLDSTART]
         try:
-            peer_results = driver.run_all(peers, benches, config, args.verbose)
+            peer_results = driver.run_all(peers, call_benches, config, args.verbose) if call_benches else {}
+            cold = coldstart.run(config, _say) if COLDSTART in benches else None
         except KeyboardInterrupt:
             print("[bench] interrupted; the peer in progress was stopped, nothing written", file=sys.stderr)
             return 130
         results = _document(config, benches, peer_results)
+        if cold is not None:
+            results["coldstart"] = cold
         _write_atomic(args.results, json.dumps(results, indent=2) + "\n")
         print(f"[bench] wrote {_show(args.results)}", file=sys.stderr)
     write_docs(results, args.docs, args.charts)
     print(_summary(results))
     failed = [n for n, r in results["peers"].items() if r["status"] in ("error", "timeout")]
+    failed += [n for n, r in results.get("coldstart", {}).items() if r["status"] == "error"]
     return 1 if failed else 0
 
 
@@ -123,7 +129,14 @@ def _summary(results: dict[str, Any]) -> str:
         if "median_per_s" in thr:
             text += f"  {thr['median_per_s']:,.0f} inputs/s"
         lines.append(f"{name:>16}: {text}")
+    for name, r in results.get("coldstart", {}).items():
+        text = f"cold start p50 {r['p50_ms']:.1f} ms" if "p50_ms" in r else r["status"]
+        lines.append(f"{name:>16}: {text}")
     return "\n".join(lines)
+
+
+def _say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -18,6 +18,8 @@ def render_markdown(results: Mapping[str, Any], charts: Mapping[str, str] | None
     for bench in BENCHMARKS:
         if bench.name in results.get("benchmarks", ()):
             parts += _section(bench, results["peers"], charts.get(bench.name))
+    if results.get("coldstart"):
+        parts += _coldstart_section(results["coldstart"])
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -74,6 +76,62 @@ def _section(bench: Benchmark, peers: Mapping[str, Any], chart: str | None) -> l
     if chart:
         lines += ["", f"![{bench.title}]({chart})"]
     return [*lines, ""]
+
+
+COLD_AIMS = (
+    ("vivace-pool", "crun", 2.5, "pool-assisted start within 2.5x the `crun run` floor"),
+    ("vivace-cold", "docker", 0.5, "fully cold start within 0.5x `docker run --rm`"),
+)
+
+
+def _coldstart_section(cold: Mapping[str, Any]) -> list[str]:
+    from benchmarks.coldstart import PEERS as COLD_PEERS
+
+    head = ["What starts", "Version", "p50 (ms)", "p90 (ms)", "min (ms)", "vs crun floor", "vs docker"]
+    lines = [
+        "## Cold start: zero containers to the first result",
+        "",
+        "Every row starts the same image content (the base root filesystem Vivace's worker builds: its "
+        "Python with the standard library as bytecode), with every cache warm. The engines run "
+        "`python3 -c 'print(1)'` and exit; Vivace runs the whole path of `f.remote(1)` for an app with no "
+        "container: the control plane's scheduler, the worker, a crun container with its own root, cgroup "
+        "and network namespace, the function's import, its input and its result. Fully cold starts a "
+        "container from nothing; pool-assisted hands the function to one of the worker's warm containers. "
+        "Median of the starts after one untimed start; lower is better.",
+        "",
+        _row(head),
+        _row(["---"] * len(head)),
+    ]
+    floor, docker = cold.get("crun", {}).get("p50_ms"), cold.get("docker", {}).get("p50_ms")
+    for name, label in COLD_PEERS.items():
+        r = cold.get(name)
+        if r is None:
+            continue
+        if "p50_ms" not in r:
+            lines.append(_row([label, _status(r), "—", "—", "—", "—", "—"]))
+            continue
+        cells = [
+            label,
+            str(r.get("version", "")),
+            _fmt_ms(r["p50_ms"]),
+            _fmt_ms(r["p90_ms"]),
+            _fmt_ms(r["min_ms"]),
+        ]
+        cells += [f"{r['p50_ms'] / x:.2f}x" if x else "—" for x in (floor, docker)]
+        lines.append(_row(cells))
+    lines += ["", "Aims:"]
+    for name, base, limit, text in COLD_AIMS:
+        a, b = cold.get(name, {}).get("p50_ms"), cold.get(base, {}).get("p50_ms")
+        if a is None or not b:
+            lines.append(f"- {text}: not measured")
+            continue
+        verdict = "met" if a / b <= limit else "**not met**"
+        lines.append(f"- {text}: {a / b:.2f}x, {verdict}")
+    return [*lines, ""]
+
+
+def _fmt_ms(value: float) -> str:
+    return f"{value:.3f}" if value < 1 else f"{value:,.1f}"
 
 
 def _figures(result: Mapping[str, Any] | None, bench_name: str) -> Mapping[str, Any] | None:

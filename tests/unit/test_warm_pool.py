@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from vivace.runtime.main import WARM_READY
 from vivace.worker.runtimes.base import ContainerSpec, ExitStatus
 from vivace.worker.runtimes.oci import WarmContainer, WarmPool, oci_config
 
@@ -33,9 +34,11 @@ class FakeCgroup:
 
 
 class FakeHandle:
-    def __init__(self, proc, usage):
+    def __init__(self, proc, usage, first_line):
         self.proc = proc
         self.cgroup = FakeCgroup(usage)
+        self.stdout = asyncio.StreamReader()
+        self.stdout.feed_data(first_line.encode() + b"\n")
         self.stderr = None
         self.killed = False
 
@@ -52,7 +55,8 @@ class FakeHandle:
 class FakeRuntime:
     name = "fake"
 
-    def __init__(self, network=None, usage=20 << 20, fail=False):
+    def __init__(self, network=None, usage=20 << 20, fail=False, first_line=WARM_READY):
+        self.first_line = first_line
         self.ctx = type("Ctx", (), {"network": network})()
         self.started: list[WarmContainer] = []
         self.usage = usage
@@ -63,7 +67,10 @@ class FakeRuntime:
             raise OSError("no overlay here")
         proc = FakeProc()
         w = WarmContainer(
-            f"warm-{len(self.started)}", Path("/nonexistent"), FakeHandle(proc, self.usage), proc
+            f"warm-{len(self.started)}",
+            Path("/nonexistent"),
+            FakeHandle(proc, self.usage, self.first_line),
+            proc,
         )
         self.started.append(w)
         return w
@@ -92,13 +99,16 @@ async def settle():
 async def test_fills_to_size_and_refills_after_a_take():
     rt = FakeRuntime()
     pool = WarmPool(rt, size=2)
+    pool.REFILL_DELAY = 0.05
     pool.fill()
     await settle()
     assert len(pool.ready) == 2
     taken = pool.take(spec())
     assert taken is rt.started[0]
     await settle()
-    assert len(pool.ready) == 2 and len(rt.started) == 3  # replaced at once
+    assert len(pool.ready) == 1  # the replacement waits until the hand-over is done
+    await asyncio.sleep(0.1)
+    assert len(pool.ready) == 2 and len(rt.started) == 3
     await pool.close()
 
 
@@ -171,6 +181,17 @@ async def test_start_failures_back_off():
     pool.fill()  # within RETRY_AFTER: no new attempts
     await settle()
     assert pool._filling == 0
+    await pool.close()
+
+
+@run
+async def test_a_container_that_never_says_ready_is_discarded():
+    rt = FakeRuntime(first_line="Traceback (most recent call last):")
+    pool = WarmPool(rt, size=1)
+    pool.fill()
+    await settle()
+    assert pool.ready == [] and rt.started[0].handle.killed
+    assert pool.take(spec()) is None
     await pool.close()
 
 

@@ -24,6 +24,7 @@ from vivace.runtime.socket import SocketError, WorkerSocket
 HEARTBEAT_INTERVAL = 1.0
 LEASE_WAIT = 25.0
 MAX_BATCH = 64  # the control plane gives more than one input only to functions with short inputs
+WARM_READY = "vivace: warm container ready"  # a warm container's first line on stdout
 
 
 class Runtime:
@@ -200,6 +201,8 @@ def wait_for_function() -> None:
     import vivace  # noqa: F401  (user code imports it: pay for that now, not on the call path)
     from vivace._sdk import serialization  # noqa: F401  (cloudpickle)
 
+    sys.stdout.write(WARM_READY + "\n")  # the worker counts it ready (and takes it) only now
+    sys.stdout.flush()
     line = sys.stdin.readline()
     if not line:
         raise SystemExit(0)

@@ -449,6 +449,8 @@ class WarmPool:
 
     MEMORY_MARGIN = 16 << 20  # headroom a function's memory limit must leave above a warm container's use
     RETRY_AFTER = 5.0
+    READY_TIMEOUT = 60.0
+    REFILL_DELAY = 0.5  # a replacement starts once the container just handed over is up, not beside it
 
     def __init__(self, runtime: OciRuntime, size: int = 0) -> None:
         self.runtime = runtime
@@ -470,7 +472,7 @@ class WarmPool:
                 if used is None or used + self.MEMORY_MARGIN > spec.memory_limit << 20:
                     return None
             del self.ready[i]
-            self.fill()
+            self._spawn(self._refill_later(self.REFILL_DELAY))
             return warm
         self.fill()
         return None
@@ -488,8 +490,10 @@ class WarmPool:
         task.add_done_callback(self._tasks.discard)
 
     async def _make(self) -> None:
+        started = time.monotonic()
         try:
             warm = await self.runtime.start_warm()
+            await self._until_ready(warm)
         except Exception as err:
             self._failed_at = time.monotonic()
             log.warning("could not start a warm %s container (retrying in %gs): %s",
@@ -502,10 +506,31 @@ class WarmPool:
             await _discard(warm)
             return
         self.ready.append(warm)
+        log.info("warm %s container %s ready in %.0f ms", self.runtime.name, warm.name,
+                 (time.monotonic() - started) * 1000)  # fmt: skip
         self._spawn(self._watch(warm))
 
-    async def _refill_later(self) -> None:
-        await asyncio.sleep(self.RETRY_AFTER)
+    async def _until_ready(self, warm: WarmContainer) -> None:
+        """Its runtime says so on stdout once it has imported what it needs; anything else is a failure."""
+        from vivace.runtime.main import WARM_READY
+
+        stdout = warm.handle.stdout
+        assert stdout is not None
+        try:
+            line = await asyncio.wait_for(stdout.readline(), self.READY_TIMEOUT)
+        except BaseException:
+            await _discard(warm)
+            raise
+        if line.decode(errors="replace").rstrip("\n") != WARM_READY:
+            err = b""
+            if warm.handle.stderr is not None:
+                with contextlib.suppress(Exception):
+                    err = await asyncio.wait_for(warm.handle.stderr.read(2000), 1)
+            await _discard(warm)
+            raise RuntimeError(f"it did not start: {(line + err).decode(errors='replace').strip()[-500:]}")
+
+    async def _refill_later(self, delay: float | None = None) -> None:
+        await asyncio.sleep(self.RETRY_AFTER if delay is None else delay)
         self.fill()
 
     async def _watch(self, warm: WarmContainer) -> None:
