@@ -18,7 +18,9 @@ from typing import Any
 
 from vivace import exception as exc
 from vivace.client import ApiClient, Credentials
+from vivace.worker import gpus
 from vivace.worker.channel import run_channel
+from vivace.worker.gpus import Gpu
 from vivace.worker.logs import LogShipper
 from vivace.worker.network import NetworkPool, have_tools
 from vivace.worker.runtimes import FUNCTION_DEFAULTS, ContainerRuntime, RuntimeContext, available_runtimes
@@ -64,6 +66,7 @@ class Agent:
                 )
             found = {k: found[k] for k in config.runtimes}
         self.runtimes: dict[str, ContainerRuntime] = found
+        self.gpus: list[Gpu] = []
         self.worker_id = ""
         self.containers: dict[str, ContainerSupervisor] = {}
         self.starting: set[str] = set()
@@ -79,6 +82,8 @@ class Agent:
             loop.add_signal_handler(sig, self._stopping.set)
         self.config.workdir.mkdir(parents=True, exist_ok=True)
         previous = self._reconcile()
+        self.gpus, how = await asyncio.to_thread(gpus.discover)
+        log.info("GPUs: %s (%s)", gpus.describe(self.gpus), how)
         for runtime in self.runtimes.values():
             await asyncio.to_thread(runtime.prepare)
         if self.network is not None and any(r.capabilities.network_isolation for r in self.runtimes.values()):
@@ -169,6 +174,8 @@ class Agent:
             "labels": self.config.labels or {},
             "replaces": previous,
         }
+        if self.gpus:
+            body["gpus"] = [g.registration() for g in self.gpus]
         res = await self.api.post_json("/v1/workers", body)
         self.worker_id = res["worker_id"]
         (self.config.workdir / "state.json").write_text(json.dumps({"worker_id": self.worker_id}))
@@ -223,6 +230,8 @@ class Agent:
         cid = a["container_id"]
         try:
             runtime = self._choose_runtime(a["spec"])
+            if a.get("gpus") and not runtime.capabilities.gpu:
+                raise exc.InvalidError(f"the {runtime.name!r} runtime cannot give a container GPUs")
         except exc.InvalidError as err:
             self.starting.discard(cid)
             self.logs.add(
@@ -269,6 +278,7 @@ class Agent:
                 workdir=self.config.workdir / "containers" / cid,
                 source_dir=source,
                 logs=self.logs,
+                gpus=self._assigned_gpus(a),
             )
             self.containers[cid] = sup
             await sup.start()
@@ -297,6 +307,16 @@ class Agent:
                 a["app_id"], a["function_id"], cid, None, "system", f"container {status.describe()}"
             )
         await self._event(cid, "exited", status.code, status.describe())
+
+    def _assigned_gpus(self, a: dict[str, Any]) -> list[Gpu]:
+        by_index = {g.index: g for g in self.gpus}
+        wanted = a.get("gpus") or []
+        unknown = [i for i in wanted if i not in by_index]
+        if unknown:
+            raise exc.InvalidError(
+                f"assigned GPU(s) {unknown} that this worker does not have ({gpus.describe(self.gpus)})"
+            )
+        return [by_index[i] for i in wanted]
 
     async def _event(self, cid: str, event: str, code: int | None, reason: str | None) -> None:
         body = {"events": [{"container_id": cid, "event": event, "exit_code": code, "reason": reason}]}

@@ -18,6 +18,7 @@ from vivace._version import __version__
 from vivace.client import ApiClient
 from vivace.protocol import frames
 from vivace.protocol.versions import check_compatible
+from vivace.worker.gpus import Gpu
 from vivace.worker.httpd import HttpRequest, HttpResponse, UnixHttpServer
 from vivace.worker.logs import LogShipper
 from vivace.worker.runtimes.base import ContainerHandle, ContainerRuntime, ContainerSpec, ExitStatus
@@ -60,6 +61,7 @@ class ContainerSupervisor:
         workdir: Path,
         source_dir: Path | None,
         logs: LogShipper,
+        gpus: list[Gpu] | None = None,
     ) -> None:
         self.id: str = assignment["container_id"]
         self.app_id: str = assignment["app_id"]
@@ -82,6 +84,7 @@ class ContainerSupervisor:
             memory=self.fspec["memory"],
             memory_limit=self.fspec.get("memory_limit"),
             block_network=bool(self.fspec.get("block_network")),
+            gpus=list(gpus or []),
         )
         self.handle: ContainerHandle | None = None
         self.cancel: set[int] = set()

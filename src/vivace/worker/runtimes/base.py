@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from vivace.worker.gpus import Gpu
     from vivace.worker.network import NetworkPool
 
 
@@ -43,6 +44,7 @@ class ContainerSpec:
     memory: int = 128
     memory_limit: int | None = None
     block_network: bool = False
+    gpus: list[Gpu] = field(default_factory=list)  # the worker's GPUs this container is given
 
 
 @dataclass(frozen=True)

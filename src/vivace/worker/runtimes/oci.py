@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vivace.worker import images
+from vivace.worker import gpus, images
 from vivace.worker.cgroups import CgroupHost, ContainerCgroup, Limits, detect, leftovers
 from vivace.worker.network import Slot
 from vivace.worker.runtimes.base import Capabilities, ContainerSpec, ExitStatus, RuntimeContext
@@ -83,6 +84,7 @@ def oci_config(
     resolv_conf: Path | None = None,
     hostname: str = "vivace",
     warm: bool = False,
+    gpu: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The OCI runtime spec for one container (pure: unit-tested).
 
@@ -101,6 +103,9 @@ def oci_config(
     }
     if warm:
         env["VIVACE_WARM"] = "1"
+    if gpu is not None:  # gpus.oci_gpu_config: exactly the assigned GPUs, the driver's files
+        env.update(gpu["env"])
+        env["PATH"] = PATH + ":" + gpus.DRIVER_BIN_DIR
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
@@ -126,8 +131,21 @@ def oci_config(
             {"destination": "/etc/resolv.conf", "type": "bind", "source": str(resolv_conf),
              "options": ["bind", "ro", "nosuid", "nodev", "noexec"]}
         )  # fmt: skip
+    if gpu is not None:
+        mounts += gpu["mounts"]
     namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")]
     namespaces.append({"type": "network", "path": netns} if netns else {"type": "network"})
+    linux: dict[str, Any] = {
+        "cgroupsPath": cgroups_path,
+        "namespaces": namespaces,
+        "seccomp": seccomp_profile(),
+        "maskedPaths": list(MASKED_PATHS),
+        "readonlyPaths": list(READONLY_PATHS),
+    }
+    if gpu is not None and gpu["devices"]:
+        linux["devices"] = gpu["devices"]
+        # deny every device, then allow these; the runtime adds the standard ones (null, zero, tty, ...)
+        linux["resources"] = {"devices": [{"allow": False, "access": "rwm"}, *gpu["device_rules"]]}
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -143,13 +161,7 @@ def oci_config(
         "root": {"path": "rootfs", "readonly": False},
         "hostname": hostname,
         "mounts": mounts,
-        "linux": {
-            "cgroupsPath": cgroups_path,
-            "namespaces": namespaces,
-            "seccomp": seccomp_profile(),
-            "maskedPaths": list(MASKED_PATHS),
-            "readonlyPaths": list(READONLY_PATHS),
-        },
+        "linux": linux,
     }
 
 
@@ -206,7 +218,7 @@ class OciRuntime:
     """One OCI runtime binary (crun, runc or runsc) behind the ``ContainerRuntime`` port."""
 
     capabilities = Capabilities(
-        isolation=True, cpu_limit=True, memory_limit=True, pids_limit=True, network_isolation=True
+        isolation=True, cpu_limit=True, memory_limit=True, pids_limit=True, network_isolation=True, gpu=True
     )
 
     def __init__(
@@ -220,6 +232,8 @@ class OciRuntime:
         self.global_args = ["--root", str(self.state_root)]
         if name == "runsc":
             self.global_args += ["--platform=ptrace", "--host-uds=open"]
+            # GPUs under gVisor need its nvproxy, which Debian's 2022 build does not have
+            self.capabilities = dataclasses.replace(OciRuntime.capabilities, gpu=False)
         elif name == "crun":
             self.global_args += ["--cgroup-manager=cgroupfs"]
         # crun refuses hybrid hosts; it runs where the controller-less cgroup2 mount is detached
@@ -229,6 +243,7 @@ class OciRuntime:
         self.warm = WarmPool(self)
         self._claims: dict[str, WarmContainer] = {}  # reserved for a container that is starting
         self._oci_names: dict[str, str] = {}  # container id -> OCI name, where they differ (warm)
+        self._driver_files: tuple[list[Path], list[Path]] | None = None  # NVIDIA libraries and tools
 
     # -- preparation -----------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -323,6 +338,7 @@ class OciRuntime:
                 rlimit_nofile=nofile,
                 resolv_conf=resolv,
                 warm=warm,
+                gpu=self._gpu_config(spec.gpus) if spec.gpus else None,
             )
             (bundle / "config.json").write_text(json.dumps(config))
             self.state_root.mkdir(parents=True, exist_ok=True)
@@ -337,6 +353,12 @@ class OciRuntime:
             await self.cleanup(name, bundle, cgroup, slot)
             raise
         return OciHandle(proc, self, cgroup, bundle, name, slot), proc
+
+    def _gpu_config(self, given: list[gpus.Gpu]) -> dict[str, Any]:
+        if self._driver_files is None:
+            self._driver_files = gpus.driver_files()
+        libs, tools = self._driver_files
+        return gpus.oci_gpu_config(given, gpus.device_nodes(given), libs, tools)
 
     async def _claim(self, warm: WarmContainer, spec: ContainerSpec) -> OciHandle:
         """Hand a warm container its function: its limits, its source, its environment."""
@@ -464,6 +486,8 @@ class WarmPool:
     def take(self, spec: ContainerSpec) -> WarmContainer | None:
         if spec.block_network and self.runtime.ctx.network is not None:
             return None  # warm containers hold an open network slot
+        if spec.gpus:
+            return None  # devices are fixed when a container is created
         for i, warm in enumerate(self.ready):
             if warm.proc.returncode is not None:
                 continue  # died: its watcher removes it

@@ -54,7 +54,12 @@ class ProcessHandle:
 class ProcessRuntime:
     name = "process"
     capabilities = Capabilities(
-        isolation=False, cpu_limit=False, memory_limit=False, pids_limit=False, network_isolation=False
+        isolation=False,
+        cpu_limit=False,
+        memory_limit=False,
+        pids_limit=False,
+        network_isolation=False,
+        gpu=True,
     )
 
     def prepare(self) -> None:
@@ -78,6 +83,8 @@ class ProcessRuntime:
                 "HOME": str(spec.workdir),
             }
         )
+        if spec.gpus:  # no isolation here: the variable is all that narrows what CUDA sees
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(g.uuid for g in spec.gpus)
         return env
 
     async def start(self, spec: ContainerSpec) -> ProcessHandle:
