@@ -113,7 +113,6 @@ class App:
             ("image", image),
             ("schedule", schedule),
             ("secrets", secrets),
-            ("gpu", gpu),
             ("volumes", volumes),
             ("ephemeral_disk", ephemeral_disk),
             ("cloud", cloud),
@@ -123,6 +122,7 @@ class App:
             params.check_not_yet(key, value)
         cpu_req, cpu_lim = params.cpu(cpu)
         mem_req, mem_lim = params.memory(memory)
+        gpu_choices = params.gpu(gpu)
         scaling = params.autoscaler(min_containers, max_containers, buffer_containers, scaledown_window)
         policy = params.retries(retries).to_policy()
         fn_timeout = params.timeout("timeout", timeout, 300.0)
@@ -161,6 +161,7 @@ class App:
                 cpu_limit=cpu_lim,
                 memory=mem_req,
                 memory_limit=mem_lim,
+                gpu=None if gpu_choices is None else [dict(c) for c in gpu_choices],
                 timeout=fn_timeout or 300.0,
                 startup_timeout=start_timeout,
                 retries=policy,

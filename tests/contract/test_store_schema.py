@@ -11,7 +11,18 @@ from vivace.server.services import apps
 from vivace.server.store.base import IntegrityError, Store, open_store
 from vivace.server.store.migrations import MIGRATIONS, migrate
 
-TABLES = ("tokens", "apps", "functions", "calls", "inputs", "outputs", "workers", "containers", "logs")
+TABLES = (
+    "tokens",
+    "apps",
+    "functions",
+    "calls",
+    "inputs",
+    "outputs",
+    "workers",
+    "containers",
+    "logs",
+    "gpu_claims",
+)
 
 
 def _versions(store: Store) -> list[tuple[Any, ...]]:

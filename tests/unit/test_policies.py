@@ -36,7 +36,7 @@ def test_placement_packs_and_respects_capacity():
     placed = place(
         [Request("c1", 1, 256), Request("c2", 1, 256), Request("c3", 1, 256), Request("c4", 4, 1)], [w1, w2]
     )
-    assert placed["c1"] == "w2"  # the busier worker first
+    assert placed["c1"].worker == "w2"  # the busier worker first
     assert len(placed) == 3 and "c4" not in placed
     assert w1.cpu_used + w2.cpu_used == 4
 

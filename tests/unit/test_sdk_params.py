@@ -60,7 +60,6 @@ def test_bad_parameters_are_typed_errors(kw, match):
     "kw",
     [
         {"image": object()},
-        {"gpu": "H100"},
         {"volumes": {"/d": object()}},
         {"secrets": [object()]},
         {"schedule": object()},
@@ -126,3 +125,79 @@ def test_exception_tree_root():
     for name in ("InvalidError", "NotFoundError", "FunctionTimeoutError", "RemoteError", "VersionError"):
         assert issubclass(getattr(exc, name), exc.Error)
     assert issubclass(exc.FunctionTimeoutError, TimeoutError)
+
+
+@pytest.mark.parametrize(
+    ("gpu", "choices"),
+    [
+        (None, None),
+        ("H100", [{"type": "H100", "count": 1}]),
+        ("h100:2", [{"type": "H100", "count": 2}]),
+        (" a100-80gb : 8 ", [{"type": "A100-80GB", "count": 8}]),
+        ("H100!", [{"type": "H100", "count": 1}]),
+        ("any", [{"type": None, "count": 1}]),
+        ("ANY:4", [{"type": None, "count": 4}]),
+        ("B200+", [{"type": "B200", "count": 1}, {"type": "B300", "count": 1}]),
+        ("rtx-pro-6000", [{"type": "RTX-PRO-6000", "count": 1}]),
+        ("MyCard_9.1", [{"type": "MYCARD_9.1", "count": 1}]),  # not Modal's, still accepted
+        (
+            ["H100:2", "a100-80gb:2", "any:2"],
+            [{"type": "H100", "count": 2}, {"type": "A100-80GB", "count": 2}, {"type": None, "count": 2}],
+        ),
+        (("L4", "l4", "T4"), [{"type": "L4", "count": 1}, {"type": "T4", "count": 1}]),
+    ],
+)
+def test_gpu_spellings_normalize_to_choices_in_preference_order(gpu, choices):
+    assert decorate(gpu=gpu).spec.gpu == choices
+
+
+@pytest.mark.parametrize(
+    ("gpu", "match"),
+    [
+        ("H100:0", "between 1 and 8"),
+        ("H100:9", "between 1 and 8"),
+        ("H100:-1", "TYPE:COUNT"),
+        ("H100:two", "TYPE:COUNT"),
+        ("H100:", "TYPE:COUNT"),
+        ("", "TYPE:COUNT"),
+        (":2", "TYPE:COUNT"),
+        ("H100:1:2", "TYPE:COUNT"),
+        ("RTX 4090", "not a GPU type"),
+        ("H100?", "not a GPU type"),
+        ("X" * 65, "not a GPU type"),
+        (1, "got int"),
+        (True, "got bool"),
+        ({"type": "H100"}, "got dict"),
+        ([], "no GPU"),
+        (["H100", 2], "got int"),
+        ([f"T{i}" for i in range(17)], "at most 16"),
+    ],
+)
+def test_bad_gpu_values_are_invalid_errors_naming_the_parameter(gpu, match):
+    with pytest.raises(exc.InvalidError, match="gpu") as info:
+        decorate(gpu=gpu)
+    assert info.match(match)
+
+
+def test_gpu_spec_round_trips_and_the_server_side_check_refuses_bad_shapes():
+    from vivace.protocol.functions import FunctionSpec, SpecError
+
+    spec = decorate(gpu=["h100:2", "any"]).spec
+    assert FunctionSpec.from_dict(spec.to_dict()).gpu == [
+        {"type": "H100", "count": 2},
+        {"type": None, "count": 1},
+    ]
+    base = {"name": "f", "module": "m", "qualname": "f"}
+    assert FunctionSpec.from_dict(base).gpu is None
+    for bad in (
+        [],
+        "H100",
+        [{"type": "h100", "count": 1}],
+        [{"type": "H100", "count": 0}],
+        [{"type": "H100", "count": 9}],
+        [{"type": "H100"}],
+        [{"type": "H100", "count": 1, "extra": 1}],
+        [{"type": 5, "count": 1}],
+    ):
+        with pytest.raises(SpecError, match="gpu"):
+            FunctionSpec.from_dict({**base, "gpu": bad})

@@ -7,10 +7,12 @@ being silently ignored.
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from typing import Any
 
 from vivace.exception import InvalidError, NotImplementedYetError
+from vivace.protocol.functions import GPU_TYPE, MAX_GPU_CHOICES, MAX_GPUS
 from vivace.retries import Retries
 
 RENAMED = {
@@ -24,7 +26,6 @@ RENAMED = {
 NOT_YET: dict[str, tuple[str, Any]] = {
     "image": ("custom images (the Image builder)", None),
     "ephemeral_disk": ("ephemeral disk limits (the Image builder)", None),
-    "gpu": ("GPU devices (isolated container runtimes)", None),
     "volumes": ("Volumes (storage primitives)", None),
     "secrets": ("Secrets (storage primitives)", None),
     "schedule": ("schedules (web endpoints and schedules)", None),
@@ -96,6 +97,71 @@ def memory(value: Any) -> tuple[int, int | None]:
             raise InvalidError(f"memory limit ({lim}) must be at least the request ({req})")
         return req, lim
     return _integer("memory", value, 1, 16 << 20), None
+
+
+# Modal's GPU types; other names are accepted too (a worker registers whatever model it has)
+GPU_TYPES = (
+    "T4",
+    "L4",
+    "A10",
+    "A10G",
+    "L40S",
+    "A100",
+    "A100-40GB",
+    "A100-80GB",
+    "RTX-PRO-6000",
+    "H100",
+    "H200",
+    "B200",
+)
+# spellings that stand for more than one model, tried in this order
+GPU_ALIASES = {"B200+": ("B200", "B300")}
+_GPU_SPEC = re.compile(r"(?P<type>[^:]*?)\s*(?::\s*(?P<count>[0-9]+))?", re.ASCII)
+
+
+def gpu(value: Any) -> list[dict[str, Any]] | None:
+    """``gpu=`` as GPU choices in preference order: ``[{"type": "H100", "count": 2}, ...]``.
+
+    ``"TYPE"`` or ``"TYPE:N"``, case-insensitive; ``"any"`` is any model (type ``None``); ``"H100!"``
+    is accepted (Vivace never substitutes another model); a list is a fallback order.
+    """
+    if value is None:
+        return None
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items:
+        raise InvalidError("gpu=[] asks for no GPU: leave gpu out (or pass None) instead")
+    choices: list[dict[str, Any]] = []
+    for item in items:
+        for choice in _gpu_choices(item):
+            if choice not in choices:
+                choices.append(choice)
+    if len(choices) > MAX_GPU_CHOICES:
+        raise InvalidError(f"gpu lists {len(choices)} choices; at most {MAX_GPU_CHOICES} are allowed")
+    return choices
+
+
+def _gpu_choices(item: Any) -> list[dict[str, Any]]:
+    if not isinstance(item, str):
+        raise InvalidError(
+            f"gpu must be a string such as 'H100' or 'A100-80GB:2', or a list of them; got {type(item).__name__}"
+        )
+    m = _GPU_SPEC.fullmatch(item.strip())
+    if m is None or not m["type"]:
+        raise InvalidError(f"gpu={item!r} is not 'TYPE' or 'TYPE:COUNT' (e.g. 'H100', 'A100-80GB:2', 'any')")
+    count = int(m["count"] or 1)
+    if not 1 <= count <= MAX_GPUS:
+        raise InvalidError(f"gpu={item!r}: the count must be between 1 and {MAX_GPUS}, got {count}")
+    name = m["type"].upper()
+    if name in GPU_ALIASES:
+        return [{"type": t, "count": count} for t in GPU_ALIASES[name]]
+    name = name.removesuffix("!")  # "H100!": never upgraded to another model, which Vivace never does
+    if name == "ANY":
+        return [{"type": None, "count": count}]
+    if not GPU_TYPE.fullmatch(name):
+        raise InvalidError(
+            f"gpu={item!r} is not a GPU type: use a model name such as {', '.join(GPU_TYPES)}, or 'any'"
+        )
+    return [{"type": name, "count": count}]
 
 
 def retries(value: Any) -> Retries:

@@ -5,8 +5,14 @@ request body, so a malformed spec is a 422 with a clear message, never a half-re
 """
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
+
+MAX_GPUS = 8  # per container, as Modal allows
+MAX_GPU_CHOICES = 16
+# a GPU model as functions ask for it: upper-case, e.g. "H100", "A100-80GB", "RTX-PRO-6000"
+GPU_TYPE = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,63}")
 
 
 class SpecError(ValueError):
@@ -52,6 +58,8 @@ class FunctionSpec:
     env: Dict[str, str] = field(default_factory=dict)
     source_hash: Optional[str] = None
     runtime: Optional[str] = None
+    # GPU choices in preference order, each {"type": "H100" or None (any model), "count": 1-8}; None: no GPU
+    gpu: Optional[List[Dict[str, Any]]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -109,6 +117,7 @@ class FunctionSpec:
         for flag in ("block_network", "restrict_modal_access", "serialized", "is_generator"):
             if not isinstance(getattr(self, flag), bool):
                 raise SpecError(f"{flag} must be a boolean")
+        _check_gpu(self.gpu)
         r = self.retries
         _check_int(r.max_retries, "retries", 0, 10)
         _check_num(r.backoff_coefficient, "backoff_coefficient", 1.0, 10.0)
@@ -124,6 +133,20 @@ def _retry_from(raw: Any) -> RetryPolicy:
             "retries must be an object with max_retries, backoff_coefficient, initial_delay, max_delay"
         )
     return RetryPolicy(**raw)
+
+
+def _check_gpu(value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_GPU_CHOICES:
+        raise SpecError(f"gpu must be null or a list of 1 to {MAX_GPU_CHOICES} choices")
+    for choice in value:
+        if not isinstance(choice, dict) or set(choice) != {"type", "count"}:
+            raise SpecError("each gpu choice must be an object with exactly 'type' and 'count'")
+        kind = choice["type"]
+        if kind is not None and not (isinstance(kind, str) and GPU_TYPE.fullmatch(kind)):
+            raise SpecError(f"gpu type must be null (any model) or an upper-case model name, got {kind!r}")
+        _check_int(choice["count"], "gpu count", 1, MAX_GPUS)
 
 
 def _is_sha256(value: Any) -> bool:

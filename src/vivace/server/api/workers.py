@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from vivace.protocol.functions import GPU_TYPE
 from vivace.protocol.versions import VERSION_HEADER, check_compatible
 from vivace.server.api.common import (
     authenticate,
@@ -38,6 +39,7 @@ async def register(request: Request) -> Response:
         raise Invalid("cpu and memory must be positive")
     if not all(isinstance(r, str) for r in runtimes) or not runtimes:
         raise Invalid("runtimes must be a non-empty list of names")
+    gpus = _gpus(field(body, "gpus", list, [], optional=True))
     replaces = field(body, "replaces", str, None, optional=True)
     version = request.headers.get(VERSION_HEADER, "")
     plane = plane_of(request)
@@ -50,13 +52,44 @@ async def register(request: Request) -> Response:
 
     def op(tx: Any) -> tuple[str, set[str]]:
         lost = workers.retire(tx, replaces, "worker restarted") if replaces else set()
-        return workers.register(tx, name, float(cpu), memory, labels, runtimes, version, token_id), lost
+        wid = workers.register(tx, name, float(cpu), memory, labels, runtimes, version, token_id, gpus)
+        return wid, lost
 
     wid, lost = await plane.store.write(op)
     if replaces:
         plane.requeued(lost)
     plane.notifier.wake("autoscale")
     return JSONResponse({"worker_id": wid, "worker_timeout": plane.config.worker_timeout})
+
+
+MAX_WORKER_GPUS = 64
+
+
+def _gpus(raw: list[Any]) -> list[dict[str, Any]]:
+    """A worker's GPUs: distinct indices and model names users can ask for (upper-cased here)."""
+    if len(raw) > MAX_WORKER_GPUS:
+        raise Invalid(f"'gpus' lists {len(raw)} GPUs; at most {MAX_WORKER_GPUS} are allowed")
+    out: dict[int, dict[str, Any]] = {}
+    for n, g in enumerate(raw):
+        try:
+            if not isinstance(g, dict):
+                raise Invalid("must be an object with 'index', 'type', 'uuid' and 'memory_mib'")
+            index = field(g, "index", int)
+            kind = field(g, "type", str).strip().upper()
+            uuid = field(g, "uuid", str, "", optional=True)
+            mib = field(g, "memory_mib", int, 0, optional=True)
+            if not 0 <= index < 1024 or index in out:
+                raise Invalid(f"'index' must be a distinct integer from 0 to 1023, got {index}")
+            if not GPU_TYPE.fullmatch(kind):
+                raise Invalid(
+                    f"'type' must be a model name of letters, digits, '.', '_' or '-', got {kind!r}"
+                )
+            if len(uuid) > 128 or not 0 <= mib <= 1 << 30:
+                raise Invalid("'uuid' must be at most 128 characters and 'memory_mib' a non-negative integer")
+        except Invalid as err:
+            raise Invalid(f"gpus[{n}]: {err.message}") from None
+        out[index] = {"index": index, "uuid": uuid, "type": kind, "memory_mib": mib}
+    return [out[i] for i in sorted(out)]
 
 
 @route(kinds=("worker",))
@@ -90,6 +123,7 @@ async def poll(request: Request) -> Response:
             "lease_token": a.lease_token,
             "spec": a.spec,
             "definition": None,
+            "gpus": a.gpus,
         }
         if a.definition is not None:
             item["definition"] = len(blobs)

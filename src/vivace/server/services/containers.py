@@ -16,7 +16,7 @@ from vivace.protocol import ids
 from vivace.protocol.calls import OutputStatus
 from vivace.server.autoscaler.policy import IdleContainer, Snapshot, plan
 from vivace.server.errors import NotFound
-from vivace.server.scheduler.placement import Request, WorkerCapacity, place
+from vivace.server.scheduler.placement import GpuChoice, Request, WorkerCapacity, place, unfit_reason
 from vivace.server.services.calls import fail_input
 from vivace.server.store.base import Tx
 
@@ -76,36 +76,61 @@ def schedule(tx: Tx) -> dict[str, str]:
     )
     if not pending:
         return {}
-    workers = [
-        WorkerCapacity(r[0], float(r[1]), int(r[2]), float(r[3]), int(r[4]), runtimes=tuple(json.loads(r[5])))
-        for r in tx.fetchall(
-            "SELECT id, cpu, memory, cpu_used, memory_used, runtimes FROM workers WHERE state = 'alive'"
-        )
-    ]
-    reqs = [Request(r[0], float(r[1]), int(r[2]), json.loads(r[3]).get("runtime")) for r in pending]
+    workers = _capacities(tx)
+    reqs = [_request(cid, cpu, mem, spec) for cid, cpu, mem, spec in pending]
     placed = place(reqs, workers)
     by_id = {r.id: r for r in reqs}
-    for cid, wid in placed.items():
+    for cid, p in placed.items():
         r = by_id[cid]
         tx.execute(
-            "UPDATE containers SET state = 'assigned', worker_id = ?, assigned_at = ? WHERE id = ?",
-            (wid, tx.now, cid),
+            "UPDATE containers SET state = 'assigned', worker_id = ?, assigned_at = ?, gpus = ? WHERE id = ?",
+            (p.worker, tx.now, json.dumps(list(p.gpus)) if p.gpus else None, cid),
         )
         tx.execute(
             "UPDATE workers SET cpu_used = cpu_used + ?, memory_used = memory_used + ? WHERE id = ?",
-            (r.cpu, r.memory, wid),
+            (r.cpu, r.memory, p.worker),
         )
-    return placed
+        for index in p.gpus:  # the primary key refuses a GPU another live container holds
+            tx.execute(
+                "INSERT INTO gpu_claims (worker_id, gpu_index, container_id) VALUES (?, ?, ?)",
+                (p.worker, index, cid),
+            )
+    return {cid: p.worker for cid, p in placed.items()}
+
+
+def _request(cid: str, cpu: Any, memory: Any, spec_json: str) -> Request:
+    spec = json.loads(spec_json)
+    choices = tuple(GpuChoice(c["type"], int(c["count"])) for c in spec.get("gpu") or ())
+    return Request(cid, float(cpu), int(memory), spec.get("runtime"), choices)
+
+
+def _capacities(tx: Tx, *, empty: bool = False) -> list[WorkerCapacity]:
+    """Live workers as the scheduler sees them: free resources (or all of them, ``empty``) and GPUs."""
+    workers = [
+        WorkerCapacity(
+            wid,
+            float(cpu),
+            int(mem),
+            0.0 if empty else float(cpu_used),
+            0 if empty else int(mem_used),
+            runtimes=tuple(json.loads(runtimes)),
+            gpus={int(g["index"]): str(g["type"]) for g in json.loads(gpus or "[]")},
+        )
+        for wid, cpu, mem, cpu_used, mem_used, runtimes, gpus in tx.fetchall(
+            "SELECT id, cpu, memory, cpu_used, memory_used, runtimes, gpus FROM workers WHERE state = 'alive'"
+        )
+    ]
+    if not empty and any(w.gpus for w in workers):
+        by_id = {w.id: w for w in workers}
+        for wid, index in tx.fetchall("SELECT worker_id, gpu_index FROM gpu_claims"):
+            if wid in by_id:
+                by_id[wid].gpus_used.add(int(index))
+    return workers
 
 
 def unplaceable(tx: Tx) -> list[tuple[str, str]]:
     """Pending containers that no live worker could hold even when empty: (container, reason)."""
-    from vivace.server.scheduler.placement import could_ever_fit
-
-    workers = [
-        WorkerCapacity(r[0], float(r[1]), int(r[2]), runtimes=tuple(json.loads(r[3])))
-        for r in tx.fetchall("SELECT id, cpu, memory, runtimes FROM workers WHERE state = 'alive'")
-    ]
+    workers = _capacities(tx, empty=True)
     if not workers:
         return []
     out = []
@@ -113,16 +138,9 @@ def unplaceable(tx: Tx) -> list[tuple[str, str]]:
         "SELECT c.id, c.cpu, c.memory, f.spec FROM containers c JOIN functions f ON f.id = c.function_id "
         "WHERE c.state = 'pending'"
     ):
-        req = Request(cid, float(cpu), int(mem), json.loads(spec_json).get("runtime"))
-        if not could_ever_fit(req, workers):
-            biggest = max(workers, key=lambda w: (w.cpu, w.memory))
-            out.append(
-                (
-                    cid,
-                    f"needs cpu={cpu:g} memory={mem} MiB but the largest worker has cpu={biggest.cpu:g} "
-                    f"memory={biggest.memory} MiB",
-                )
-            )
+        reason = unfit_reason(_request(cid, cpu, mem, spec_json), workers)
+        if reason is not None:
+            out.append((cid, reason))
     return out
 
 
@@ -175,6 +193,7 @@ def mark_stopped(tx: Tx, container_id: str, exit_code: int | None, reason: str) 
             "UPDATE workers SET cpu_used = cpu_used - ?, memory_used = memory_used - ? WHERE id = ?",
             (cpu, memory, worker_id),
         )
+        tx.execute("DELETE FROM gpu_claims WHERE container_id = ?", (container_id,))
     calls: set[str] = set()
     err = {"type": "ContainerLost", "message": f"container {container_id} stopped: {reason}"}
     for (seq,) in tx.fetchall(
@@ -209,8 +228,8 @@ def list_containers(
     clause = ("WHERE " + " AND ".join(where)) if where else ""
     rows = tx.fetchall(
         "SELECT c.id, c.app_id, f.name, c.worker_id, c.state, c.created_at, c.started_at, c.stopped_at, c.held, "
-        f"c.served, c.exit_code, c.stop_reason FROM containers c JOIN functions f ON f.id = c.function_id {clause} "
-        "ORDER BY c.created_at DESC LIMIT 500",
+        "c.served, c.exit_code, c.stop_reason, c.gpus FROM containers c JOIN functions f ON f.id = c.function_id "
+        f"{clause} ORDER BY c.created_at DESC LIMIT 500",
         params,
     )
     keys = (
@@ -226,5 +245,9 @@ def list_containers(
         "inputs_served",
         "exit_code",
         "stop_reason",
+        "gpus",
     )
-    return [dict(zip(keys, r, strict=True)) for r in rows]
+    out = [dict(zip(keys, r, strict=True)) for r in rows]
+    for c in out:
+        c["gpus"] = json.loads(c["gpus"]) if c["gpus"] else []
+    return out

@@ -21,12 +21,26 @@ def register(
     runtimes: list[str],
     version: str,
     token_id: str | None = None,
+    gpus: list[dict[str, Any]] | None = None,
 ) -> str:
+    """Add a live worker; ``gpus``: ``[{"index", "uuid", "type", "memory_mib"}]`` as validated by the API."""
     wid = ids.new_id(ids.WORKER)
     tx.execute(
         "INSERT INTO workers (id, name, state, cpu, memory, labels, runtimes, version, registered_at, heartbeat_at, "
-        "token_id) VALUES (?, ?, 'alive', ?, ?, ?, ?, ?, ?, ?, ?)",
-        (wid, name, cpu, memory, json.dumps(labels), json.dumps(runtimes), version, tx.now, tx.now, token_id),
+        "token_id, gpus) VALUES (?, ?, 'alive', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            wid,
+            name,
+            cpu,
+            memory,
+            json.dumps(labels),
+            json.dumps(runtimes),
+            version,
+            tx.now,
+            tx.now,
+            token_id,
+            json.dumps(gpus or []),
+        ),
     )
     return wid
 
@@ -39,6 +53,7 @@ class Assignment:
     lease_token: str
     spec: dict[str, Any]
     definition: bytes | None
+    gpus: list[int] = field(default_factory=list)  # the worker's GPU indices this container gets
 
 
 @dataclass
@@ -63,9 +78,10 @@ def poll(tx: Tx, worker_id: str, held: list[str]) -> PollResult:
         )
     result = PollResult()
     held_set = set(held)
-    for cid, state_, fid, app_id, token, spec, definition in tx.fetchall(
-        "SELECT c.id, c.state, c.function_id, c.app_id, c.lease_token, f.spec, f.definition FROM containers c "
-        "JOIN functions f ON f.id = c.function_id WHERE c.worker_id = ? AND c.state <> 'stopped'",
+    for cid, state_, fid, app_id, token, spec, definition, gpus in tx.fetchall(
+        "SELECT c.id, c.state, c.function_id, c.app_id, c.lease_token, f.spec, f.definition, c.gpus "
+        "FROM containers c JOIN functions f ON f.id = c.function_id "
+        "WHERE c.worker_id = ? AND c.state <> 'stopped'",
         (worker_id,),
     ):
         if state_ == "stopping":
@@ -82,6 +98,7 @@ def poll(tx: Tx, worker_id: str, held: list[str]) -> PollResult:
                     token,
                     json.loads(spec),
                     None if definition is None else bytes(definition),
+                    json.loads(gpus) if gpus else [],
                 )
             )
     # containers the worker still runs that the control plane has revoked (e.g. after a partition)
@@ -173,8 +190,8 @@ def reap_dead_workers(tx: Tx, timeout: float) -> tuple[list[str], set[str]]:
 
 def list_workers(tx: Tx) -> list[dict[str, Any]]:
     rows = tx.fetchall(
-        "SELECT id, name, state, cpu, memory, cpu_used, memory_used, labels, runtimes, version, heartbeat_at "
-        "FROM workers WHERE state = 'alive' ORDER BY registered_at"
+        "SELECT id, name, state, cpu, memory, cpu_used, memory_used, labels, runtimes, version, heartbeat_at, "
+        "gpus FROM workers WHERE state = 'alive' ORDER BY registered_at"
     )
     keys = (
         "worker_id",
@@ -188,10 +205,11 @@ def list_workers(tx: Tx) -> list[dict[str, Any]]:
         "runtimes",
         "version",
         "heartbeat_at",
+        "gpus",
     )
     out = [dict(zip(keys, r, strict=True)) for r in rows]
     for w in out:
-        w["labels"], w["runtimes"] = json.loads(w["labels"]), json.loads(w["runtimes"])
+        w["labels"], w["runtimes"], w["gpus"] = (json.loads(w[k]) for k in ("labels", "runtimes", "gpus"))
     return out
 
 

@@ -70,6 +70,17 @@ MIGRATIONS: list[list[str]] = [
         # when the container's runtime first asked for work: the end of its start (startup_timeout)
         "ALTER TABLE containers ADD COLUMN ready_at {DOUBLE}",
     ],
+    [
+        # a worker's GPUs: [{"index", "uuid", "type", "memory_mib"}]; a container's: its GPU indices
+        "ALTER TABLE workers ADD COLUMN gpus TEXT NOT NULL DEFAULT '[]'",
+        "ALTER TABLE containers ADD COLUMN gpus TEXT",
+        # one row per GPU a live container holds: the key makes double assignment impossible, even
+        # between replicas; a stopped container's rows are deleted
+        """CREATE TABLE gpu_claims (
+            worker_id TEXT NOT NULL, gpu_index INTEGER NOT NULL, container_id TEXT NOT NULL,
+            PRIMARY KEY (worker_id, gpu_index))""",
+        "CREATE INDEX gpu_claims_container ON gpu_claims(container_id)",
+    ],
 ]
 
 
