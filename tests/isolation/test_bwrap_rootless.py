@@ -1,9 +1,11 @@
 """A worker that is not root (uid 65534) runs functions isolated with bwrap: its own root filesystem,
-pid namespace, no capabilities, block_network honoured, and containers that die with the worker.
+pid namespace, no capabilities, block_network honoured, exec inside the container with no more than the
+function has, and containers that die with the worker.
 
 Without root there are no cgroup limits on this host (no delegated cgroup v2 subtree) and containers
 share the host's network: the tests check what the capabilities say, no more."""
 
+import asyncio
 import os
 import shutil
 import signal
@@ -20,6 +22,7 @@ import vivace
 from tests.isolation.conftest import _load
 from vivace import _sync
 from vivace._sdk import connection
+from vivace.client import ApiClient, Credentials
 from vivace.testing.cluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(240)
@@ -142,6 +145,32 @@ def test_block_network_without_root(rootless, host_listener):
     assert rootless.connect.remote("127.0.0.1", host_listener) == "host"
     # ... except with block_network=True: a network namespace with loopback only
     assert rootless.connect_blocked.remote("127.0.0.1", host_listener) == "ConnectionRefusedError"
+
+
+def _exec(cluster, cid, argv):
+    async def go():
+        api = ApiClient(cluster.url, Credentials.parse(cluster.user_token), retry_for=5)
+        try:
+            return await api.post_json(
+                f"/v1/containers/{cid}/exec", {"argv": argv, "timeout": 20}, timeout=60
+            )
+        finally:
+            await api.aclose()
+
+    return asyncio.run(go())
+
+
+def test_exec_runs_inside_the_container_with_nothing_more(rootless):
+    cid = rootless.identity.remote()["task_id"]  # a container that is up
+    probe = (
+        "import os, socket; s = dict(l.split(':', 1) for l in open('/proc/self/status'));"
+        "print(socket.gethostname(), os.getuid(), os.path.exists('/src/iso.py'), s['CapEff'].strip(),"
+        " s['NoNewPrivs'].strip(), s['Seccomp'].strip(), os.environ['MODAL_TASK_ID'], os.getpid() < 100)"
+    )
+    r = _exec(rootless.cluster, cid, ["python3", "-c", probe])
+    assert r["returncode"] == 0, r
+    assert r["stdout"].split() == ["vivace", "0", "True", "0000000000000000", "1", "2", cid, "True"], r
+    assert _exec(rootless.cluster, cid, ["sh", "-c", "exit 3"])["returncode"] == 3
 
 
 def test_containers_die_with_a_killed_worker(rootless):

@@ -1,7 +1,9 @@
 """Commands run inside a running bwrap container (``exec``), through util-linux's ``nsenter``.
 
 nsenter joins the container's namespaces (user first, then cgroup, ipc, uts, pid, mount and, where the
-container has its own, network) and forks, so that the command is inside the pid namespace. Joining gives
+container has its own, network) and forks, so that the command is inside the pid namespace. The user
+namespace is the one that owns the others (``NS_GET_USERNS``): bubblewrap's ``--disable-userns`` leaves its
+processes in a nested one, from which the others cannot be joined without root. Joining gives
 it every capability of the container's user namespace: before it execs the command the container's own
 Python takes them away again — the bounding set included — and sets ``no_new_privs`` and the seccomp
 filter, so that the command runs as the container's main process does. The command and its environment
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import shutil
@@ -24,6 +27,7 @@ from vivace.worker.cgroups import ContainerCgroup
 __all__ = ["exec_in"]
 
 PYTHON = "/usr/local/bin/python3"
+NS_GET_USERNS = 0xB701
 _libc = ctypes.CDLL(None, use_errno=True)
 
 # runs inside the container, as the container's Python, before the command
@@ -77,6 +81,15 @@ def _own_namespace(pid: int, kind: str) -> bool:
         return False
 
 
+def _owning_userns(pid: int) -> int:
+    """A descriptor of the user namespace that owns ``pid``'s mount namespace."""
+    fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return fcntl.ioctl(fd, NS_GET_USERNS)
+    finally:
+        os.close(fd)
+
+
 def _preexec(cgroup: ContainerCgroup | None) -> None:
     if cgroup is not None:
         cgroup.add_current_process()
@@ -96,10 +109,18 @@ async def exec_in(
         return 126, b"", b"exec needs nsenter (Debian: apt-get install util-linux)\n"
     try:
         target = _main_pid(bwrap_pid)
-    except ProcessLookupError as gone:
-        return 125, b"", f"{gone}\n".encode()
-    spaces = ["--user", "--preserve-credentials", "--mount", "--pid", "--ipc", "--uts"]
-    spaces += [f"--{k}" for k, ns in (("cgroup", "cgroup"), ("net", "net")) if _own_namespace(target, ns)]
+        userns = _owning_userns(target)
+    except OSError as gone:
+        return 125, b"", f"container process not found: {gone}\n".encode()
+    spaces = [
+        f"--user=/proc/self/fd/{userns}",
+        "--preserve-credentials",
+        "--mount",
+        "--pid",
+        "--ipc",
+        "--uts",
+    ]
+    spaces += [f"--{ns}" for ns in ("cgroup", "net") if _own_namespace(target, ns)]
     fd = os.memfd_create("vivace-exec")
     try:
         os.write(fd, json.dumps({"argv": argv, "env": env, "bpf": (bpf or b"").hex()}).encode())
@@ -107,11 +128,12 @@ async def exec_in(
             nsenter, "--target", str(target), *spaces, "--root", "--",
             PYTHON, "-I", "-S", "-c", TRAMPOLINE, str(fd),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, pass_fds=[fd], start_new_session=True,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, pass_fds=[fd, userns], start_new_session=True,
             preexec_fn=lambda: _preexec(cgroup),
         )  # fmt: skip
     finally:
         os.close(fd)
+        os.close(userns)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
