@@ -190,7 +190,7 @@ class WorkerFootprint:
         ]
 
     def mounts(self) -> list[Path]:
-        return mounted_under(self.workdir)
+        return mounted_under(self.workdir) + mounted_under(Path("/run/vivace") / self.key)
 
     def namespaces(self) -> list[str]:
         netns = Path("/run/netns")

@@ -48,6 +48,18 @@ def test_container_gets_its_identity_and_environment(iso, warm_pool):
     assert started_warm == bool(warm_pool), worker_log[-2000:]
 
 
+def test_root_inside_is_an_unprivileged_uid_outside(iso, runtime):
+    if runtime not in ("crun", "runc"):
+        pytest.skip(
+            f"{runtime} has its own user model (gVisor's sentry; bwrap's own namespaces): see ADR 0007"
+        )
+    from vivace.worker import idmap
+
+    mapping, uid, file_uid, image_uid = iso.uid_map.remote()
+    assert mapping == ["0", str(idmap.HOST_BASE), str(idmap.SIZE)]
+    assert uid == 0 and file_uid == 0 and image_uid == 0  # root inside still owns its files and the image's
+
+
 def test_memory_limit_oom_kills_and_is_reported(iso):
     with pytest.raises(exc.Error) as info:
         iso.hog.remote(256)

@@ -27,6 +27,7 @@ from vivace.worker.runtimes.oci import oci_config
         ("NVIDIA B200", 183359, "B200"),
         ("NVIDIA GeForce RTX 4090", 24564, "RTX-4090"),
         ("NVIDIA RTX A6000", 49140, "RTX-A6000"),
+        ("NVIDIA Graphics Device (rev 2)", 1, "GRAPHICS-DEVICE-REV-2"),
     ],
 )
 def test_normalize_type(name, mib, expected):

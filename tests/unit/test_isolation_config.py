@@ -72,6 +72,23 @@ def test_oci_config_joins_a_prepared_network_namespace():
     assert not any(m["destination"] == "/src" for m in c["mounts"])
 
 
+def test_oci_config_with_a_user_namespace_maps_root_to_an_unprivileged_range():
+    from vivace.worker import idmap
+
+    c = _config(netns="/run/netns/vvabc-1", userns=True, root_path="/run/vivace/k/roots/ta-1")
+    assert {"type": "user"} in c["linux"]["namespaces"]
+    want = [{"containerID": 0, "hostID": idmap.HOST_BASE, "size": idmap.SIZE}]
+    assert c["linux"]["uidMappings"] == want == c["linux"]["gidMappings"]
+    assert idmap.HOST_BASE > 0
+    assert c["root"]["path"] == "/run/vivace/k/roots/ta-1"
+    # a joined network namespace belongs to the host's user namespace: /sys is bound read-only instead
+    sys_mount = next(m for m in c["mounts"] if m["destination"] == "/sys")
+    assert sys_mount["type"] == "bind" and "ro" in sys_mount["options"]
+    plain = _config(netns=None)
+    assert {"type": "user"} not in plain["linux"]["namespaces"] and "uidMappings" not in plain["linux"]
+    assert next(m for m in plain["mounts"] if m["destination"] == "/sys")["type"] == "sysfs"
+
+
 def test_seccomp_refuses_mounts_and_namespace_clones():
     p = seccomp_profile()
     denied = p["syscalls"][0]["names"]

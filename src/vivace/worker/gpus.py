@@ -69,7 +69,9 @@ def normalize_type(name: str, memory_mib: int = 0) -> str:
             return known
     # others: the model's words, without form factor and memory ("RTX 4090" -> "RTX-4090")
     words = [w for w in re.split(r"[\s_]+", n) if w and not re.fullmatch(r"PCIE|SXM\d*|HBM\d*E?|\d+GB", w)]
-    return "-".join(words) or "UNKNOWN"
+    # what the control plane accepts as a type: [A-Z0-9][A-Z0-9._-]{0,63}
+    cleaned = re.sub(r"[^A-Z0-9._]+", "-", "-".join(words)).strip("-._")[:64]
+    return cleaned or "UNKNOWN"
 
 
 class NvmlError(RuntimeError):

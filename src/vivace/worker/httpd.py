@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -54,6 +55,9 @@ class UnixHttpServer:
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._serve, path=self.path)
+        # a container's root may be an unprivileged uid on the host (user namespace): it must be able to
+        # connect; the socket's directory is mounted into that one container only
+        os.chmod(self.path, 0o666)
 
     async def close(self) -> None:
         if self._server is not None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vivace.worker import gpus, images
+from vivace.worker import gpus, idmap, images
 from vivace.worker.cgroups import CgroupHost, ContainerCgroup, Limits, detect, leftovers
 from vivace.worker.network import Slot
 from vivace.worker.runtimes.base import Capabilities, ContainerSpec, ExitStatus, RuntimeContext
@@ -85,6 +85,8 @@ def oci_config(
     hostname: str = "vivace",
     warm: bool = False,
     gpu: dict[str, Any] | None = None,
+    userns: bool = False,
+    root_path: str = "rootfs",
 ) -> dict[str, Any]:
     """The OCI runtime spec for one container (pure: unit-tested).
 
@@ -131,10 +133,16 @@ def oci_config(
             {"destination": "/etc/resolv.conf", "type": "bind", "source": str(resolv_conf),
              "options": ["bind", "ro", "nosuid", "nodev", "noexec"]}
         )  # fmt: skip
+    if userns and netns:  # sysfs may only be mounted by the user namespace that owns the network one
+        for m in mounts:
+            if m["destination"] == "/sys":
+                m.update(type="bind", source="/sys", options=["rbind", "ro", "nosuid", "noexec", "nodev"])
     if gpu is not None:
         mounts += gpu["mounts"]
     namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount", "cgroup")]
     namespaces.append({"type": "network", "path": netns} if netns else {"type": "network"})
+    if userns:  # root inside is idmap.HOST_BASE outside (the root filesystem is idmapped to match)
+        namespaces.append({"type": "user"})
     linux: dict[str, Any] = {
         "cgroupsPath": cgroups_path,
         "namespaces": namespaces,
@@ -142,6 +150,9 @@ def oci_config(
         "maskedPaths": list(MASKED_PATHS),
         "readonlyPaths": list(READONLY_PATHS),
     }
+    if userns:
+        linux["uidMappings"] = idmap.mappings()
+        linux["gidMappings"] = idmap.mappings()
     if gpu is not None and gpu["devices"]:
         linux["devices"] = gpu["devices"]
         # deny every device, then allow these; the runtime adds the standard ones (null, zero, tty, ...)
@@ -158,7 +169,7 @@ def oci_config(
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": rlimit_nofile, "soft": rlimit_nofile}],
             "noNewPrivileges": True,
         },
-        "root": {"path": "rootfs", "readonly": False},
+        "root": {"path": root_path, "readonly": False},
         "hostname": hostname,
         "mounts": mounts,
         "linux": linux,
@@ -229,6 +240,9 @@ class OciRuntime:
         self.ctx = ctx
         self.cgroups = cgroups or detect()
         self.state_root = Path("/run/vivace") / ctx.key / name  # the runtime's own state, per worker
+        # containers' root mounts: where a user namespace's root can reach them (the worker's own directory
+        # may be private to host root)
+        self.roots = Path("/run/vivace") / ctx.key / "roots"
         self.global_args = ["--root", str(self.state_root)]
         if name == "runsc":
             self.global_args += ["--platform=ptrace", "--host-uds=open"]
@@ -244,11 +258,39 @@ class OciRuntime:
         self._claims: dict[str, WarmContainer] = {}  # reserved for a container that is starting
         self._oci_names: dict[str, str] = {}  # container id -> OCI name, where they differ (warm)
         self._driver_files: tuple[list[Path], list[Path]] | None = None  # NVIDIA libraries and tools
+        # user namespaces: crun and runc, as root, where idmapped mounts work (prepare() finds out)
+        self.userns = False
+        self.userns_problem: str | None = "not tried yet"
 
     # -- preparation -----------------------------------------------------------------------------
     def prepare(self) -> None:
-        images.base_rootfs(self.ctx.images)
+        base = images.base_rootfs(self.ctx.images)
         images.runtime_bundle(self.ctx.images)
+        self._prepare_userns(base / "rootfs")
+
+    def _idmapped_base(self, base: Path) -> Path:
+        return base.parent / f"{base.parent.name}.idmap-{self.name}"
+
+    def _prepare_userns(self, base: Path) -> None:
+        if self.name == "runsc" or os.geteuid() != 0:
+            self.userns, self.userns_problem = (
+                False,
+                "runsc has its own" if self.name == "runsc" else "needs root",
+            )
+            return
+        target = self._idmapped_base(base)
+        try:
+            if target not in mounted_under(target.parent):
+                ns = idmap.userns_fd()
+                try:
+                    idmap.mount_idmapped(base, target, ns)
+                finally:
+                    os.close(ns)
+        except OSError as err:
+            self.userns, self.userns_problem = False, str(err)
+            log.warning("%s containers run without a user namespace: %s", self.name, err)
+            return
+        self.userns, self.userns_problem = True, None
 
     def _cgroup(self, cid: str) -> ContainerCgroup:
         return ContainerCgroup(self.cgroups, f"vivace/{self.ctx.key}/{cid}")
@@ -303,11 +345,16 @@ class OciRuntime:
         """Mount the root, make the cgroup, take a network slot and ``<runtime> run`` the container
         named ``name`` whose files live in ``cdir``."""
         base = images.base_rootfs(self.ctx.images) / "rootfs"
+        if self.userns:
+            base = self._idmapped_base(base)
         bundle_src = images.runtime_bundle(self.ctx.images)
         bundle = cdir / "bundle"
-        rootfs, upper, work = bundle / "rootfs", cdir / "upper", cdir / "work"
-        for d in (rootfs, upper, work):
+        rootfs, upper, work = self.roots / name, cdir / "upper", cdir / "work"
+        for d in (bundle, rootfs, upper, work):
             d.mkdir(parents=True, exist_ok=True)
+        if self.userns:  # the private layer belongs to the container's root
+            for d in (upper, work):
+                os.chown(d, idmap.HOST_BASE, idmap.HOST_BASE)
         cgroup = self._cgroup(name)
         slot: Slot | None = None
         try:
@@ -339,6 +386,8 @@ class OciRuntime:
                 resolv_conf=resolv,
                 warm=warm,
                 gpu=self._gpu_config(spec.gpus) if spec.gpus else None,
+                userns=self.userns,
+                root_path=str(rootfs),
             )
             (bundle / "config.json").write_text(json.dumps(config))
             self.state_root.mkdir(parents=True, exist_ok=True)
@@ -403,16 +452,18 @@ class OciRuntime:
 
     async def cleanup(self, cid: str, bundle: Path, cgroup: ContainerCgroup, slot: Slot | None) -> None:
         await self._run_tool("delete", "--force", cid)
-        await asyncio.to_thread(self._cleanup_sync, bundle, cgroup)
+        await asyncio.to_thread(self._cleanup_sync, bundle, cgroup, self.roots / cid)
         if slot is not None and self.ctx.network is not None:
             await self.ctx.network.release(slot)
 
     @staticmethod
-    def _cleanup_sync(bundle: Path, cgroup: ContainerCgroup) -> None:
+    def _cleanup_sync(bundle: Path, cgroup: ContainerCgroup, rootfs: Path) -> None:
         cgroup.remove()
         for m in mounted_under(bundle.parent):
             unmount(m)
-        unmount(bundle / "rootfs")
+        unmount(rootfs)
+        with contextlib.suppress(OSError):
+            rootfs.rmdir()
         if bundle.parent.name.startswith("warm-"):  # a warm container's files are the runtime's own
             shutil.rmtree(bundle.parent, ignore_errors=True)
 
@@ -440,11 +491,24 @@ class OciRuntime:
                 if d.is_dir() and d.name not in keep:
                     shutil.rmtree(d, ignore_errors=True)
                     removed.append(f"{self.name} state {d.name}")
+        for m in mounted_under(self.ctx.images):
+            if m.name.endswith(f".idmap-{self.name}"):
+                unmount(m)
+                with contextlib.suppress(OSError):
+                    m.rmdir()
+                removed.append(f"idmapped mount {m.name}")
         # the worker's own (now empty) directories go too; starts recreate them
         for d in self._cgroup("x").dirs():
             with contextlib.suppress(OSError):
                 d.parent.rmdir()
-        for d in (self.state_root, self.state_root.parent):
+        for m in mounted_under(self.roots):
+            unmount(m)
+            removed.append(f"root mount {m.name}")
+        if self.roots.is_dir():
+            for d in self.roots.iterdir():
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+        for d in (self.state_root, self.roots, self.state_root.parent):
             with contextlib.suppress(OSError):
                 d.rmdir()
         return removed
