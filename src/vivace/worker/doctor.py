@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from vivace.worker import network
+from vivace.worker import gpus, idmap, network
 from vivace.worker.cgroups import CgroupError, detect
 from vivace.worker.runtimes import FUNCTION_DEFAULTS, PREFERENCE, bwrap, missing_runtimes, seccomp
 
@@ -79,8 +79,23 @@ def checks() -> list[Check]:
             found.append(Check(f"runtime {name}", True, _version(binary) or "available"))
         if name == "bwrap" and name not in why:
             found.extend(_bwrap_checks(root))
-    gpus = sorted(str(p) for p in Path("/dev").glob("nvidia[0-9]*"))
-    found.append(Check("GPUs", True, f"{len(gpus)} NVIDIA device(s)" if gpus else "none (CPU only)"))
+    if root:
+        problem = idmap.probe()
+        found.append(
+            Check("container user namespaces", problem is None,
+                  "crun and runc containers run as an unprivileged uid range (idmapped root filesystem)"
+                  if problem is None else f"unavailable: {problem}; containers' root is host root",
+                  "Linux 5.12+ with idmapped mounts on the worker directory's filesystem")
+        )  # fmt: skip
+    found_gpus, how = gpus.discover()
+    nodes = sorted(str(p) for p in Path("/dev").glob("nvidia[0-9]*"))
+    if found_gpus:
+        found.append(Check("GPUs", True, f"{len(found_gpus)} via {how}: {gpus.describe(found_gpus)}"))
+    elif nodes:
+        found.append(Check("GPUs", False, f"{len(nodes)} NVIDIA device node(s) but {how}",
+                           "install the NVIDIA driver's user-space libraries (libnvidia-ml.so.1)"))  # fmt: skip
+    else:
+        found.append(Check("GPUs", True, "none (CPU only)"))
     found.append(
         Check("KVM", Path("/dev/kvm").exists(), "/dev/kvm present" if Path("/dev/kvm").exists() else "absent")
     )

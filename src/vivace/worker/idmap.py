@@ -108,3 +108,25 @@ def mount_idmapped(source: Path, target: Path, ns_fd: int) -> None:
 def _err(what: str, path: Path) -> OSError:
     errno = ctypes.get_errno()
     return OSError(errno, f"{what} on {path}: {os.strerror(errno)}")
+
+
+def probe() -> str | None:
+    """None where containers can have user namespaces here (idmapped mounts work), else why not."""
+    import tempfile
+
+    if os.geteuid() != 0:
+        return "needs root"
+    with tempfile.TemporaryDirectory(prefix="vivace-idmap-") as tmp:
+        src, dst = Path(tmp, "src"), Path(tmp, "dst")
+        src.mkdir()
+        try:
+            ns = userns_fd()
+            try:
+                mount_idmapped(src, dst, ns)
+            finally:
+                os.close(ns)
+        except OSError as err:
+            return str(err)
+        owner = dst.stat().st_uid
+        _libc.umount2(str(dst).encode(), 2)
+        return None if owner == HOST_BASE else f"idmapped mount shows uid {owner}, not {HOST_BASE}"
