@@ -15,6 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# runtimes that give a container its own namespaces (and so can block its network)
+ISOLATING_RUNTIMES = ("crun", "runc", "runsc", "bwrap")
+
 # names of one model (Modal now says A10 for what AWS calls A10G)
 _ALIASES = {"A10G": "A10"}
 
@@ -43,6 +46,7 @@ class Request:
     memory: int
     runtime: str | None = None
     gpus: tuple[GpuChoice, ...] = ()  # in preference order; empty: no GPU
+    isolated: bool = False  # needs a runtime that isolates (block_network=True)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class WorkerCapacity:
     def fits(self, r: Request) -> bool:
         """Whether cpu, memory and runtime fit now (GPUs aside)."""
         if r.runtime is not None and r.runtime not in self.runtimes:
+            return False
+        if r.isolated and not any(x in ISOLATING_RUNTIMES for x in self.runtimes):
             return False
         return self.cpu - self.cpu_used >= r.cpu - 1e-9 and self.memory - self.memory_used >= r.memory
 
@@ -131,6 +137,14 @@ def unfit_reason(r: Request, workers: list[WorkerCapacity]) -> str | None:
     empty = [w.empty() for w in workers]
     if not workers or choose(r, empty) is not None:
         return None
+    offered = sorted({x for w in workers for x in w.runtimes})
+    if r.runtime is not None and r.runtime not in offered:
+        return f"asks for runtime {r.runtime!r}, which no live worker offers ({', '.join(offered)})"
+    if r.isolated and not set(offered) & set(ISOLATING_RUNTIMES):
+        return (
+            f"needs an isolating runtime ({', '.join(ISOLATING_RUNTIMES)}) for block_network=True, but the "
+            f"live workers offer only {', '.join(offered)}"
+        )
     if not any(w.fits(r) for w in empty):
         biggest = max(workers, key=lambda w: (w.cpu, w.memory))
         return (

@@ -101,7 +101,9 @@ def schedule(tx: Tx) -> dict[str, str]:
 def _request(cid: str, cpu: Any, memory: Any, spec_json: str) -> Request:
     spec = json.loads(spec_json)
     choices = tuple(GpuChoice(c["type"], int(c["count"])) for c in spec.get("gpu") or ())
-    return Request(cid, float(cpu), int(memory), spec.get("runtime"), choices)
+    return Request(
+        cid, float(cpu), int(memory), spec.get("runtime"), choices, isolated=bool(spec.get("block_network"))
+    )
 
 
 def _capacities(tx: Tx, *, empty: bool = False) -> list[WorkerCapacity]:
