@@ -641,8 +641,12 @@ class WarmPool:
         victims = [*self.ready, *also]
         self.ready.clear()
         await asyncio.gather(*(_discard(w) for w in victims), return_exceptions=True)
-        for t in list(self._tasks):
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
+        for t in tasks:
             t.cancel()
+        # starts in progress clean up after themselves (crun delete, unmount): let them finish before
+        # the worker's final reconciliation, or they would recreate what it removed
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _discard(warm: WarmContainer) -> None:
