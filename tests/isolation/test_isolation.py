@@ -87,11 +87,7 @@ def test_no_capabilities_and_dangerous_calls_refused(iso, runtime):
     assert r["no_new_privs"] == ("absent" if runtime == "runsc" else "1")
 
 
-def test_outbound_network_reaches_a_test_host(iso, test_host, runtime, request):
-    if runtime == "runsc":
-        request.applymarker(
-            pytest.mark.xfail(reason="runsc containers have no network yet (see oci.py)", strict=True)
-        )
+def test_outbound_network_reaches_a_test_host(iso, test_host):
     addr, port = test_host
     assert iso.connect.remote(addr, port) == "hello"
 

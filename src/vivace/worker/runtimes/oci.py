@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -367,11 +368,17 @@ class OciRuntime:
             if pool is not None:
                 slot = await pool.acquire(spec.block_network)
             netns = slot.path if slot is not None else None
-            # runsc (Debian's 2022 build) neither joins a namespace path from the spec ("cannot run with
-            # network enabled in root network namespace") nor starts when launched inside one: until that
-            # is solved its containers get no network (--network=none), which block_network asks anyway
+            # runsc (Debian's 2022 build) cannot build its own network stack from a prepared namespace
+            # ("cannot run with network enabled in root network namespace"). It is started inside the
+            # slot's namespace with --network=host instead: the sandbox's sockets are the slot's, behind
+            # the same NAT and iptables rules; a blocked slot (loopback only) gets --network=none.
+            runsc_netns = None
+            extra: list[str] = []
             if self.name == "runsc":
-                netns = None
+                if slot is not None and not slot.blocked:
+                    runsc_netns, extra = slot.path, ["--network=host"]
+                else:
+                    extra = ["--network=none"]
             resolv = None
             if slot is not None and not slot.blocked:
                 resolv = self.ctx.workdir / "resolv.conf"
@@ -391,12 +398,11 @@ class OciRuntime:
             )
             (bundle / "config.json").write_text(json.dumps(config))
             self.state_root.mkdir(parents=True, exist_ok=True)
-            extra = ["--network=none"] if self.name == "runsc" else []
             proc = await asyncio.create_subprocess_exec(
                 self.binary, *self.global_args, *extra, "run", "--bundle", str(bundle), name,
                 stdin=asyncio.subprocess.PIPE if warm else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                preexec_fn=self._preexec,
+                preexec_fn=functools.partial(self._preexec, runsc_netns),
             )  # fmt: skip
         except BaseException:
             await self.cleanup(name, bundle, cgroup, slot)
