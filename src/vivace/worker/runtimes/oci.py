@@ -494,9 +494,14 @@ class OciRuntime:
             removed.append(f"cgroup {cid}")
         if self.state_root.is_dir():
             for d in self.state_root.iterdir():
-                if d.is_dir() and d.name not in keep:
+                owner = d.name.split("_sandbox:")[0]  # runsc also leaves "<id>_sandbox:<id>.lock" files
+                if owner in keep:
+                    continue
+                if d.is_dir():
                     shutil.rmtree(d, ignore_errors=True)
-                    removed.append(f"{self.name} state {d.name}")
+                else:
+                    d.unlink(missing_ok=True)
+                removed.append(f"{self.name} state {d.name}")
         for m in mounted_under(self.ctx.images):
             if m.name.endswith(f".idmap-{self.name}"):
                 unmount(m)
