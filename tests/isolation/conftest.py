@@ -1,6 +1,7 @@
 """The isolation suite runs once per isolating runtime this host has (crun, runc, runsc, bwrap; here
 as root); in CI all of them must be installed (``.ci/install-runtimes.sh``)."""
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -37,13 +38,35 @@ def warm_pool(variant):
     return variant[1] if variant[0] in WARM_POOL_RUNTIMES else 0
 
 
-@pytest.fixture(scope="module")
-def runtime(variant):
-    name = variant[0]
+def require_runtime(name):
+    """Fail under CI, skip elsewhere, where ``name`` is missing or we are not root."""
     if os.geteuid() != 0 or shutil.which(name) is None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{name} must be installed (as root) in CI: .ci/install-runtimes.sh")
         pytest.skip(f"{name} is not installed (or not root)")
+
+
+@contextlib.contextmanager
+def sdk_pointed_at(cluster):
+    """Point the SDK at ``cluster`` for the block; restore the environment after."""
+    old = {k: os.environ.get(k) for k in cluster.client_env()}
+    os.environ.update(cluster.client_env())
+    _sync.run_sync(connection.reset_client())
+    try:
+        yield
+    finally:
+        _sync.run_sync(connection.reset_client())
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def runtime(variant):
+    name = variant[0]
+    require_runtime(name)
     return name
 
 
@@ -56,21 +79,11 @@ def iso(runtime, warm_pool, tmp_path_factory):
             wait_for(
                 lambda: len([p for p in fp.container_cgroups().values() if p]) >= warm_pool, "the warm pool"
             )
-        old = {k: os.environ.get(k) for k in cluster.client_env()}
-        os.environ.update(cluster.client_env())
-        _sync.run_sync(connection.reset_client())  # point the SDK at this cluster
-        module = _load("iso")
-        try:
+        with sdk_pointed_at(cluster):
+            module = _load("iso")
             with module.app.run():
                 module.cluster = cluster
                 yield module
-        finally:
-            _sync.run_sync(connection.reset_client())
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
 
 def _load(name):
@@ -224,3 +237,11 @@ def wait_for(predicate, what, timeout=30.0):
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -19,9 +19,7 @@ from pathlib import Path
 import pytest
 
 import vivace
-from tests.isolation.conftest import _load
-from vivace import _sync
-from vivace._sdk import connection
+from tests.isolation.conftest import _load, sdk_pointed_at
 from vivace.client import ApiClient, Credentials
 from vivace.testing.cluster import LocalCluster
 
@@ -75,22 +73,11 @@ def rootless():
             worker_wrapper=_wrapper(home / "stage"),
             pids_limit=64,
         )
-        with cluster:
-            old = {k: os.environ.get(k) for k in cluster.client_env()}
-            os.environ.update(cluster.client_env())
-            _sync.run_sync(connection.reset_client())
+        with cluster, sdk_pointed_at(cluster):
             module = _load("iso")
-            try:
-                with module.app.run():
-                    module.cluster = cluster
-                    yield module
-            finally:
-                _sync.run_sync(connection.reset_client())
-                for k, v in old.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
+            with module.app.run():
+                module.cluster = cluster
+                yield module
     finally:
         shutil.rmtree(home, ignore_errors=True)
 

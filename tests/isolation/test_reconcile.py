@@ -2,13 +2,11 @@
 restarts, and a worker that stops leaves nothing at all: no container process, cgroup, mount, OCI
 state, network namespace, veth or iptables chain of its own."""
 
-import os
-import shutil
 import signal
 
 import pytest
 
-from tests.isolation.conftest import WorkerFootprint, wait_for
+from tests.isolation.conftest import WorkerFootprint, alive, require_runtime, wait_for
 from vivace.testing.cluster import LocalCluster
 
 pytestmark = pytest.mark.timeout(180)
@@ -16,18 +14,7 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture
 def crun():
-    if os.geteuid() != 0 or shutil.which("crun") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("crun must be installed (as root) in CI: .ci/install-runtimes.sh")
-        pytest.skip("crun is not installed (or not root)")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    require_runtime("crun")
 
 
 def test_worker_crash_and_stop_leave_nothing_behind(crun, tmp_path):
@@ -49,7 +36,7 @@ def test_worker_crash_and_stop_leave_nothing_behind(crun, tmp_path):
         cluster.worker.wait()
         cluster.start_worker()
         # the restarted worker reconciles, then builds a new pool of its own
-        wait_for(lambda: not any(_alive(p) for p in old_pids), "the old containers' processes to be gone")
+        wait_for(lambda: not any(alive(p) for p in old_pids), "the old containers' processes to be gone")
         wait_for(
             lambda: {n for n, p in fp.container_cgroups().items() if p and n not in before},
             "a new warm container",
