@@ -59,6 +59,7 @@ def _register() -> None:
     for cmd in (
         runs.run,
         runs.deploy,
+        runs.python_script,
         apps.app,
         apps.container,
         apps.token,

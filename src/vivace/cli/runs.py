@@ -1,15 +1,21 @@
-"""``vivace run`` and ``vivace deploy``."""
+"""``vivace run``, ``vivace deploy`` and ``vivace python``: each resolves ``import modal`` to vivace."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.util
+import inspect
+import runpy
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from vivace import exception as exc
+from vivace.cli import entrypoint
 
 
 def import_app_file(ref: str) -> tuple[Any, str | None]:
@@ -42,47 +48,81 @@ def find_app(module: Any) -> Any:
     return apps[0]
 
 
-@click.command()
-@click.argument("ref")
-@click.argument("args", nargs=-1)
-@click.option("-d", "--detach", is_flag=True, help="Keep the app running after this command exits.")
-@click.option("-q", "--quiet", is_flag=True, help="Don't show logs.")
-def run(ref: str, args: tuple[str, ...], detach: bool, quiet: bool) -> None:
-    """Run an app: FILE.py[::FUNCTION] [ARGS]..."""
-    from vivace._sdk.output import enable_output
-    from vivace.function import Function
+def load_app(ref: str) -> tuple[Any, Any, str | None]:
+    """Install the ``modal`` alias, import ``FILE.py[::NAME]`` and find its app: (module, app, name)."""
+    from vivace._sdk import compat
 
+    compat.install()
     module, name = import_app_file(ref)
-    app = find_app(module)
-    target: Any
+    return module, find_app(module), name
+
+
+def select_target(app: Any, ref: str, name: str | None) -> Any:
+    """The local entrypoint or function ``vivace run`` calls: named, the only entrypoint, or the only function."""
     if name:
         target = app.local_entrypoints.get(name) or app.registered_functions.get(name)
         if target is None:
             raise exc.NotFoundError(f"{ref}: no local entrypoint or function named {name!r}")
-    elif len(app.local_entrypoints) == 1:
-        target = next(iter(app.local_entrypoints.values()))
-    elif not app.local_entrypoints and len(app.registered_functions) == 1:
-        target = next(iter(app.registered_functions.values()))
-    else:
-        raise exc.InvalidError(f"{ref}: say which entrypoint to run, e.g. {ref}::NAME")
-    ctx = enable_output() if not quiet else _null()
-    with ctx, app.run(detach=detach):
-        if isinstance(target, Function):
-            result = target.remote(*args)
-            if result is not None:
-                click.echo(result)
-        else:
-            target(*args)
+        return target
+    if len(app.local_entrypoints) == 1:
+        return next(iter(app.local_entrypoints.values()))
+    if not app.local_entrypoints and len(app.registered_functions) == 1:
+        return next(iter(app.registered_functions.values()))
+    raise exc.InvalidError(f"{ref}: say which entrypoint to run, e.g. {ref}::NAME")
+
+
+def raw_function(target: Any) -> Callable[..., Any] | None:
+    """The Python function whose parameters become the target's options."""
+    from vivace.function import Function
+
+    if isinstance(target, Function):
+        return target._vivace_raw_f
+    return target.raw_f  # type: ignore[no-any-return]
+
+
+def call_target(target: Any, kwargs: dict[str, Any]) -> None:
+    """Call a function remotely (echoing its result) or a local entrypoint here (async ones too)."""
+    from vivace.function import Function
+
+    if isinstance(target, Function):
+        if target.spec.is_generator:
+            for item in target.remote_gen(**kwargs):
+                click.echo(item)
+            return
+        result = target.remote(**kwargs)
+        if result is not None:
+            click.echo(result)
+        return
+    outcome = target(**kwargs)
+    if inspect.iscoroutine(outcome):
+        asyncio.run(outcome)
+
+
+@click.command(context_settings={"allow_interspersed_args": False})
+@click.argument("ref")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.option("-d", "--detach", is_flag=True, help="Keep the app running after this command exits.")
+@click.option("-q", "--quiet", is_flag=True, help="Don't show logs.")
+@click.pass_context
+def run(ctx: click.Context, ref: str, args: tuple[str, ...], detach: bool, quiet: bool) -> None:
+    """Run an app: FILE.py[::NAME] [--PARAM VALUE]...
+
+    Runs the file's local entrypoint, or calls its function remotely. The target's parameters are
+    options given after the file (list them with `vivace run FILE.py --help`); this command's own
+    options go before it.
+    """
+    from vivace._sdk.output import enable_output
+
+    _, app, name = load_app(ref)
+    target = select_target(app, ref, name)
+    kwargs = entrypoint.parse_args(raw_function(target), args, f"{ctx.command_path} {ref}")
+    output = enable_output() if not quiet else contextlib.nullcontext()
+    with output, app.run(detach=detach):
+        call_target(target, kwargs)
     if detach:
         click.echo(
             f"App {app.app_id} keeps running (detached). Stop it with: vivace app stop {app.app_id}", err=True
         )
-
-
-def _null() -> Any:
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 @click.command()
@@ -90,9 +130,27 @@ def _null() -> Any:
 @click.option("--name", default=None, help="Deploy under this name (default: the App's name or the file's).")
 def deploy(ref: str, name: str | None) -> None:
     """Deploy an app so its functions can be called by name."""
-    module, _ = import_app_file(ref)
-    app = find_app(module)
+    module, app, _ = load_app(ref)
     app.deploy(name or app.name or module.__name__)
     click.echo(f"Deployed app {app.name!r} ({app.app_id}) with functions:")
     for fname, fn in app.registered_functions.items():
         click.echo(f"  {fname}  {fn.object_id}")
+
+
+@click.command("python", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("script")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def python_script(script: str, args: tuple[str, ...]) -> None:
+    """Run SCRIPT as `python SCRIPT [ARGS]...` would, with `import modal` resolving to vivace.
+
+    For scripts that call `with app.run(): ...` under `if __name__ == "__main__":`.
+    """
+    from vivace._sdk import compat
+
+    path = Path(script)
+    if not path.is_file():
+        raise exc.InvalidError(f"{script} is not a file")
+    compat.install()
+    sys.argv = [script, *args]
+    sys.path.insert(0, str(path.parent.resolve()))
+    runpy.run_path(script, run_name="__main__")
