@@ -1,9 +1,13 @@
 """Vivace: self-hosted serverless compute for AI, with Modal's API."""
 
+from typing import Any
+
 from vivace import exception
 from vivace._sdk.output import enable_output
 from vivace._version import __version__
 from vivace.app import App
+from vivace.cls import Cls, Obj, parameter
+from vivace.decorators import batched, concurrent, enter, exit, method
 from vivace.exception import Error
 from vivace.function import Function, FunctionCall
 from vivace.retries import Retries
@@ -11,14 +15,35 @@ from vivace.runtime_api import current_function_call_id, current_input_id, is_lo
 
 __all__ = [
     "App",
+    "Cls",
     "Error",
     "Function",
     "FunctionCall",
+    "Obj",
     "Retries",
     "__version__",
+    "batched",
+    "concurrent",
     "current_function_call_id",
     "current_input_id",
     "enable_output",
+    "enter",
     "exception",
+    "exit",
     "is_local",
+    "method",
+    "parameter",
 ]
+
+# names Modal removed: using one is an error that says what replaced it
+_RENAMED = {
+    "Stub": "vivace.App",
+    "web_endpoint": "@vivace.fastapi_endpoint()",
+    "build": "@vivace.enter() on a class method (or Image.run_function for build steps)",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        raise exception.InvalidError(f"vivace.{name} was removed (as in Modal): use {_RENAMED[name]} instead")
+    raise AttributeError(f"module 'vivace' has no attribute {name!r}")

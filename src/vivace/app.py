@@ -15,6 +15,7 @@ from vivace._sdk.connection import get_client
 from vivace._sdk.output import is_enabled, print_log
 from vivace._sdk.source import main_file, package
 from vivace._sync import run_sync
+from vivace.decorators import BATCHED, CONCURRENT
 from vivace.function import Function, is_generator_function
 from vivace.protocol import frames
 from vivace.protocol.functions import FunctionSpec
@@ -109,75 +110,127 @@ class App:
         if _warn_parentheses_missing is not None:
             raise exc.InvalidError("use @app.function() with parentheses")
         params.reject_unknown(kwargs, "@app.function()")
-        for key, value in (
-            ("image", image),
-            ("schedule", schedule),
-            ("secrets", secrets),
-            ("volumes", volumes),
-            ("ephemeral_disk", ephemeral_disk),
-            ("cloud", cloud),
-            ("region", region),
-            ("nonpreemptible", nonpreemptible),
-        ):
-            params.check_not_yet(key, value)
-        cpu_req, cpu_lim = params.cpu(cpu)
-        mem_req, mem_lim = params.memory(memory)
-        gpu_choices = params.gpu(gpu)
-        scaling = params.autoscaler(min_containers, max_containers, buffer_containers, scaledown_window)
-        policy = params.retries(retries).to_policy()
-        fn_timeout = params.timeout("timeout", timeout, 300.0)
-        start_timeout = params.timeout("startup_timeout", startup_timeout, None)
-        fn_env = params.env(env)
-        params.flag("serialized", serialized)
-        params.flag("single_use_containers", single_use_containers)
-        params.flag("enable_memory_snapshot", enable_memory_snapshot)
-        params.flag("block_network", block_network)
-        params.flag("restrict_modal_access", restrict_modal_access)
+        params.check_not_yet("schedule", schedule)
+        settings = _settings(locals())
         if name is not None and (not isinstance(name, str) or not name):
             raise exc.InvalidError("name must be a non-empty string")
 
         def wrap(f: Callable[..., Any]) -> Function:
-            if isinstance(f, Function):
-                raise exc.InvalidError(f"{f.spec.name} is already a vivace function")
-            if not callable(f):
-                raise exc.InvalidError(f"@app.function() decorates functions, not {type(f).__name__}")
+            from vivace.cls import Cls
+
+            if isinstance(f, (Function, Cls)):
+                raise exc.InvalidError(
+                    f"{f._function._name if isinstance(f, Cls) else f._name} is already a vivace function"
+                )
+            if not callable(f) or inspect.isclass(f):
+                raise exc.InvalidError(
+                    f"@app.function() decorates functions, not {type(f).__name__}; use @app.cls() for classes"
+                )
             fname = name or f.__name__
             gen = (
                 is_generator_function(f)
                 if is_generator is None
                 else params.flag("is_generator", is_generator)
             )
-            if enable_memory_snapshot:
-                params.warn_snapshot(fname)
-            if "<locals>" in f.__qualname__ and not serialized:
-                raise exc.InvalidError(f"{fname} is defined inside another function: use serialized=True")
-            spec = FunctionSpec(
-                name=fname,
-                module=f.__module__,
-                qualname=f.__qualname__,
-                serialized=serialized,
-                is_generator=gen,
-                cpu=cpu_req,
-                cpu_limit=cpu_lim,
-                memory=mem_req,
-                memory_limit=mem_lim,
-                gpu=None if gpu_choices is None else [dict(c) for c in gpu_choices],
-                timeout=fn_timeout or 300.0,
-                startup_timeout=start_timeout,
-                retries=policy,
-                single_use_containers=single_use_containers,
-                block_network=block_network,
-                restrict_modal_access=restrict_modal_access,
-                env=fn_env,
-                **scaling,
-            )
-            if fname in self.registered_functions:
-                raise exc.InvalidError(f"app already has a function named {fname!r}")
+            fields = _modifier_fields(f, fname)
+            if gen and fields.get("batch_max_size"):
+                raise exc.InvalidError(f"{fname}: a batched function cannot be a generator")
+            spec = self._spec(f, fname, settings, is_generator=gen, **fields)
             fn = Function(self, f, spec)
             self.registered_functions[fname] = fn
             return fn
 
         return wrap
+
+    def cls(
+        self,
+        _warn_parentheses_missing: Any = None,
+        *,
+        image: Any = None,
+        env: dict[str, str] | None = None,
+        secrets: list[Any] | None = None,
+        gpu: Any = None,
+        serialized: bool = False,
+        volumes: dict[str, Any] | None = None,
+        cpu: Any = None,
+        memory: Any = None,
+        ephemeral_disk: int | None = None,
+        min_containers: int | None = None,
+        max_containers: int | None = None,
+        buffer_containers: int | None = None,
+        scaledown_window: int | None = None,
+        retries: Any = None,
+        timeout: float = 300,
+        startup_timeout: float | None = None,
+        cloud: str | None = None,
+        region: Any = None,
+        nonpreemptible: bool = False,
+        enable_memory_snapshot: bool = False,
+        block_network: bool = False,
+        restrict_modal_access: bool = False,
+        single_use_containers: bool = False,
+        include_source: bool | None = None,
+        **kwargs: Any,
+    ) -> Callable[[type], Any]:
+        """Turn a class into a ``Cls``: ``@enter`` runs once per container, ``@method``s take inputs."""
+        if _warn_parentheses_missing is not None:
+            raise exc.InvalidError("use @app.cls() with parentheses")
+        for key in ("schedule", "name", "is_generator"):
+            if key in kwargs:
+                raise exc.InvalidError(f"@app.cls() has no {key!r} parameter (it applies to functions only)")
+        params.reject_unknown(kwargs, "@app.cls()")
+        settings = _settings(locals())
+
+        def wrap(user_cls: type) -> Any:
+            from vivace.cls import Cls, class_parameters, methods_of
+
+            if not inspect.isclass(user_cls):
+                raise exc.InvalidError(f"@app.cls() decorates classes, not {type(user_cls).__name__}")
+            cname = user_cls.__name__
+            if "__init__" in vars(user_cls):
+                raise exc.InvalidError(
+                    f"{cname} defines __init__: classes take their arguments as vivace.parameter() fields "
+                    "(name: str = vivace.parameter()) and set up state in an @vivace.enter() method"
+                )
+            class_parameters(user_cls)  # validates the parameter fields
+            methods = methods_of(user_cls)
+            if not methods:
+                raise exc.InvalidError(f"{cname} has no @vivace.method(): mark the methods callers may call")
+            fields = _modifier_fields(user_cls, cname)
+            batched = {
+                m: getattr(getattr(user_cls, m), BATCHED)
+                for m in methods
+                if hasattr(getattr(user_cls, m), BATCHED)
+            }
+            if batched:
+                if len(methods) > 1:
+                    raise exc.InvalidError(
+                        f"{cname} has a @vivace.batched() method, so it can have no other @vivace.method()"
+                    )
+                if fields.get("max_inputs", 1) > 1:
+                    raise exc.InvalidError(f"{cname}: a class with a batched method cannot be concurrent")
+                ((size, wait),) = batched.values()
+                fields.update(batch_max_size=size, batch_wait_ms=wait)
+            spec = self._spec(user_cls, cname, settings, is_class=True, methods=methods, **fields)
+            fn = Function(self, user_cls, spec)
+            self.registered_functions[cname] = fn
+            return Cls(self, user_cls, fn)
+
+        return wrap
+
+    def _spec(self, obj: Any, fname: str, s: dict[str, Any], **fields: Any) -> FunctionSpec:
+        if s["enable_memory_snapshot"]:
+            params.warn_snapshot(fname)
+        if "<locals>" in obj.__qualname__ and not s["serialized"]:
+            raise exc.InvalidError(f"{fname} is defined inside another function: use serialized=True")
+        if fname in self.registered_functions:
+            raise exc.InvalidError(f"app already has a function named {fname!r}")
+        if "#" in fname:
+            raise exc.InvalidError(f"function names cannot contain '#': {fname!r}")
+        spec_fields = {k: v for k, v in s.items() if k != "enable_memory_snapshot"}
+        return FunctionSpec(
+            name=fname, module=obj.__module__, qualname=obj.__qualname__, **spec_fields, **fields
+        )
 
     def local_entrypoint(
         self, _warn_parentheses_missing: Any = None, *, name: str | None = None
@@ -313,7 +366,74 @@ class App:
 
     @staticmethod
     def lookup(name: str, *, create_if_missing: bool = False) -> App:
-        raise exc.NotImplementedYetError("App.lookup arrives with the rest of the SDK surface")
+        """The deployed app called ``name`` (created empty if ``create_if_missing``)."""
+        if not isinstance(name, str) or not name:
+            raise exc.InvalidError("App.lookup: name must be a non-empty string")
+        params.flag("create_if_missing", create_if_missing)
+        return run_sync(_lookup_app(name, create_if_missing))
+
+
+async def _lookup_app(name: str, create_if_missing: bool) -> App:
+    api = await get_client()
+    try:
+        app_id = (await api.get_json("/v1/apps/lookup", params={"name": name}))["app_id"]
+    except exc.NotFoundError:
+        if not create_if_missing:
+            raise
+        app_id = (await api.post_json("/v1/apps", {"name": name, "state": "deployed"}))["app_id"]
+    app = App(name)
+    app.app_id = app_id
+    return app
+
+
+def _settings(p: dict[str, Any]) -> dict[str, Any]:
+    """Validate the parameters ``@app.function()`` and ``@app.cls()`` share; return spec fields."""
+    for key in ("image", "secrets", "volumes", "ephemeral_disk", "cloud", "region", "nonpreemptible"):
+        params.check_not_yet(key, p[key])
+    cpu_req, cpu_lim = params.cpu(p["cpu"])
+    mem_req, mem_lim = params.memory(p["memory"])
+    gpu_choices = params.gpu(p["gpu"])
+    for key in (
+        "serialized",
+        "single_use_containers",
+        "enable_memory_snapshot",
+        "block_network",
+        "restrict_modal_access",
+    ):
+        params.flag(key, p[key])
+    return {
+        "serialized": p["serialized"],
+        "cpu": cpu_req,
+        "cpu_limit": cpu_lim,
+        "memory": mem_req,
+        "memory_limit": mem_lim,
+        "gpu": None if gpu_choices is None else [dict(c) for c in gpu_choices],
+        "timeout": params.timeout("timeout", p["timeout"], 300.0) or 300.0,
+        "startup_timeout": params.timeout("startup_timeout", p["startup_timeout"], None),
+        "retries": params.retries(p["retries"]).to_policy(),
+        "single_use_containers": p["single_use_containers"],
+        "block_network": p["block_network"],
+        "restrict_modal_access": p["restrict_modal_access"],
+        "env": params.env(p["env"]),
+        "enable_memory_snapshot": p["enable_memory_snapshot"],
+        **params.autoscaler(
+            p["min_containers"], p["max_containers"], p["buffer_containers"], p["scaledown_window"]
+        ),
+    }
+
+
+def _modifier_fields(obj: Any, name: str) -> dict[str, Any]:
+    """Spec fields from ``@concurrent`` and ``@batched`` marks on a function or class."""
+    fields: dict[str, Any] = {}
+    conc = getattr(obj, CONCURRENT, None)
+    if conc is not None:
+        fields.update(max_inputs=conc[0], target_inputs=conc[1])
+    batch = getattr(obj, BATCHED, None) if not inspect.isclass(obj) else None
+    if batch is not None:
+        if conc is not None:
+            raise exc.InvalidError(f"{name}: a function cannot be both @concurrent and @batched")
+        fields.update(batch_max_size=batch[0], batch_wait_ms=batch[1])
+    return fields
 
 
 def _replace(spec: FunctionSpec, **changes: Any) -> FunctionSpec:

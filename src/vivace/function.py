@@ -28,80 +28,155 @@ class Function:
         self,
         app: App | None,
         raw_f: Callable[..., Any] | None,
-        spec: FunctionSpec,
+        spec: FunctionSpec | None,
         function_id: str | None = None,
+        *,
+        base: Function | None = None,
+        variant: dict[str, Any] | None = None,
+        method: str | None = None,
+        lookup: tuple[str, str] | None = None,
+        local: Callable[[], Any] | None = None,
     ) -> None:
         self._app = app
         self._vivace_raw_f = raw_f
-        self.spec = spec
+        self._spec = spec
         self._function_id = function_id
+        # a handle derived from another: bound class parameters or options (a variant the control plane
+        # creates on first use), or one method of a class
+        self._base = base
+        self._variant = variant
+        self._method = method
+        self._variant_ids: dict[str, tuple[str, FunctionSpec]] = {}  # base function id -> variant
+        self._lookup = lookup  # (app name, function name): resolved on first use
+        self._local = local  # for a method: returns the local instance whose method .local() runs
+        self._name: str = (
+            spec.name if spec is not None else (lookup[1] if lookup else base._name if base else "?")
+        )
+        if method is not None:
+            self._name = f"{self._name}.{method}"
         if raw_f is not None:
             self.__doc__ = raw_f.__doc__
-            self.__name__ = getattr(raw_f, "__name__", spec.name)
-            self.__qualname__ = getattr(raw_f, "__qualname__", spec.name)
+            self.__name__ = getattr(raw_f, "__name__", self._name)
+            self.__qualname__ = getattr(raw_f, "__qualname__", self._name)
             self.__module__ = getattr(raw_f, "__module__", "")
 
     def __repr__(self) -> str:
-        return f"<vivace.Function {self.spec.name} {self._function_id or '(not running)'}>"
+        return f"<vivace.Function {self._name} {self._function_id or '(not running)'}>"
+
+    @property
+    def spec(self) -> FunctionSpec:
+        """The function's settings (for a handle looked up by name: once it has been resolved)."""
+        if self._spec is None:
+            if self._base is not None:
+                return self._base.spec
+            self.hydrate()
+        assert self._spec is not None
+        return self._spec
 
     @property
     def object_id(self) -> str:
-        if self._function_id is None:
+        if self._function_id is not None and self._base is None:
+            return self._function_id
+        if self._base is None and self._lookup is None:
             raise exc.InvalidError(
-                f"function {self.spec.name!r} has no id yet: call it inside `with app.run():` or from `vivace run`"
+                f"function {self._name!r} has no id yet: call it inside `with app.run():` or from `vivace run`"
             )
-        return self._function_id
+        return run_sync(self._resolve())
+
+    def hydrate(self) -> Function:
+        """Look the function up now instead of on first use (raises ``NotFoundError`` if missing)."""
+        run_sync(self._resolve())
+        return self
 
     def _hydrate(self, function_id: str) -> None:
         self._function_id = function_id
 
+    async def _resolve(self) -> str:
+        """This handle's function id: looked up, or its variant created, on first use."""
+        if self._base is not None:
+            base_id = await self._base._resolve()
+            if self._variant is None:  # a method of the base function
+                return base_id
+            if base_id not in self._variant_ids:
+                data = await (await get_client()).post_json(
+                    f"/v1/functions/{base_id}/variants", self._variant, retry_for=10
+                )
+                self._variant_ids[base_id] = (data["function_id"], FunctionSpec.from_dict(data["spec"]))
+            fid, spec = self._variant_ids[base_id]
+            self._spec = spec
+            return fid
+        if self._function_id is None:
+            if self._lookup is None:
+                raise exc.InvalidError(
+                    f"function {self._name!r} has no id yet: call it inside `with app.run():` or from "
+                    "`vivace run`"
+                )
+            app_name, name = self._lookup
+            data = await (await get_client()).get_json(
+                "/v1/functions/lookup", params={"app": app_name, "name": name}
+            )
+            self._spec = FunctionSpec.from_dict(data["spec"])
+            self._function_id = data["function_id"]
+        return self._function_id
+
+    def _is_generator(self) -> bool:
+        spec = self._spec or (self._base.spec if self._base is not None else self.spec)
+        if self._method is None:
+            return spec.is_generator
+        info = spec.methods.get(self._method)
+        if info is None:
+            raise exc.NotFoundError(f"{spec.name} has no method {self._method!r}")
+        return bool(info["is_generator"])
+
     # -- local ---------------------------------------------------------------------------------------
     def local(self, *args: Any, **kwargs: Any) -> Any:
         """Run the function in this process."""
+        if self._local is not None:
+            return getattr(self._local(), self._method or "")(*args, **kwargs)
         if self._vivace_raw_f is None:
-            raise exc.InvalidError(
-                f"{self.spec.name!r} was looked up by name; its code is not available here"
-            )
+            raise exc.InvalidError(f"{self._name!r} was looked up by name; its code is not available here")
         return self._vivace_raw_f(*args, **kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.local(*args, **kwargs)
 
     # -- remote --------------------------------------------------------------------------------------
-    def _check_not_generator(self, how: str) -> None:
-        if self.spec.is_generator:
-            raise exc.InvalidError(
-                f"{self.spec.name!r} is a generator: use .remote_gen() instead of .{how}()"
-            )
+    async def _target(self, how: str) -> str:
+        """Resolve the function id and refuse calling a generator with anything but remote_gen."""
+        fid = await self._resolve()
+        if self._is_generator():
+            raise exc.InvalidError(f"{self._name!r} is a generator: use .remote_gen() instead of .{how}()")
+        return fid
 
     @synchronized
     async def remote(self, *args: Any, **kwargs: Any) -> Any:
         """Run the function in a container and return its result."""
-        self._check_not_generator("remote")
-        return await invocation.call_one(await get_client(), self.object_id, args, kwargs)
+        fid = await self._target("remote")
+        return await invocation.call_one(await get_client(), fid, args, kwargs, self._method)
 
     def remote_gen(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
         """Run a generator function remotely; yields its items as they arrive."""
         return iter_sync(self._gen(args, kwargs))
 
     async def _gen(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> AsyncIterator[Any]:
-        if not self.spec.is_generator:
-            raise exc.InvalidError(f"{self.spec.name!r} is not a generator: use .remote()")
-        async for item in invocation.gen_items(await get_client(), self.object_id, args, kwargs):
+        fid = await self._resolve()
+        if not self._is_generator():
+            raise exc.InvalidError(f"{self._name!r} is not a generator: use .remote()")
+        async for item in invocation.gen_items(await get_client(), fid, args, kwargs, self._method):
             yield item
 
     @synchronized
     async def spawn(self, *args: Any, **kwargs: Any) -> FunctionCall:
         """Start the function without waiting; returns a ``FunctionCall``."""
-        self._check_not_generator("spawn")
+        fid = await self._target("spawn")
         call_id = invocation.new_call_id()
         await invocation.send_inputs(
             await get_client(),
             call_id,
-            self.object_id,
+            fid,
             CallKind.SPAWN,
             [0],
-            [invocation.encode_args(args, kwargs)],
+            [invocation.encode_args(args, kwargs, self._method)],
             1,
         )
         return FunctionCall(call_id)
@@ -144,11 +219,11 @@ class Function:
         return run_sync(self._spawn_map(argsets))
 
     async def _spawn_map(self, argsets: list[tuple[tuple[Any, ...], dict[str, Any]]]) -> FunctionCall:
-        self._check_not_generator("spawn_map")
+        fid = await self._target("spawn_map")
         api = await get_client()
         call_id = invocation.new_call_id()
-        await api.post_json("/v1/calls", {"call_id": call_id, "function_id": self.object_id, "kind": "map"})
-        await invocation._upload_all(api, call_id, self.object_id, argsets, CallKind.MAP, [])
+        await api.post_json("/v1/calls", {"call_id": call_id, "function_id": fid, "kind": "map"})
+        await invocation._upload_all(api, call_id, fid, argsets, CallKind.MAP, [], self._method)
         return FunctionCall(call_id)
 
     def _map_sync(
@@ -157,10 +232,9 @@ class Function:
         order_outputs: bool,
         return_exceptions: bool,
     ) -> Iterator[Any]:
-        self._check_not_generator("map")
         from vivace._sdk.output import progress
 
-        with progress(self.spec.name) as bar:
+        with progress(self._name) as bar:
             for batch in iter_sync(self._map_batches(argsets, order_outputs)):
                 bar(len(batch))
                 for o in batch:
@@ -172,8 +246,9 @@ class Function:
     async def _map_batches(
         self, argsets: Iterable[tuple[tuple[Any, ...], dict[str, Any]]], order_outputs: bool
     ) -> AsyncIterator[list[invocation.Outcome]]:
+        fid = await self._target("map")
         async for batch in invocation.map_outcomes(
-            await get_client(), self.object_id, argsets, order_outputs
+            await get_client(), fid, argsets, order_outputs, method=self._method
         ):
             yield batch
 
@@ -183,7 +258,6 @@ class Function:
         order_outputs: bool,
         return_exceptions: bool,
     ) -> AsyncIterator[Any]:
-        self._check_not_generator("map")
         async for batch in iter_async(self._map_batches(argsets, order_outputs)):
             for o in batch:
                 if o.ok or return_exceptions:
@@ -254,23 +328,38 @@ class Function:
             }.items()
             if v is not None
         }
-        await (await get_client()).post_json(f"/v1/functions/{self.object_id}/autoscaler", changes)
+        fid = await self._resolve()
+        await (await get_client()).post_json(f"/v1/functions/{fid}/autoscaler", changes)
 
     @synchronized
     async def get_current_stats(self) -> FunctionStats:
         """Backlog and number of running containers."""
-        data = await (await get_client()).get_json(f"/v1/functions/{self.object_id}/stats")
+        fid = await self._resolve()
+        data = await (await get_client()).get_json(f"/v1/functions/{fid}/stats")
         return FunctionStats(data["backlog"], data["num_total_runners"])
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        raise exc.InvalidError("Function.call was renamed (as in Modal): use .remote() (or .remote_gen())")
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        raise exc.InvalidError("Function.submit was renamed (as in Modal): use .spawn()")
+
+    def with_options(self, **options: Any) -> Function:
+        """A handle to the same function with other resources or scaling; it scales on its own."""
+        if self._method is not None:
+            raise exc.InvalidError("with_options applies to a function or a class, not to one method")
+        from vivace._sdk.params import spec_options
+
+        changes = spec_options(options, "with_options()")
+        return Function(self._app, self._vivace_raw_f, None, base=self, variant={"options": changes})
 
     @staticmethod
     def from_name(app_name: str, name: str) -> Function:
-        """A handle to a function of a deployed app (looked up on first use)."""
-        return run_sync(_lookup(app_name, name))
-
-
-async def _lookup(app_name: str, name: str) -> Function:
-    data = await (await get_client()).get_json("/v1/functions/lookup", params={"app": app_name, "name": name})
-    return Function(None, None, FunctionSpec.from_dict(data["spec"]), data["function_id"])
+        """A handle to a function of a deployed app, looked up on first use (``NotFoundError`` then)."""
+        for what, value in (("app_name", app_name), ("name", name)):
+            if not isinstance(value, str) or not value:
+                raise exc.InvalidError(f"Function.from_name: {what} must be a non-empty string")
+        return Function(None, None, None, lookup=(app_name, name))
 
 
 class FunctionStats:

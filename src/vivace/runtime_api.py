@@ -14,11 +14,11 @@ def current_input_id() -> str | None:
     """The id of the input being processed, inside a container; None elsewhere."""
     from vivace.runtime import context
 
-    return context.input_id
+    return context.input_id()
 
 
 def current_function_call_id() -> str | None:
     """The id of the function call the current input belongs to, inside a container."""
     from vivace.runtime import context
 
-    return context.function_call_id
+    return context.function_call_id()

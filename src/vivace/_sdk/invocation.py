@@ -37,8 +37,9 @@ def new_call_id() -> str:
     return ids.new_id(ids.FUNCTION_CALL)
 
 
-def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    return serialize((args, kwargs))
+def encode_args(args: tuple[Any, ...], kwargs: dict[str, Any], method: str | None = None) -> bytes:
+    """An input's payload: ``(args, kwargs)``, or ``(args, kwargs, method)`` for a class method."""
+    return serialize((args, kwargs) if method is None else (args, kwargs, method))
 
 
 async def send_inputs(
@@ -119,7 +120,9 @@ class OutputStream:
         return header, out
 
 
-async def call_one(api: ApiClient, function_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+async def call_one(
+    api: ApiClient, function_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], method: str | None = None
+) -> Any:
     call_id = new_call_id()
     header = {
         "idx": [0],
@@ -129,7 +132,7 @@ async def call_one(api: ApiClient, function_id: str, args: tuple[Any, ...], kwar
         "await_outputs": POLL_WAIT,
     }
     resp = await api.post_frames(
-        f"/v1/calls/{call_id}/inputs", header, [encode_args(args, kwargs)], timeout=POLL_WAIT + 30
+        f"/v1/calls/{call_id}/inputs", header, [encode_args(args, kwargs, method)], timeout=POLL_WAIT + 30
     )
     if resp.headers.get("content-type", "").startswith(frames.CONTENT_TYPE):
         stream = OutputStream(api, call_id)
@@ -158,10 +161,15 @@ async def wait_one(api: ApiClient, call_id: str, timeout: float | None) -> Any:
 
 
 async def gen_items(
-    api: ApiClient, function_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    api: ApiClient,
+    function_id: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    method: str | None = None,
 ) -> AsyncIterator[Any]:
     call_id = new_call_id()
-    await send_inputs(api, call_id, function_id, CallKind.GENERATOR, [0], [encode_args(args, kwargs)], 1)
+    payload = encode_args(args, kwargs, method)
+    await send_inputs(api, call_id, function_id, CallKind.GENERATOR, [0], [payload], 1)
     stream = OutputStream(api, call_id)
     pending: dict[int, Any] = {}
     next_part = 0
@@ -189,12 +197,15 @@ async def map_outcomes(
     order_outputs: bool,
     kind: CallKind = CallKind.MAP,
     call_id: str | None = None,
+    method: str | None = None,
 ) -> AsyncIterator[list[Outcome]]:
     """Upload inputs in batches while yielding batches of outcomes (in input order if asked)."""
     call_id = call_id or new_call_id()
     await api.post_json("/v1/calls", {"call_id": call_id, "function_id": function_id, "kind": kind.value})
     total_box: list[int] = []
-    uploader = asyncio.create_task(_upload_all(api, call_id, function_id, arg_tuples, kind, total_box))
+    uploader = asyncio.create_task(
+        _upload_all(api, call_id, function_id, arg_tuples, kind, total_box, method)
+    )
     stream = OutputStream(api, call_id)
     buffered: dict[int, Outcome] = {}
     next_idx = 0
@@ -234,13 +245,14 @@ async def _upload_all(
     arg_tuples: Iterable[tuple[tuple[Any, ...], dict[str, Any]]],
     kind: CallKind,
     total_box: list[int],
+    method: str | None = None,
 ) -> None:
     idxs: list[int] = []
     payloads: list[bytes] = []
     size = 0
     n = 0
     for args, kwargs in arg_tuples:
-        payload = encode_args(args, kwargs)
+        payload = encode_args(args, kwargs, method)
         idxs.append(n)
         payloads.append(payload)
         size += len(payload)

@@ -228,3 +228,55 @@ def warn_snapshot(function_name: str) -> None:
             UserWarning,
             stacklevel=4,
         )
+
+
+# with_options() keys -> what they change; secrets, volumes, region and cloud need later features
+OPTION_KEYS = (
+    "cpu",
+    "memory",
+    "gpu",
+    "env",
+    "secrets",
+    "volumes",
+    "retries",
+    "timeout",
+    "min_containers",
+    "max_containers",
+    "buffer_containers",
+    "scaledown_window",
+    "region",
+    "cloud",
+)
+
+
+def spec_options(options: dict[str, Any], where: str) -> dict[str, Any]:
+    """``with_options(**options)`` as the spec fields it overrides (validated like ``@app.function``)."""
+    unknown = {k: v for k, v in options.items() if k not in OPTION_KEYS}
+    reject_unknown(unknown, where)
+    out: dict[str, Any] = {}
+    for key in ("secrets", "volumes", "region", "cloud"):
+        if key in options:
+            check_not_yet(key, options[key])
+    if options.get("cpu") is not None:
+        out["cpu"], out["cpu_limit"] = cpu(options["cpu"])
+    if options.get("memory") is not None:
+        out["memory"], out["memory_limit"] = memory(options["memory"])
+    if "gpu" in options:
+        out["gpu"] = gpu(options["gpu"])
+    if options.get("env") is not None:
+        out["env"] = env(options["env"])
+    if options.get("retries") is not None:
+        from dataclasses import asdict
+
+        out["retries"] = asdict(retries(options["retries"]).to_policy())
+    if options.get("timeout") is not None:
+        out["timeout"] = timeout("timeout", options["timeout"], 300.0)
+    if options.get("min_containers") is not None:
+        out["min_containers"] = _integer("min_containers", options["min_containers"], 0, 10_000)
+    if options.get("max_containers") is not None:
+        out["max_containers"] = _integer("max_containers", options["max_containers"], 1, 10_000)
+    if options.get("buffer_containers") is not None:
+        out["buffer_containers"] = _integer("buffer_containers", options["buffer_containers"], 0, 10_000)
+    if options.get("scaledown_window") is not None:
+        out["scaledown_window"] = _number("scaledown_window", options["scaledown_window"], 2, 3600)
+    return out

@@ -11,6 +11,8 @@ from typing import Any, Dict, List, Optional
 
 MAX_GPUS = 8  # per container, as Modal allows
 MAX_GPU_CHOICES = 16
+MAX_BATCH_SIZE = 1000
+MAX_BATCH_WAIT_MS = 10 * 60 * 1000
 # a GPU model as functions ask for it: upper-case, e.g. "H100", "A100-80GB", "RTX-PRO-6000"
 GPU_TYPE = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,63}")
 
@@ -60,6 +62,17 @@ class FunctionSpec:
     runtime: Optional[str] = None
     # GPU choices in preference order, each {"type": "H100" or None (any model), "count": 1-8}; None: no GPU
     gpu: Optional[List[Dict[str, Any]]] = None
+    # @batched: a container hands the function lists of up to batch_max_size inputs (0: not batched),
+    # waiting at most batch_wait_ms after the first for more
+    batch_max_size: int = 0
+    batch_wait_ms: int = 0
+    # @app.cls: the function is a class; each input names one of its methods
+    is_class: bool = False
+    methods: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # name -> {"is_generator": bool}
+    # a class instance's parameter values (bytes as {"b64": ...}); set on variants only
+    params: Optional[Dict[str, Any]] = None
+    # the function this one derives from (parameters bound, with_options, ...): hidden from lookups
+    variant_of: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -118,6 +131,14 @@ class FunctionSpec:
             if not isinstance(getattr(self, flag), bool):
                 raise SpecError(f"{flag} must be a boolean")
         _check_gpu(self.gpu)
+        _check_int(self.batch_max_size, "max_batch_size", 0, MAX_BATCH_SIZE)
+        _check_int(self.batch_wait_ms, "wait_ms", 0, MAX_BATCH_WAIT_MS)
+        if self.batch_max_size and self.max_inputs > 1:
+            raise SpecError("a function cannot be both batched and concurrent")
+        _check_methods(self)
+        _check_params(self.params)
+        if self.variant_of is not None:
+            _check_str(self.variant_of, "variant_of")
         r = self.retries
         _check_int(r.max_retries, "retries", 0, 10)
         _check_num(r.backoff_coefficient, "backoff_coefficient", 1.0, 10.0)
@@ -133,6 +154,37 @@ def _retry_from(raw: Any) -> RetryPolicy:
             "retries must be an object with max_retries, backoff_coefficient, initial_delay, max_delay"
         )
     return RetryPolicy(**raw)
+
+
+def _check_methods(spec: "FunctionSpec") -> None:
+    if not isinstance(spec.is_class, bool):
+        raise SpecError("is_class must be a boolean")
+    if not isinstance(spec.methods, dict) or (spec.methods and not spec.is_class):
+        raise SpecError("methods must be an object, and only a class has methods")
+    for name, info in spec.methods.items():
+        if not (isinstance(name, str) and name.isidentifier()):
+            raise SpecError(f"method names must be Python identifiers, got {name!r}")
+        if (
+            not isinstance(info, dict)
+            or set(info) != {"is_generator"}
+            or not isinstance(info["is_generator"], bool)
+        ):
+            raise SpecError(f"method {name!r} must be described as {{'is_generator': bool}}")
+
+
+def _check_params(value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict) or len(value) > 64:
+        raise SpecError("params must be an object of at most 64 parameters")
+    for name, v in value.items():
+        if not (isinstance(name, str) and name.isidentifier()):
+            raise SpecError(f"parameter names must be Python identifiers, got {name!r}")
+        ok = isinstance(v, (str, int, bool)) or (
+            isinstance(v, dict) and set(v) == {"b64"} and isinstance(v["b64"], str)
+        )
+        if not ok:
+            raise SpecError(f"parameter {name!r} must be a str, int, bool or bytes value")
 
 
 def _check_gpu(value: Any) -> None:

@@ -1,14 +1,20 @@
-"""What the running input is; read by ``vivace.current_input_id()`` and friends."""
+"""What the running input is; read by ``vivace.current_input_id()`` and friends.
+
+The input is a context variable: with ``@concurrent`` several inputs run at once, each in its own
+thread or asyncio task, and each sees its own id.
+"""
 
 from __future__ import annotations
 
-from typing import Optional
+import contextvars
+from typing import Optional, Tuple
 
 container_id: Optional[str] = None
 app_id: Optional[str] = None
 function_id: Optional[str] = None
-input_id: Optional[str] = None
-function_call_id: Optional[str] = None
+_input: contextvars.ContextVar[Tuple[Optional[str], Optional[str]]] = contextvars.ContextVar(
+    "vivace_input", default=(None, None)
+)
 
 
 def set_container(cid: str, app: str, function: str) -> None:
@@ -17,5 +23,12 @@ def set_container(cid: str, app: str, function: str) -> None:
 
 
 def set_input(iid: Optional[str], call: Optional[str]) -> None:
-    global input_id, function_call_id
-    input_id, function_call_id = iid, call
+    _input.set((iid, call))
+
+
+def input_id() -> Optional[str]:
+    return _input.get()[0]
+
+
+def function_call_id() -> Optional[str]:
+    return _input.get()[1]

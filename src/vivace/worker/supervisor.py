@@ -234,6 +234,6 @@ class ContainerSupervisor:
         rh, _ = frames.decode(resp.content)
         self.cancel.update(rh.get("cancel", []))
         inputs = rh.get("inputs", [])
-        if len(inputs) == 1:
+        if len(inputs) == 1 and not header.get("exact"):  # log lines belong to this input
             self.current = inputs[0]["seq"]
         return HttpResponse(200, resp.content, frames.CONTENT_TYPE)

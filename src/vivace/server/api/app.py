@@ -33,6 +33,7 @@ ROUTES: list[tuple[str, str, Any, str | None, str, str]] = [
         "Create an ephemeral app or deploy one by name",
     ),
     ("GET", "/v1/apps", resources.list_apps, None, "json", "List apps"),
+    ("GET", "/v1/apps/lookup", resources.lookup_app, None, "json", "Find a deployed app by name"),
     (
         "POST",
         "/v1/apps/{app_id}/heartbeat",
@@ -57,6 +58,14 @@ ROUTES: list[tuple[str, str, Any, str | None, str, str]] = [
         None,
         "json",
         "Find a deployed function by name",
+    ),
+    (
+        "POST",
+        "/v1/functions/{function_id}/variants",
+        resources.create_variant,
+        "json",
+        "json",
+        "Bind class parameters or options to a function (idempotent by content)",
     ),
     (
         "GET",

@@ -27,6 +27,7 @@ from vivace.server.services import calls, workers
 from vivace.server.services.calls import OutputIn
 
 MAX_BATCH = 5000
+MAX_EXACT = 1000  # inputs one concurrent or batched container may lease at once
 RETRY_RECHECK = 0.25  # seconds between lease attempts while queued inputs wait out a retry delay
 _STATUSES = {s.value for s in OutputStatus}
 
@@ -201,6 +202,9 @@ async def exchange(request: Request) -> Response:
     # stay spread over containers and a batch never eats into an input's timeout
     avg = plane.fast_functions.get(function_id, 1.0)
     limit = min(want, 64, max(1, int(0.25 / max(avg, 1e-4))))
+    if header.get("exact") is True:  # a concurrent or batched container asks for exactly its free slots
+        limit = min(want, MAX_EXACT)
+    ready = header.get("init_failed") is not True  # a container failing its inputs never became ready
     leased: list[calls.LeasedInput] = []
     deadline = time.monotonic() + float(wait)
     while limit > 0:
@@ -211,7 +215,9 @@ async def exchange(request: Request) -> Response:
         if container_id in plane.ready_containers and not backlog:
             leased = []  # nothing queued: skip the write (a commit is the costliest step here)
         else:
-            leased = await plane.store.write(lambda tx: calls.lease_inputs(tx, container_id, token, limit))
+            leased = await plane.store.write(
+                lambda tx: calls.lease_inputs(tx, container_id, token, limit, ready)
+            )
             plane.ready_containers.add(container_id)
         remaining = deadline - time.monotonic()
         if leased or remaining <= 0:

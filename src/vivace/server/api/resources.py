@@ -126,6 +126,45 @@ async def lookup_function(request: Request) -> Response:
 
 
 @route()
+async def create_variant(request: Request) -> Response:
+    """A function with class parameters bound and/or options applied; idempotent by content."""
+    base_id = request.path_params["function_id"]
+    body = await json_body(request)
+    params = field(body, "params", dict, None, optional=True)
+    options = field(body, "options", dict, {})
+    unknown = sorted(set(body) - {"params", "options"})
+    if unknown:
+        raise Invalid(f"unknown fields: {', '.join(unknown)}")
+    plane = plane_of(request)
+    try:
+        fid, spec, stale = await plane.store.write(lambda tx: _variant(tx, base_id, params, options))
+    except (SpecError, TypeError) as exc:
+        raise Invalid(f"invalid options: {exc}") from None
+    if stale:
+        plane.workers_changed()
+    plane.notifier.wake("autoscale")
+    return JSONResponse({"function_id": fid, "spec": spec.to_dict()})
+
+
+def _variant(
+    tx: Any, base_id: str, params: dict[str, Any] | None, options: dict[str, Any]
+) -> tuple[str, FunctionSpec, list[str]]:
+    fid, spec, stale = apps.register_variant(tx, base_id, params, options)
+    for cid in stale:
+        containers.request_stop(tx, cid, "function redeployed")
+    return fid, spec, stale
+
+
+@route()
+async def lookup_app(request: Request) -> Response:
+    name = request.query_params.get("name")
+    if not name:
+        raise Invalid("query parameter 'name' is required")
+    app_id = await plane_of(request).store.read(lambda tx: apps.lookup_app(tx, name))
+    return JSONResponse({"app_id": app_id, "name": name})
+
+
+@route()
 async def function_stats(request: Request) -> Response:
     fid = request.path_params["function_id"]
     return JSONResponse(await plane_of(request).store.read(lambda tx: calls.function_stats(tx, fid)))

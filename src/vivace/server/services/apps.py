@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from vivace.protocol import ids
-from vivace.protocol.functions import FunctionSpec
+from vivace.protocol.functions import FunctionSpec, SpecError
 from vivace.server.errors import Conflict, Gone, NotFound
 from vivace.server.store.base import Tx
 
@@ -89,12 +90,89 @@ def register_function(
     fid = row[0]
     old_def = None if row[2] is None else bytes(row[2])
     if row[1] == spec_json and old_def == definition:
+        tx.execute("UPDATE functions SET active = 1 WHERE id = ? AND active = 0", (fid,))
         return fid, []
     tx.execute(
-        "UPDATE functions SET spec = ?, definition = ?, active = 1 WHERE id = ?", (spec_json, definition, fid)
+        "UPDATE functions SET spec = ?, definition = ?, active = 1, start_failures = 0 WHERE id = ?",
+        (spec_json, definition, fid),
     )
     stale = tx.fetchall("SELECT id FROM containers WHERE function_id = ? AND state <> 'stopped'", (fid,))
-    return fid, [r[0] for r in stale]
+    stale_ids = [r[0] for r in stale]
+    if spec.variant_of is None:
+        # the variants of a redeployed function ran the old code: retire them; the next caller that
+        # binds the same parameters or options re-creates them from the new definition
+        prefix = spec.name + "#"
+        for vid, vname in tx.fetchall(
+            "SELECT id, name FROM functions WHERE app_id = ? AND active = 1", (app_id,)
+        ):
+            if vname.startswith(prefix):
+                tx.execute("UPDATE functions SET active = 0 WHERE id = ?", (vid,))
+                stale_ids += [
+                    r[0]
+                    for r in tx.fetchall(
+                        "SELECT id FROM containers WHERE function_id = ? AND state <> 'stopped'", (vid,)
+                    )
+                ]
+    return fid, stale_ids
+
+
+# spec fields a variant may override (with_options, with_concurrency, with_batching)
+VARIANT_OPTIONS = frozenset(
+    {
+        "cpu",
+        "cpu_limit",
+        "memory",
+        "memory_limit",
+        "gpu",
+        "env",
+        "retries",
+        "timeout",
+        "min_containers",
+        "max_containers",
+        "buffer_containers",
+        "scaledown_window",
+        "max_inputs",
+        "target_inputs",
+        "batch_max_size",
+        "batch_wait_ms",
+    }
+)
+
+
+def variant_spec(base: FunctionSpec, params: dict[str, Any] | None, options: dict[str, Any]) -> FunctionSpec:
+    """The spec of ``base`` with parameters bound and options applied, named by its content."""
+    bad = sorted(set(options) - VARIANT_OPTIONS)
+    if bad:
+        raise SpecError(f"options cannot change {', '.join(bad)}")
+    if base.variant_of is not None:
+        raise SpecError("a variant cannot have variants of its own")
+    if params and not base.is_class:
+        raise SpecError(f"{base.name} is a function, not a class: it takes no parameters")
+    data = base.to_dict()
+    if "env" in options:
+        options = {**options, "env": {**base.env, **options["env"]}}
+    data.update(options)
+    if data["batch_max_size"] and not base.batch_max_size:
+        raise SpecError(f"{base.name} has no @batched function or method to batch")
+    data["target_inputs"] = min(data["target_inputs"], data["max_inputs"])
+    data["params"] = params or None
+    data["variant_of"] = base.name
+    key = json.dumps({"params": params or {}, "options": options}, sort_keys=True)
+    data["name"] = f"{base.name}#{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    return FunctionSpec.from_dict(data)
+
+
+def register_variant(
+    tx: Tx, base_id: str, params: dict[str, Any] | None, options: dict[str, Any]
+) -> tuple[str, FunctionSpec, list[str]]:
+    """Create (or reuse) the variant of a function. Returns its id, spec and stale containers."""
+    row = tx.fetchone("SELECT app_id, spec, definition FROM functions WHERE id = ?", (base_id,))
+    if row is None:
+        raise NotFound(f"function {base_id} does not exist")
+    app_id, spec_json, definition = row
+    spec = variant_spec(FunctionSpec.from_dict(json.loads(spec_json)), params, options)
+    fid, stale = register_function(tx, app_id, spec, None if definition is None else bytes(definition))
+    return fid, spec, stale
 
 
 def update_autoscaler(tx: Tx, function_id: str, changes: dict[str, Any]) -> FunctionSpec:
@@ -127,14 +205,25 @@ def get_function(tx: Tx, function_id: str) -> FunctionInfo:
 
 
 def lookup_function(tx: Tx, app_name: str, name: str) -> FunctionInfo:
-    row = tx.fetchone(
-        "SELECT f.id FROM functions f JOIN apps a ON a.id = f.app_id WHERE a.name = ? AND a.state = 'deployed' "
-        "AND f.name = ?",
-        (app_name, name),
-    )
+    row = None
+    if "#" not in name:  # variants are reached through their base, never by name
+        row = tx.fetchone(
+            "SELECT f.id FROM functions f JOIN apps a ON a.id = f.app_id WHERE a.name = ? "
+            "AND a.state = 'deployed' AND f.name = ?",
+            (app_name, name),
+        )
     if row is None:
-        raise NotFound(f"no function {name!r} in a deployed app {app_name!r}")
+        if tx.fetchone("SELECT 1 FROM apps WHERE name = ? AND state = 'deployed'", (app_name,)) is None:
+            raise NotFound(f"no deployed app named {app_name!r}")
+        raise NotFound(f"the deployed app {app_name!r} has no function or class named {name!r}")
     return get_function(tx, row[0])
+
+
+def lookup_app(tx: Tx, name: str) -> str:
+    row = tx.fetchone("SELECT id FROM apps WHERE name = ? AND state = 'deployed'", (name,))
+    if row is None:
+        raise NotFound(f"no deployed app named {name!r}")
+    return str(row[0])
 
 
 def list_apps(tx: Tx, include_stopped: bool, limit: int = 200) -> list[dict[str, Any]]:

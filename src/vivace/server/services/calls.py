@@ -98,8 +98,13 @@ def put_inputs(
     return str(function_id), added
 
 
-def lease_inputs(tx: Tx, container_id: str, lease_token: str, limit: int) -> list[LeasedInput]:
-    """Claim up to ``limit`` pending inputs for a live container (oldest first)."""
+def lease_inputs(
+    tx: Tx, container_id: str, lease_token: str, limit: int, ready: bool = True
+) -> list[LeasedInput]:
+    """Claim up to ``limit`` pending inputs for a live container (oldest first).
+
+    ``ready=False``: the container could not load the function and only takes inputs to fail them, so
+    it does not count as started (its exit counts towards the function's start failures)."""
     row = tx.fetchone(
         "SELECT c.function_id, c.state, c.lease_token, f.spec FROM containers c "
         "JOIN functions f ON f.id = c.function_id WHERE c.id = ?",
@@ -110,7 +115,7 @@ def lease_inputs(tx: Tx, container_id: str, lease_token: str, limit: int) -> lis
     function_id, state, token, spec_json = row
     if token != lease_token or state not in ("assigned", "running"):
         raise Gone(f"container {container_id} no longer holds a lease ({state})")
-    if tx.execute(
+    if ready and tx.execute(
         "UPDATE containers SET ready_at = ? WHERE id = ? AND ready_at IS NULL", (tx.now, container_id)
     ):
         # this container started: the function's run of failed starts is over

@@ -22,6 +22,8 @@ from vivace.server.store.base import Tx
 
 LIVE = "('pending', 'assigned', 'running')"
 
+MAX_START_FAILURES = 3  # containers in a row that exit before starting: then the function is broken
+
 
 @dataclass
 class AutoscaleResult:
@@ -31,9 +33,12 @@ class AutoscaleResult:
 
 def autoscale(tx: Tx) -> AutoscaleResult:
     result = AutoscaleResult([], [])
-    funcs = tx.fetchall("SELECT id, app_id, spec, backlog, running FROM functions WHERE active = 1")
-    for fid, app_id, spec_json, backlog, running in funcs:
+    funcs = tx.fetchall(
+        "SELECT id, app_id, spec, backlog, running, start_failures FROM functions WHERE active = 1"
+    )
+    for fid, app_id, spec_json, backlog, running, start_failures in funcs:
         spec = json.loads(spec_json)
+        broken = int(start_failures) >= MAX_START_FAILURES  # keep no warm containers of a broken function
         rows = tx.fetchall(
             f"SELECT id, held, last_active_at FROM containers WHERE function_id = ? AND state IN {LIVE}",
             (fid,),
@@ -42,10 +47,11 @@ def autoscale(tx: Tx) -> AutoscaleResult:
             backlog=int(backlog),
             running=int(running),
             live=len(rows),
-            min_containers=spec["min_containers"],
+            min_containers=0 if broken else spec["min_containers"],
             max_containers=spec["max_containers"],
-            buffer_containers=spec["buffer_containers"],
-            target_inputs=spec["target_inputs"],
+            buffer_containers=0 if broken else spec["buffer_containers"],
+            # a batched container takes up to a batch at a time
+            target_inputs=max(spec["target_inputs"], spec.get("batch_max_size") or 1),
             scaledown_window=spec["scaledown_window"],
             idle=tuple(IdleContainer(r[0], float(r[2])) for r in rows if r[1] == 0),
         )

@@ -8,7 +8,7 @@ from typing import Any
 
 from vivace.protocol import ids
 from vivace.server.errors import Forbidden, Gone, NotFound
-from vivace.server.services.containers import mark_stopped
+from vivace.server.services.containers import MAX_START_FAILURES, mark_stopped
 from vivace.server.store.base import Tx
 
 
@@ -139,9 +139,6 @@ def container_event(
     return calls
 
 
-MAX_START_FAILURES = 3
-
-
 def _count_start_failure(tx: Tx, container_id: str, reason: str) -> set[str]:
     """Containers that cannot even start must not crash-loop forever: after a few, fail the backlog."""
     fid = tx.scalar("SELECT function_id FROM containers WHERE id = ?", (container_id,))
@@ -150,7 +147,8 @@ def _count_start_failure(tx: Tx, container_id: str, reason: str) -> set[str]:
         return set()
     from vivace.server.services.calls import fail_pending
 
-    tx.execute("UPDATE functions SET start_failures = 0 WHERE id = ?", (fid,))
+    # the count stays up until a container starts or the function is redeployed: meanwhile the autoscaler
+    # starts containers only for new inputs (not for min_containers), so a broken function never loops
     return fail_pending(
         tx,
         fid,
