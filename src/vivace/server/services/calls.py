@@ -98,6 +98,9 @@ def put_inputs(
     return str(function_id), added
 
 
+BURST_AFTER = 0.5  # seconds an input waits for a container below target before one above takes it
+
+
 def lease_inputs(
     tx: Tx, container_id: str, lease_token: str, limit: int, ready: bool = True
 ) -> list[LeasedInput]:
@@ -106,13 +109,13 @@ def lease_inputs(
     ``ready=False``: the container could not load the function and only takes inputs to fail them, so
     it does not count as started (its exit counts towards the function's start failures)."""
     row = tx.fetchone(
-        "SELECT c.function_id, c.state, c.lease_token, f.spec FROM containers c "
+        "SELECT c.function_id, c.state, c.lease_token, f.spec, c.held FROM containers c "
         "JOIN functions f ON f.id = c.function_id WHERE c.id = ?",
         (container_id,),
     )
     if row is None:
         raise NotFound(f"container {container_id} does not exist")
-    function_id, state, token, spec_json = row
+    function_id, state, token, spec_json, held = row
     if token != lease_token or state not in ("assigned", "running"):
         raise Gone(f"container {container_id} no longer holds a lease ({state})")
     if ready and tx.execute(
@@ -120,14 +123,20 @@ def lease_inputs(
     ):
         # this container started: the function's run of failed starts is over
         tx.execute("UPDATE functions SET start_failures = 0 WHERE id = ?", (function_id,))
-    timeout = float(json.loads(spec_json)["timeout"])
-    rows = tx.fetchall(
-        "UPDATE inputs SET state = 'leased', container_id = ?, lease_token = ?, leased_at = ?, deadline = ? "
-        "WHERE seq IN (SELECT seq FROM inputs WHERE function_id = ? AND state = 'pending' AND not_before <= ? "
-        f"ORDER BY seq LIMIT ?{tx.dialect.skip_locked}) "
-        "RETURNING seq, call_id, idx, attempt, args, args_ref",
-        (container_id, lease_token, tx.now, tx.now + timeout, function_id, tx.now, limit),
-    )
+    spec = json.loads(spec_json)
+    timeout = float(spec["timeout"])
+    if spec.get("max_inputs", 1) > 1:
+        # @concurrent: up to target_inputs at once; beyond that (up to max_inputs) only inputs that no
+        # container below its target has taken within BURST_AFTER, so load spreads over the
+        # containers the autoscaler started for it and bursts only while they are still starting
+        below = max(0, min(limit, int(spec.get("target_inputs", 1)) - int(held)))
+        rows = _lease(tx, container_id, lease_token, function_id, timeout, tx.now, below) if below else []
+        if limit > len(rows):
+            rows += _lease(
+                tx, container_id, lease_token, function_id, timeout, tx.now - BURST_AFTER, limit - len(rows)
+            )
+    else:
+        rows = _lease(tx, container_id, lease_token, function_id, timeout, tx.now, limit)
     if rows:
         n = len(rows)
         tx.execute(
@@ -141,6 +150,25 @@ def lease_inputs(
     out = [LeasedInput(int(r[0]), r[1], int(r[2]), int(r[3]), _b(r[4]), r[5]) for r in rows]
     out.sort(key=lambda i: i.seq)
     return out
+
+
+def _lease(
+    tx: Tx,
+    container_id: str,
+    lease_token: str,
+    function_id: str,
+    timeout: float,
+    queued_before: float,
+    limit: int,
+) -> list[Any]:
+    """Lease up to ``limit`` pending inputs queued no later than ``queued_before`` (oldest first)."""
+    return tx.fetchall(
+        "UPDATE inputs SET state = 'leased', container_id = ?, lease_token = ?, leased_at = ?, deadline = ? "
+        "WHERE seq IN (SELECT seq FROM inputs WHERE function_id = ? AND state = 'pending' AND not_before <= ? "
+        f"AND created_at <= ? ORDER BY seq LIMIT ?{tx.dialect.skip_locked}) "
+        "RETURNING seq, call_id, idx, attempt, args, args_ref",
+        (container_id, lease_token, tx.now, tx.now + timeout, function_id, tx.now, queued_before, limit),
+    )
 
 
 def _b(value: Any) -> bytes | None:
