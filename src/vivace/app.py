@@ -63,6 +63,7 @@ class App:
         self.tags = dict(tags or {})
         self.include_source = params.flag("include_source", include_source)
         self.registered_functions: dict[str, Function] = {}
+        self.registered_classes: dict[str, Any] = {}  # name -> Cls
         self.local_entrypoints: dict[str, LocalEntrypoint] = {}
         self.app_id: str | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -214,7 +215,8 @@ class App:
             spec = self._spec(user_cls, cname, settings, is_class=True, methods=methods, **fields)
             fn = Function(self, user_cls, spec)
             self.registered_functions[cname] = fn
-            return Cls(self, user_cls, fn)
+            self.registered_classes[cname] = cls = Cls(self, user_cls, fn)
+            return cls
 
         return wrap
 
@@ -253,6 +255,9 @@ class App:
                 raise exc.InvalidError(f"both apps have a function named {fname!r}")
             self.registered_functions[fname] = fn
             fn._app = self
+        for cname, cls in other.registered_classes.items():
+            self.registered_classes[cname] = cls
+            cls._app = self
         return self
 
     # -- running -------------------------------------------------------------------------------------

@@ -17,6 +17,12 @@ def test_run_turns_parameters_into_options(home):
     assert "shout: ab-ab in container" in named.stdout and "mode: slow" in named.stdout
     fn = vivace(home, "run", "-q", f"{APP}::add", "--x", "2", check=True)
     assert fn.stdout.strip() == "2 + 40 = 42 in container"
+    method = vivace(home, "run", "-q", f"{APP}::Scaler.scale", "--x", "2", check=True)
+    assert method.stdout.strip() == "2 * 3 = 6 in container"
+    steps = vivace(home, "run", "-q", f"{APP}::Scaler.steps", "--n", "3", check=True)
+    assert steps.stdout.split() == ["0", "1", "2"]
+    whole = vivace(home, "run", "-q", f"{APP}::Scaler")
+    assert whole.returncode == 2 and f"{APP}::Scaler.METHOD" in whole.stderr
 
 
 def test_bad_options_are_usage_errors_before_anything_runs(home):

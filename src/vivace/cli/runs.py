@@ -8,6 +8,7 @@ import importlib.util
 import inspect
 import runpy
 import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,10 +60,20 @@ def load_app(ref: str) -> tuple[Any, Any, str | None]:
 
 def select_target(app: Any, ref: str, name: str | None) -> Any:
     """The local entrypoint or function ``vivace run`` calls: named, the only entrypoint, or the only function."""
+    if name and "." in name:  # Class.method: call the method of a parameterless instance
+        cls_name, _, method = name.partition(".")
+        cls = app.registered_classes.get(cls_name)
+        if cls is None:
+            raise exc.NotFoundError(f"{ref}: no class named {cls_name!r}")
+        if method not in cls._function.spec.methods:
+            raise exc.NotFoundError(f"{ref}: {cls_name} has no @method named {method!r}")
+        return getattr(cls(), method)
     if name:
         target = app.local_entrypoints.get(name) or app.registered_functions.get(name)
         if target is None:
             raise exc.NotFoundError(f"{ref}: no local entrypoint or function named {name!r}")
+        if target.spec.is_class:
+            raise exc.InvalidError(f"{ref}: {name} is a class: run one of its methods, e.g. {ref}.METHOD")
         return target
     if len(app.local_entrypoints) == 1:
         return next(iter(app.local_entrypoints.values()))
@@ -76,6 +87,9 @@ def raw_function(target: Any) -> Callable[..., Any] | None:
     from vivace.function import Function
 
     if isinstance(target, Function):
+        if target._method is not None and target._base is not None:  # a class method, without self
+            user_cls = target._base._vivace_raw_f
+            return types.MethodType(getattr(user_cls, target._method), object()) if user_cls else None
         return target._vivace_raw_f
     return target.raw_f  # type: ignore[no-any-return]
 
@@ -85,7 +99,7 @@ def call_target(target: Any, kwargs: dict[str, Any]) -> None:
     from vivace.function import Function
 
     if isinstance(target, Function):
-        if target.spec.is_generator:
+        if target._is_generator():
             for item in target.remote_gen(**kwargs):
                 click.echo(item)
             return

@@ -2,7 +2,7 @@
 
 Used three ways by tests/e2e/test_modal_compat.py: `vivace run FILE --n 3 --loud` (the local
 entrypoint's parameters as options), `vivace run FILE::add --x 2` (a function's parameters as
-options) and `vivace python FILE 5` (the `__main__` block, with its own sys.argv).
+options), `vivace run FILE::Scaler.scale --x 2` (a class method) and `vivace python FILE 5` (the `__main__` block, with its own sys.argv).
 """
 
 from __future__ import annotations
@@ -29,6 +29,23 @@ def shout(name: str, n: int, loud: bool) -> str:
 @app.function()
 def add(x: int, y: int = 40) -> str:
     return f"{x} + {y} = {x + y} in {where()}"
+
+
+@app.cls()
+class Scaler:
+    factor: int = modal.parameter(default=3)
+
+    @modal.enter()
+    def load(self) -> None:
+        self.ready = True
+
+    @modal.method()
+    def scale(self, x: int) -> str:
+        return f"{x} * {self.factor} = {x * self.factor} in {where()}"
+
+    @modal.method()
+    def steps(self, n: int):
+        yield from range(n)
 
 
 @app.local_entrypoint()
