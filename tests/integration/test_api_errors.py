@@ -63,6 +63,11 @@ def test_version_mismatch(cluster):
         ("PUT", "/v1/blobs/" + "0" * 64, {"content": b"x"}, 422),
         ("GET", "/v1/blobs/zz", {}, 422),
         ("GET", "/v1/nope", {}, 404),
+        ("GET", "/v1/apps/lookup", {}, 422),
+        ("GET", "/v1/apps/lookup", {"params": {"name": "never-deployed"}}, 404),
+        ("POST", "/v1/functions/fu-nope1234/variants", {"json": {"options": {}}}, 404),
+        ("POST", "/v1/functions/fu-nope1234/variants", {"json": {"options": []}}, 422),
+        ("POST", "/v1/functions/fu-nope1234/variants", {"json": {"colour": 1}}, 422),
         ("DELETE", "/v1/apps", {}, 405),
     ],
 )
@@ -71,11 +76,34 @@ def test_bad_requests(http, method, path, kwargs, status):
 
 
 def test_function_spec_validation(http):
-    app_id = http.post("/v1/apps", json={"name": "errs"}).json()["app_id"]
+    app_id = http.post("/v1/apps", json={"name": "errs", "state": "deployed"}).json()["app_id"]
     spec = {"name": "f", "module": "m", "qualname": "f", "min_containers": 3, "max_containers": 1}
     resp = http.post(f"/v1/apps/{app_id}/functions", content=frames.encode({"spec": spec}))
     problem(resp, 422)
     assert "max_containers" in resp.json()["detail"]
+    for bad in ({"name": "f#1"}, {"variant_of": "f"}, {"params": {"x": 1}}):  # variants only via /variants
+        resp = http.post(
+            f"/v1/apps/{app_id}/functions",
+            content=frames.encode({"spec": {**spec, "max_containers": None, **bad}}),
+        )
+        problem(resp, 422)
+    ok = {"name": "f", "module": "m", "qualname": "f"}
+    fid = http.post(f"/v1/apps/{app_id}/functions", content=frames.encode({"spec": ok})).json()["function_id"]
+    for options, word in (
+        ({"module": "x"}, "cannot change"),
+        ({"cpu": -1}, "cpu"),
+        ({"batch_max_size": 2}, "batched"),
+    ):
+        resp = http.post(f"/v1/functions/{fid}/variants", json={"options": options})
+        problem(resp, 422)
+        assert word in resp.json()["detail"]
+    problem(http.post(f"/v1/functions/{fid}/variants", json={"params": {"x": 1}}), 422)  # not a class
+    first = http.post(f"/v1/functions/{fid}/variants", json={"options": {"cpu": 0.5}}).json()
+    again = http.post(f"/v1/functions/{fid}/variants", json={"options": {"cpu": 0.5}}).json()
+    assert first["function_id"] == again["function_id"] and first["spec"]["cpu"] == 0.5  # idempotent
+    assert http.get("/v1/functions/lookup", params={"app": "errs", "name": "f"}).json()["function_id"] == fid
+    missing = http.get("/v1/functions/lookup", params={"app": "errs", "name": first["spec"]["name"]})
+    problem(missing, 404)  # variants are never found by name
     http.post(f"/v1/apps/{app_id}/stop")
 
 

@@ -97,6 +97,8 @@ async def register_function(request: Request) -> Response:
         raise Invalid(f"invalid function spec: {exc}") from None
     if spec.serialized and not blobs:
         raise Invalid("a serialized function needs its payload")
+    if "#" in spec.name or spec.variant_of is not None or spec.params is not None:
+        raise Invalid("variants are made with POST /v1/functions/{id}/variants; names cannot contain '#'")
     plane = plane_of(request)
     if spec.source_hash is not None and not plane.blobs.exists(spec.source_hash):
         raise Invalid(f"source blob {spec.source_hash} has not been uploaded")
