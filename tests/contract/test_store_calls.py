@@ -391,3 +391,54 @@ def test_expired_inputs_finds_leases_past_their_deadline(h: Any) -> None:
     assert [(i, s) for i, _, s, _ in h.outputs(call)] == [(0, "timeout")]
     assert h.w(calls.expired_inputs) == []
     assert h.counters(fid) == (0, 1)
+
+
+# -- concurrency, variants, broken functions --------------------------------------------------------
+
+
+def test_a_concurrent_container_fills_to_target_then_bursts_only_with_inputs_others_left(h: Any) -> None:
+    fid = h.function(max_inputs=6, target_inputs=2)
+    call = h.call(fid, n=5)
+    a, b, _ = h.containers(3)  # ceil(5 / 2)
+    assert len(h.lease(a, 6)) == 2  # target first: fresh inputs stay for the containers below it
+    assert len(h.lease(a, 4)) == 0
+    assert len(h.lease(b, 6)) == 2
+    h.w(lambda tx: tx.execute("UPDATE inputs SET created_at = created_at - 1 WHERE call_id = ?", (call,)))
+    assert len(h.lease(a, 4)) == 1  # nobody below target took it: a bursts towards max_inputs
+    assert h.counters(fid) == (0, 5)
+
+
+def test_variants_are_idempotent_by_content_and_retired_when_the_base_changes(h: Any) -> None:
+    app_id = h.w(lambda tx: apps.create_app(tx, "v", "deployed", "test"))["app_id"]
+    spec = FunctionSpec(
+        name="M", module="m", qualname="M", is_class=True, methods={"f": {"is_generator": False}}
+    )
+    base, _ = h.w(lambda tx: apps.register_function(tx, app_id, spec, b"v1"))
+    v1, vspec, _ = h.w(lambda tx: apps.register_variant(tx, base, {"size": 2}, {"cpu": 2.0}))
+    assert h.w(lambda tx: apps.register_variant(tx, base, {"size": 2}, {"cpu": 2.0}))[0] == v1
+    v2, _, _ = h.w(lambda tx: apps.register_variant(tx, base, {"size": 3}, {}))
+    assert v2 != v1 and vspec.params == {"size": 2} and vspec.cpu == 2.0
+    assert bytes(h.one("SELECT definition FROM functions WHERE id = ?", (v1,))) == b"v1"
+    with pytest.raises(NotFound):
+        h.w(lambda tx: apps.lookup_function(tx, "v", vspec.name))
+    h.w(lambda tx: apps.register_function(tx, app_id, spec, b"v2"))  # redeployed
+    assert h.sql("SELECT active FROM functions WHERE id IN (?, ?)", (v1, v2)) == [(0,), (0,)]
+    again, _, _ = h.w(lambda tx: apps.register_variant(tx, base, {"size": 2}, {"cpu": 2.0}))
+    assert again == v1 and h.one("SELECT active FROM functions WHERE id = ?", (v1,)) == 1
+    assert bytes(h.one("SELECT definition FROM functions WHERE id = ?", (v1,))) == b"v2"
+
+
+def test_a_function_whose_containers_cannot_start_keeps_no_warm_containers(h: Any) -> None:
+    from vivace.server.services.containers import MAX_START_FAILURES
+    from vivace.server.services.workers import container_event
+
+    fid = h.function(min_containers=1)
+    for _ in range(MAX_START_FAILURES):
+        (ct,) = h.containers(1)
+        # the runtime failed its import or @enter: it leased nothing as ready, then exited 1
+        cid, token = ct
+        assert h.w(lambda tx, c=cid, t=token: calls.lease_inputs(tx, c, t, 5, False)) == []
+        h.w(lambda tx, c=cid: container_event(tx, h.worker(), c, "exited", 1, "exited"))
+    assert h.containers() == []  # min_containers is not kept up for a broken function
+    h.call(fid, n=1)
+    assert len(h.containers()) == 1  # a new input still gets a container (to fail it with the traceback)
