@@ -136,8 +136,9 @@ LOOKUP_SCRIPT = """
 import vivace
 f = vivace.Function.from_name("demo", "square")
 print(f.remote(7), list(f.map([1, 2, 3])))
+missing = vivace.Function.from_name("demo", "nope")  # lazy, as Modal's: looked up on first use
 try:
-    vivace.Function.from_name("demo", "nope")
+    missing.remote(1)
 except vivace.exception.NotFoundError as e:
     print("missing:", e)
 """
