@@ -68,6 +68,7 @@ class App:
         self.app_id: str | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._log_task: asyncio.Task[None] | None = None
+        self._log_cursor = 0
         self._heartbeat_interval = HEARTBEAT_INTERVAL
 
     def __repr__(self) -> str:
@@ -344,24 +345,41 @@ class App:
 
     async def _follow_logs(self) -> None:
         api = await get_client()
-        cursor = 0
         while True:
             try:
-                page = await api.get_json(
-                    "/v1/logs", params={"app": self.app_id, "cursor": cursor, "wait": 10}, timeout=40
-                )
+                await self._print_logs(api, wait=10)
             except exc.Error:
                 await asyncio.sleep(1)
-                continue
-            for line in page["lines"]:
-                print_log(line)
-            cursor = page["cursor"]
+
+    async def _print_logs(self, api: Any, wait: float) -> int:
+        page = await api.get_json(
+            "/v1/logs",
+            params={"app": self.app_id, "cursor": self._log_cursor, "wait": wait},
+            timeout=wait + 30,
+        )
+        for line in page["lines"]:
+            print_log(line)
+        self._log_cursor = page["cursor"]
+        return len(page["lines"])
+
+    async def _drain_logs(self) -> None:
+        """Print the lines containers wrote just before the run ended (workers ship them every 100 ms):
+        read until the app has been quiet for 0.3 s, for at most 3 s."""
+        api = await get_client()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3.0
+        with contextlib.suppress(exc.Error):
+            while loop.time() < deadline:
+                if not await self._print_logs(api, wait=0.3):
+                    return
 
     async def _finish(self, *, stop: bool) -> None:
         if self._log_task is not None:
-            await asyncio.sleep(0.3)  # let the last lines arrive
             self._log_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._log_task
             self._log_task = None
+            await self._drain_logs()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
