@@ -1,5 +1,7 @@
 """What a function sees from inside an isolated container, on every OCI runtime the host has."""
 
+import time
+
 import pytest
 
 from vivace import exception as exc
@@ -114,3 +116,29 @@ def _gateway_of_container(iso):
             gw = bytes.fromhex(fields[2])[::-1]
             return ".".join(str(b) for b in gw)
     pytest.fail(f"no default route in the container: {route!r}")
+
+
+def test_concurrent_inputs_and_exit_hooks(iso):
+    import httpx
+
+    from vivace._version import __version__
+
+    spans = list(iso.Lifecycle().hold.map([1.0] * 4))
+    (task,) = {t for t, _, _ in spans}  # max_containers=1: one container served them, overlapping
+    assert max(s for _, s, _ in spans) < min(e for _, _, e in spans), spans
+    env = iso.cluster.client_env()
+    headers = {
+        "authorization": f"Bearer {env['VIVACE_TOKEN_ID']}:{env['VIVACE_TOKEN_SECRET']}",
+        "x-vivace-version": __version__,
+    }
+    with httpx.Client(base_url=iso.cluster.url, headers=headers, timeout=30) as http:
+        http.post(f"/v1/containers/{task}/stop").raise_for_status()
+
+        def exit_logged():
+            lines = http.get("/v1/logs", params={"container": task}).json()["lines"]
+            return any(line["line"] == f"exit hook ran in {task}" for line in lines)
+
+        deadline = time.monotonic() + 30
+        while not exit_logged():
+            assert time.monotonic() < deadline, "the @exit hook did not run when the container stopped"
+            time.sleep(0.2)

@@ -2,6 +2,7 @@
 
 import os
 import socket
+import time
 
 import vivace
 
@@ -137,3 +138,21 @@ def privileged_ops():
     results["cap_eff"] = status["CapEff"].strip()
     results["no_new_privs"] = status.get("NoNewPrivs", "absent").strip()  # gVisor does not show it
     return results
+
+
+@app.cls(max_containers=1)
+@vivace.concurrent(max_inputs=4)
+class Lifecycle:
+    @vivace.enter()
+    def start(self):
+        self.started = time.time()
+
+    @vivace.method()
+    def hold(self, seconds):
+        start = time.time()
+        time.sleep(seconds)
+        return os.environ["MODAL_TASK_ID"], start, time.time()
+
+    @vivace.exit()
+    def stop(self):
+        print(f"exit hook ran in {os.environ['MODAL_TASK_ID']}", flush=True)

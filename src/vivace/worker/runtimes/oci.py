@@ -177,6 +177,9 @@ def oci_config(
     }
 
 
+_pending: set[asyncio.Task[Any]] = set()  # runsc kill commands in flight
+
+
 class OciHandle:
     def __init__(
         self,
@@ -217,7 +220,22 @@ class OciHandle:
         return ExitStatus(code, "crashed")
 
     def terminate(self) -> None:
+        if self.runtime.name == "runsc":
+            # the cgroup holds gVisor's sentry, not the container's processes: ask runsc to deliver it
+            task = asyncio.get_running_loop().create_task(self._runsc_term())
+            _pending.add(task)
+            task.add_done_callback(_pending.discard)
+            return
         self.cgroup.signal_all(signal.SIGTERM)
+
+    async def _runsc_term(self) -> None:
+        # runsc's control socket lives in the network namespace the sandbox started in
+        netns = str(self.slot.path) if self.slot is not None and not self.slot.blocked else None
+        code, out = await self.runtime._run_tool("kill", self.cid, "TERM", netns=netns)
+        if code != 0:
+            log.warning(
+                "runsc kill %s TERM failed (%d): %s", self.cid, code, out.decode(errors="replace").strip()
+            )
 
     def kill(self) -> None:
         self._killed = True
@@ -310,11 +328,11 @@ class OciRuntime:
             _libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None)
             _libc.umount2(str(self._detach_unified).encode(), MNT_DETACH)
 
-    async def _run_tool(self, *args: str, timeout: float = 10) -> tuple[int, bytes]:
+    async def _run_tool(self, *args: str, timeout: float = 10, netns: str | None = None) -> tuple[int, bytes]:
         proc = await asyncio.create_subprocess_exec(
             self.binary, *self.global_args, *args,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=self._preexec,
+            preexec_fn=lambda: self._preexec(netns),
         )  # fmt: skip
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout)
