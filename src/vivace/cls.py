@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import inspect
+import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -131,6 +132,7 @@ class Cls:
         self._vivace_raw_f = user_cls  # the runtime imports this attribute to find the class
         self._function = function
         self._options = dict(options or {})
+        self._services: dict[str, Function] = {}  # variant handles by content, shared by copies
         self._params = class_parameters(user_cls) if user_cls is not None else None
         if user_cls is not None:
             self.__doc__ = user_cls.__doc__
@@ -219,9 +221,13 @@ class Obj:
         if params or cls._options:
             variant = {"params": encode_params(params), "options": cls._options}
         base = cls._function
-        self._service = (
-            base if variant is None else Function(base._app, None, None, base=base, variant=variant)
-        )
+        if variant is None:
+            self._service = base
+        else:  # one handle per parameter and option set: its variant is created once per app run
+            key = json.dumps(variant, sort_keys=True)
+            if key not in cls._services:
+                cls._services[key] = Function(base._app, None, None, base=base, variant=variant)
+            self._service = cls._services[key]
         self._methods: dict[str, Function] = {}
 
     def __repr__(self) -> str:
