@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from vivace import exception as exc
+from vivace import runtime_api
 from vivace._sdk import invocation
 from vivace._sdk.connection import get_client
 from vivace._sync import iter_async, iter_sync, run_async, run_sync, synchronized, twin
@@ -106,15 +107,15 @@ class Function:
             self._spec = spec
             return fid
         if self._function_id is None:
-            if self._lookup is None:
+            query = _in_container_lookup(self)
+            if self._lookup is not None:
+                query = {"app": self._lookup[0], "name": self._lookup[1]}
+            if query is None:
                 raise exc.InvalidError(
                     f"function {self._name!r} has no id yet: call it inside `with app.run():` or from "
                     "`vivace run`"
                 )
-            app_name, name = self._lookup
-            data = await (await get_client()).get_json(
-                "/v1/functions/lookup", params={"app": app_name, "name": name}
-            )
+            data = await (await get_client()).get_json("/v1/functions/lookup", params=query)
             self._spec = FunctionSpec.from_dict(data["spec"])
             self._function_id = data["function_id"]
         return self._function_id
@@ -360,6 +361,15 @@ class Function:
             if not isinstance(value, str) or not value:
                 raise exc.InvalidError(f"Function.from_name: {what} must be a non-empty string")
         return Function(None, None, None, lookup=(app_name, name))
+
+
+def _in_container_lookup(fn: Function) -> dict[str, str] | None:
+    """Inside a container, a function of the app being served is found by the container's app id."""
+    if fn._app is None or runtime_api.is_local():
+        return None
+    from vivace.runtime import context
+
+    return {"app_id": context.app_id, "name": fn._name} if context.app_id else None
 
 
 class FunctionStats:

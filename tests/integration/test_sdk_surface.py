@@ -158,6 +158,53 @@ def test_exit_hooks_run_on_scale_down_and_on_app_stop(app_loader, api):
     assert lines.count("enter long") == 1 and lines.count("exit long") == 1
 
 
+def test_containers_call_their_app_and_deployed_apps(classes, cluster):
+    out = classes.fan_out.remote(4)
+    assert out["map"] == 0 + 1 + 4 + 9 and out["remote"] == 16 and out["method"] == 20 and out["spawned"] == 9
+    assert (
+        classes.restricted.remote().startswith("denied: ")
+        and "restrict_modal_access" in classes.restricted.remote()
+    )
+
+
+def test_a_container_acts_only_with_its_own_apps_scope(classes, cluster, api):
+    from vivace.protocol import frames
+    from vivace.protocol.versions import CONTAINER_HEADER
+
+    classes.square.remote(1)
+    rows = api.get("/v1/containers", params={"app": classes.app.app_id}).json()["containers"]
+    cid = next(r["container_id"] for r in rows if r["function"] == "square" and r["state"] != "stopped")
+    other = api.post("/v1/apps", json={"name": "someone-else"}).json()["app_id"]
+    spec = {"name": "g", "module": "m", "qualname": "g"}
+    resp = api.post(f"/v1/apps/{other}/functions", content=frames.encode({"spec": spec}))
+    foreign = resp.json()["function_id"]
+    as_container = {
+        "authorization": f"Bearer {cluster.worker_token}",
+        "x-vivace-version": __version__,
+        CONTAINER_HEADER: cid,
+    }
+    with httpx.Client(base_url=cluster.url, headers=as_container, timeout=30) as c:
+        mine = c.get("/v1/functions/lookup", params={"app_id": classes.app.app_id, "name": "square"})
+        assert mine.status_code == 200, mine.text
+        for method, path, kw in [
+            ("POST", "/v1/calls", {"json": {"call_id": "fc-" + "ab" * 10, "function_id": foreign}}),
+            ("POST", f"/v1/functions/{foreign}/variants", {"json": {"options": {}}}),
+            ("GET", f"/v1/functions/{foreign}/stats", {}),
+            ("GET", "/v1/functions/lookup", {"params": {"app_id": other, "name": "g"}}),
+            ("GET", "/v1/apps", {}),  # not a route containers may call at all
+            ("POST", "/v1/tokens", {"json": {"kind": "user"}}),
+        ]:
+            resp = c.request(method, path, **kw)
+            assert resp.status_code == 403, (path, resp.text)
+        forged = {**as_container, CONTAINER_HEADER: "ta-" + "0" * 20}
+        assert c.get("/v1/version", headers=forged).status_code == 403  # no such running container
+    with httpx.Client(
+        base_url=cluster.url, headers={**as_container, "authorization": f"Bearer {cluster.user_token}"}
+    ) as c:
+        assert c.get("/v1/apps").status_code == 200  # the header means nothing on a user token
+    api.post(f"/v1/apps/{other}/stop")
+
+
 def test_deployed_functions_and_classes_by_name(app_loader):
     module = app_loader("deployed")
     module.app.deploy()
@@ -169,6 +216,7 @@ def test_deployed_functions_and_classes_by_name(app_loader):
         assert Greeter().greet.remote("ada") == "hello ada"
         assert Greeter(greeting="hi").greet.remote("bob") == "hi bob"
         assert vivace.App.lookup("sdk-deployed").app_id == module.app.app_id
+        assert vivace.Function.from_name("sdk-deployed", "via_name").remote(4) == 12  # from a container
         stats = lazy.get_current_stats()
         assert stats.num_total_runners >= 1 and stats.backlog == 0
         lazy.update_autoscaler(min_containers=1)

@@ -118,6 +118,10 @@ def _gateway_of_container(iso):
     pytest.fail(f"no default route in the container: {route!r}")
 
 
+def test_a_container_calls_another_function_through_its_worker(iso):
+    assert "iso.py" in iso.relay.remote("/src")
+
+
 def test_concurrent_inputs_and_exit_hooks(iso):
     import httpx
 

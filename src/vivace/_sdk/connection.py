@@ -7,13 +7,15 @@ import os
 from typing import TYPE_CHECKING
 
 from vivace._sdk.config import load_settings
-from vivace.exception import InvalidError
 
 if TYPE_CHECKING:
     from vivace.client import ApiClient
 
 _client: ApiClient | None = None
 _lock: asyncio.Lock | None = None
+
+
+CONTAINER_API = "http://worker/api"
 
 
 async def get_client() -> ApiClient:
@@ -24,11 +26,14 @@ async def get_client() -> ApiClient:
         _lock = asyncio.Lock()
     async with _lock:
         if _client is None:
-            if os.environ.get("VIVACE_SOCKET"):
-                raise InvalidError(
-                    "calling the vivace API from inside a container is not supported yet in this release"
-                )
             from vivace.client import ApiClient, Credentials
+
+            socket_path = os.environ.get("VIVACE_SOCKET")
+            if socket_path:
+                # inside a container: the worker forwards /api/... to the control plane, acting for this
+                # container with its app's scope; the container itself holds no credentials
+                _client = ApiClient(CONTAINER_API, Credentials("container", "none"), uds=socket_path)
+                return _client
 
             settings = load_settings()
             if settings.server_url:

@@ -53,11 +53,15 @@ class Credentials:
 
 
 class ApiClient:
-    def __init__(self, base_url: str, creds: Credentials, *, retry_for: float = 60.0) -> None:
+    def __init__(
+        self, base_url: str, creds: Credentials, *, retry_for: float = 60.0, uds: str | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.creds = creds
         self.retry_for = retry_for
-        self._http = HttpClient(self.base_url, {"authorization": creds.header(), VERSION_HEADER: __version__})
+        self._http = HttpClient(
+            self.base_url, {"authorization": creds.header(), VERSION_HEADER: __version__}, uds=uds
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()

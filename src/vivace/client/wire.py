@@ -54,7 +54,10 @@ class _Conn:
 
 
 class HttpClient:
-    def __init__(self, base_url: str, headers: Mapping[str, str]) -> None:
+    """``uds``: connect to this unix socket instead of the URL's host (inside a container, the worker's)."""
+
+    def __init__(self, base_url: str, headers: Mapping[str, str], *, uds: str | None = None) -> None:
+        self.uds = uds
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"server URL must be http:// or https://, got {base_url!r}")
@@ -71,6 +74,9 @@ class HttpClient:
             self._idle.pop().close()
 
     async def _connect(self) -> _Conn:
+        if self.uds is not None:
+            reader, writer = await asyncio.open_unix_connection(self.uds, limit=MAX_HEADER_LINE)
+            return _Conn(reader, writer)
         reader, writer = await asyncio.open_connection(
             self.host, self.port, ssl=self.ssl, limit=MAX_HEADER_LINE
         )

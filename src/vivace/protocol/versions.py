@@ -9,6 +9,8 @@ from typing import Optional
 from vivace._version import __version__
 
 VERSION_HEADER = "X-Vivace-Version"
+# set by a worker on requests it forwards for one of its containers (the container's id)
+CONTAINER_HEADER = "X-Vivace-Container"
 
 
 def protocol_of(version: str) -> str:

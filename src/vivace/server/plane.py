@@ -29,6 +29,8 @@ class ControlPlane:
         self.fast_functions: dict[str, float] = {}  # function -> EWMA of input duration (s)
         self.cancel_requests: dict[str, set[int]] = {}  # container -> inputs to interrupt
         self.worker_tokens: dict[str, str] = {}  # worker -> the token that registered it
+        # container -> (app it acts for, token of its worker, restrict_modal_access)
+        self.container_scopes: dict[str, tuple[str, str, bool]] = {}
         self.ready_containers: set[str] = set()  # containers whose first lease (their ready mark) is stored
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -17,7 +17,7 @@ from vivace import exception as exc
 from vivace._version import __version__
 from vivace.client import ApiClient
 from vivace.protocol import frames
-from vivace.protocol.versions import check_compatible
+from vivace.protocol.versions import CONTAINER_HEADER, check_compatible
 from vivace.worker.gpus import Gpu
 from vivace.worker.httpd import HttpRequest, HttpResponse, UnixHttpServer
 from vivace.worker.logs import LogShipper
@@ -25,6 +25,7 @@ from vivace.worker.runtimes.base import ContainerHandle, ContainerRuntime, Conta
 
 log = logging.getLogger("vivace.worker")
 STOP_GRACE = 5.0
+FORWARD_TIMEOUT = 120.0  # long-polls from the container wait up to 60 s
 HEARTBEAT_TIMEOUT = 30.0
 
 
@@ -200,7 +201,29 @@ class ContainerSupervisor:
             return HttpResponse(200, json.dumps(info).encode(), "application/json")
         if req.path == "/definition" and req.method == "GET":
             return HttpResponse(200, self.definition or b"")
+        if req.path.startswith("/api/v1/"):
+            return await self._forward(req)
         return HttpResponse(404, b"not found", "text/plain")
+
+    async def _forward(self, req: HttpRequest) -> HttpResponse:
+        """The container's own API calls (other functions, lookups): sent on with this worker's token
+        and the container's id; the control plane acts with the container's app scope, never the worker's.
+        The container's own headers, except its content type, are dropped."""
+        headers = {CONTAINER_HEADER: self.id}
+        if "content-type" in req.headers:
+            headers["content-type"] = req.headers["content-type"]
+        try:
+            resp = await self.api._http.request(
+                req.method,
+                req.path[len("/api") :],
+                content=req.body,
+                headers=headers,
+                timeout=FORWARD_TIMEOUT,
+            )
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as err:
+            return HttpResponse(503, f"the control plane is unreachable: {err}".encode(), "text/plain")
+        ctype = resp.headers.get("content-type", "application/octet-stream")
+        return HttpResponse(resp.status_code, resp.content, ctype)
 
     async def _exchange(self, body: bytes) -> HttpResponse:
         try:

@@ -100,3 +100,29 @@ class Batcher:
     @vivace.method()
     def add(self, xs, ys):
         return [x + y + self.offset for x, y in zip(xs, ys, strict=True)]
+
+
+@app.function()
+def square(x):
+    return x * x
+
+
+@app.function()
+def fan_out(n):
+    """Calls the app's other functions and classes from inside a container."""
+    return {
+        "map": sum(square.map(range(n))),
+        "remote": square.remote(n),
+        "method": Model(size=2).predict.remote(1)[1],
+        "spawned": square.spawn(3).get(),
+        "container": os.environ["MODAL_TASK_ID"],
+    }
+
+
+@app.function(restrict_modal_access=True)
+def restricted():
+    try:
+        square.remote(2)
+    except vivace.exception.PermissionDeniedError as err:
+        return f"denied: {err}"
+    return "allowed"

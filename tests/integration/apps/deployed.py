@@ -22,3 +22,9 @@ class Greeter:
     @vivace.method()
     def greet(self, name):
         return f"{self.greeting} {name}"
+
+
+@app.function()
+def via_name(x):
+    """A deployed function reached by name from inside another container."""
+    return vivace.Function.from_name("sdk-deployed", "triple").remote(x)

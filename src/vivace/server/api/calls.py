@@ -12,6 +12,9 @@ from starlette.responses import JSONResponse, Response
 from vivace.protocol import ids
 from vivace.protocol.calls import FINAL, CallKind, OutputStatus
 from vivace.server.api.common import (
+    USERS,
+    allow_call,
+    allow_function,
     check_worker,
     field,
     frame_body,
@@ -32,11 +35,12 @@ RETRY_RECHECK = 0.25  # seconds between lease attempts while queued inputs wait 
 _STATUSES = {s.value for s in OutputStatus}
 
 
-@route()
+@route(kinds=USERS)
 async def create_call(request: Request) -> Response:
     body = await json_body(request)
     call_id = field(body, "call_id", str)
     function_id = field(body, "function_id", str)
+    await allow_function(request, function_id)
     kind = field(body, "kind", str, CallKind.REMOTE.value)
     if not ids.is_id(call_id, ids.FUNCTION_CALL):
         raise Invalid("call_id must look like fc-<hex>")
@@ -47,7 +51,7 @@ async def create_call(request: Request) -> Response:
     return JSONResponse({"call_id": call_id, "created": created})
 
 
-@route()
+@route(kinds=USERS)
 async def put_inputs(request: Request) -> Response:
     """Frames: header ``{"idx": [..], "total": n|null}``; one payload per input."""
     call_id = request.path_params["call_id"]
@@ -77,6 +81,9 @@ async def put_inputs(request: Request) -> Response:
         raise Invalid("'function_id' must be a string and 'kind' a known call kind")
     if create_for is not None and not ids.is_id(call_id, ids.FUNCTION_CALL):
         raise Invalid("call ids look like fc-<hex>")
+    if create_for is not None:
+        await allow_function(request, create_for)
+    await allow_call(request, call_id)
 
     def op(tx: Any) -> tuple[str, int]:
         if create_for is not None:
@@ -93,9 +100,10 @@ async def put_inputs(request: Request) -> Response:
     return JSONResponse({"added": added})
 
 
-@route()
+@route(kinds=USERS)
 async def get_outputs(request: Request) -> Response:
     call_id = request.path_params["call_id"]
+    await allow_call(request, call_id)
     cursor = query_int(request, "cursor", 0, 0, 2**62)
     wait = query_float(request, "wait", 0.0, 0.0, 60.0)
     limit = query_int(request, "limit", 1000, 1, 10_000)
@@ -131,9 +139,10 @@ async def _outputs_response(plane: Any, call_id: str, cursor: int, wait: float, 
     return frame_response(header, blobs)
 
 
-@route()
+@route(kinds=USERS)
 async def cancel_call(request: Request) -> Response:
     call_id = request.path_params["call_id"]
+    await allow_call(request, call_id)
     body = await json_body(request)
     terminate = field(body, "terminate_containers", bool, False)
     plane = plane_of(request)

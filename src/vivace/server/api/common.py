@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from vivace.protocol import frames
-from vivace.protocol.versions import VERSION_HEADER, check_compatible
+from vivace.protocol.versions import CONTAINER_HEADER, VERSION_HEADER, check_compatible
 from vivace.server.errors import ApiError, Invalid, Unauthorized, VersionMismatch
 from vivace.server.plane import ControlPlane
 from vivace.server.services import tokens
@@ -22,6 +22,7 @@ log = logging.getLogger("vivace.server")
 
 Handler = Callable[[Request], Awaitable[Response]]
 AUTH_CACHE_SECONDS = 30.0
+USERS = ("user", "container")  # routes a container may call through its worker (with its app's scope)
 MAX_BODY = 300 * 1024 * 1024
 
 
@@ -64,6 +65,60 @@ async def authenticate(request: Request) -> str:
     return kind
 
 
+async def container_scope(request: Request, container_id: str) -> str:
+    """The app a container acts for. Its worker must have been registered by the calling token, and a
+    function with ``restrict_modal_access=True`` gets no API access beyond its own inputs."""
+    from vivace.server.errors import Forbidden
+
+    plane = plane_of(request)
+    scope = plane.container_scopes.get(container_id)
+    if scope is None:
+        row = await plane.store.read(
+            lambda tx: tx.fetchone(
+                "SELECT c.app_id, w.token_id, f.spec FROM containers c JOIN workers w ON w.id = c.worker_id "
+                "JOIN functions f ON f.id = c.function_id WHERE c.id = ? AND c.state <> 'stopped'",
+                (container_id,),
+            )
+        )
+        if row is None:
+            raise Forbidden(f"container {container_id} is not running")
+        restricted = bool(json.loads(row[2]).get("restrict_modal_access"))
+        scope = (str(row[0]), str(row[1]), restricted)
+        plane.container_scopes[container_id] = scope
+    app_id, token_id, restricted = scope
+    if token_id != request.scope.get("vivace.token_id"):
+        raise Forbidden(f"this token's worker does not run container {container_id}")
+    if restricted:
+        raise Forbidden("this function has restrict_modal_access=True: it may not call the vivace API")
+    return app_id
+
+
+async def allow_function(request: Request, function_id: str) -> None:
+    """A container may use its own app's functions and deployed apps' ones; users any."""
+    if getattr(request.state, "token_kind", None) != "container":
+        return
+    row = await plane_of(request).store.read(
+        lambda tx: tx.fetchone(
+            "SELECT f.app_id, a.state FROM functions f JOIN apps a ON a.id = f.app_id WHERE f.id = ?",
+            (function_id,),
+        )
+    )
+    if row is not None and row[0] != request.state.scope_app and row[1] != "deployed":
+        from vivace.server.errors import Forbidden
+
+        raise Forbidden(f"function {function_id} belongs to another app, which is not deployed")
+
+
+async def allow_call(request: Request, call_id: str) -> None:
+    if getattr(request.state, "token_kind", None) != "container":
+        return
+    fid = await plane_of(request).store.read(
+        lambda tx: tx.scalar("SELECT function_id FROM calls WHERE id = ?", (call_id,))
+    )
+    if fid is not None:
+        await allow_function(request, str(fid))
+
+
 def route(*, kinds: tuple[str, ...] = ("user",)) -> Callable[[Handler], Handler]:
     """Wrap a handler: version check, authentication, token kind, errors as problem+json."""
 
@@ -74,6 +129,10 @@ def route(*, kinds: tuple[str, ...] = ("user",)) -> Callable[[Handler], Handler]
                 if msg:
                     raise VersionMismatch(msg)
                 kind = await authenticate(request)
+                cid = request.headers.get(CONTAINER_HEADER)
+                if cid is not None and kind == "worker":  # a worker forwarding its container's call
+                    request.state.scope_app = await container_scope(request, cid)
+                    kind = "container"
                 if kind not in kinds:
                     from vivace.server.errors import Forbidden
 

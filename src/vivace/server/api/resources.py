@@ -12,6 +12,8 @@ from vivace._version import __version__
 from vivace.protocol.functions import FunctionSpec, SpecError
 from vivace.protocol.versions import VERSION_HEADER
 from vivace.server.api.common import (
+    USERS,
+    allow_function,
     field,
     frame_body,
     json_body,
@@ -22,11 +24,11 @@ from vivace.server.api.common import (
 )
 from vivace.server.blobs import BlobError
 from vivace.server.channel import ChannelError
-from vivace.server.errors import Conflict, Invalid, NotFound
+from vivace.server.errors import Conflict, Forbidden, Invalid, NotFound
 from vivace.server.services import apps, calls, containers, logs, tokens, workers
 
 
-@route(kinds=("user", "worker"))
+@route(kinds=("user", "worker", "container"))
 async def version(request: Request) -> Response:
     return JSONResponse({"version": __version__, "store": plane_of(request).store.dialect.name})
 
@@ -117,20 +119,31 @@ def _register(tx: Any, app_id: str, spec: FunctionSpec, definition: bytes | None
     return fid, stale
 
 
-@route()
+@route(kinds=USERS)
 async def lookup_function(request: Request) -> Response:
+    """By deployed app name (``app``), or by app id (``app_id``: any live app; a container: its own)."""
     app_name = request.query_params.get("app")
+    app_id = request.query_params.get("app_id")
     name = request.query_params.get("name")
-    if not app_name or not name:
-        raise Invalid("query parameters 'app' and 'name' are required")
-    info = await plane_of(request).store.read(lambda tx: apps.lookup_function(tx, app_name, name))
+    if not name or (not app_name) == (not app_id):
+        raise Invalid(
+            "query parameters 'name' and one of 'app' (a deployed app's name) or 'app_id' are required"
+        )
+    if app_id is not None and request.state.token_kind == "container" and app_id != request.state.scope_app:
+        raise Forbidden("a container looks up its own app's functions by id, others by deployed name")
+    store = plane_of(request).store
+    if app_id is not None:
+        info = await store.read(lambda tx: apps.lookup_function_in(tx, app_id, name))
+    else:
+        info = await store.read(lambda tx: apps.lookup_function(tx, str(app_name), name))
     return JSONResponse({"function_id": info.id, "app_id": info.app_id, "spec": info.spec.to_dict()})
 
 
-@route()
+@route(kinds=USERS)
 async def create_variant(request: Request) -> Response:
     """A function with class parameters bound and/or options applied; idempotent by content."""
     base_id = request.path_params["function_id"]
+    await allow_function(request, base_id)
     body = await json_body(request)
     params = field(body, "params", dict, None, optional=True)
     options = field(body, "options", dict, {})
@@ -157,7 +170,7 @@ def _variant(
     return fid, spec, stale
 
 
-@route()
+@route(kinds=USERS)
 async def lookup_app(request: Request) -> Response:
     name = request.query_params.get("name")
     if not name:
@@ -166,15 +179,17 @@ async def lookup_app(request: Request) -> Response:
     return JSONResponse({"app_id": app_id, "name": name})
 
 
-@route()
+@route(kinds=USERS)
 async def function_stats(request: Request) -> Response:
     fid = request.path_params["function_id"]
+    await allow_function(request, fid)
     return JSONResponse(await plane_of(request).store.read(lambda tx: calls.function_stats(tx, fid)))
 
 
-@route()
+@route(kinds=USERS)
 async def update_autoscaler(request: Request) -> Response:
     fid = request.path_params["function_id"]
+    await allow_function(request, fid)
     body = await json_body(request)
     allowed = {"min_containers", "max_containers", "buffer_containers", "scaledown_window"}
     bad = set(body) - allowed

@@ -153,6 +153,7 @@ async def events(request: Request) -> Response:
         touched |= await plane.store.write(functools.partial(_event_op, worker_id, cid, kind, code, reason))
         if kind == "exited":
             plane.container_cache.pop(cid, None)
+            plane.container_scopes.pop(cid, None)
             plane.ready_containers.discard(cid)
     plane.requeued(touched)
     return JSONResponse({"ok": True})

@@ -219,6 +219,20 @@ def lookup_function(tx: Tx, app_name: str, name: str) -> FunctionInfo:
     return get_function(tx, row[0])
 
 
+def lookup_function_in(tx: Tx, app_id: str, name: str) -> FunctionInfo:
+    """A function of a live app by name (how a container finds its own app's other functions)."""
+    row = None
+    if "#" not in name:
+        row = tx.fetchone(
+            "SELECT f.id FROM functions f JOIN apps a ON a.id = f.app_id WHERE a.id = ? AND f.name = ? "
+            f"AND a.state IN {LIVE_STATES!r}",
+            (app_id, name),
+        )
+    if row is None:
+        raise NotFound(f"app {app_id} has no live function or class named {name!r}")
+    return get_function(tx, row[0])
+
+
 def lookup_app(tx: Tx, name: str) -> str:
     row = tx.fetchone("SELECT id FROM apps WHERE name = ? AND state = 'deployed'", (name,))
     if row is None:
