@@ -103,6 +103,18 @@ def test_concurrent_inputs_overlap_in_one_container(classes, name):
     assert max_overlap([(s, e) for _, s, e, _ in results]) == 10  # all ten ran at the same time
 
 
+@pytest.mark.parametrize("name", ["sleeper", "spinner"])
+def test_cancelling_one_concurrent_input_leaves_the_others_running(classes, name):
+    fn = getattr(classes, name)
+    long, short = fn.spawn(600), fn.spawn(1.5)
+    time.sleep(0.7)  # both run in the one container
+    long.cancel()
+    with pytest.raises(vivace.exception.InputCancellation):  # interrupted: not a TimeoutError
+        long.get(timeout=20)
+    assert short.get(timeout=20) == 1.5
+    assert fn.remote(0.1) == 0.1  # the container still serves
+
+
 def test_autoscaler_starts_ceil_n_over_target_inputs(classes):
     call = classes.hold.spawn_map(range(12))  # 12 inputs of 3 s, target_inputs=4: 3 containers
     seen = []

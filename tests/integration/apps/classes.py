@@ -126,3 +126,19 @@ def restricted():
     except vivace.exception.PermissionDeniedError as err:
         return f"denied: {err}"
     return "allowed"
+
+
+@app.function(max_containers=1)
+@vivace.concurrent(max_inputs=4)
+async def sleeper(seconds):
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@app.function(max_containers=1)
+@vivace.concurrent(max_inputs=4)
+def spinner(seconds):
+    end = time.time() + seconds
+    while time.time() < end:  # pure Python: a cancellation interrupts it between bytecodes
+        pass
+    return seconds
