@@ -10,6 +10,7 @@ from vivace.cls import Cls, Obj, parameter
 from vivace.decorators import batched, concurrent, enter, exit, method
 from vivace.exception import Error
 from vivace.function import Function, FunctionCall
+from vivace.image import Image
 from vivace.retries import Retries
 from vivace.runtime_api import current_function_call_id, current_input_id, is_local
 
@@ -19,6 +20,7 @@ __all__ = [
     "Error",
     "Function",
     "FunctionCall",
+    "Image",
     "Obj",
     "Retries",
     "__version__",

@@ -1,0 +1,426 @@
+"""``Image``: Modal's image builder, as an immutable chain of steps (see docs/adr/0010-images.md).
+
+Every method validates its arguments at once (an ``InvalidError`` naming the argument) and returns a new
+``Image``. Steps that read local files remember the path; the files are archived and hashed when the
+image is resolved (``Image.steps()``), so the id changes exactly when their content does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import importlib.util
+import io
+import os
+import secrets
+import sys
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vivace import exception as exc
+from vivace.protocol import images as proto
+
+MAX_LOCAL_FILES = 512 * 1024 * 1024  # bytes of local files one step may add
+SKIP_DIRS = {"__pycache__", ".git", ".venv", "node_modules", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
+
+
+@dataclass(frozen=True)
+class _LocalFiles:
+    """An ``add_local_*`` step before its files are archived: (local path, path inside the image)."""
+
+    entries: tuple[tuple[str, str], ...]
+    remote: str
+    copy: bool
+
+
+@dataclass(frozen=True)
+class FileArchive:
+    digest: str
+    data: bytes
+
+
+class Image:
+    """A container image: a base (``debian_slim``, ``from_registry``) and the steps applied to it."""
+
+    def __init__(self, steps: tuple[Any, ...], *, _id: str | None = None) -> None:
+        self._steps = steps
+        self._fixed_id = _id
+        self._archives: dict[str, FileArchive] = {}
+
+    def __repr__(self) -> str:
+        kinds = [s.get("kind") if isinstance(s, dict) else "add_local" for s in self._steps]
+        return f"<vivace.Image {' -> '.join(str(k) for k in kinds)}>"
+
+    # -- constructors -----------------------------------------------------------------------------
+    @staticmethod
+    def debian_slim(python_version: str | None = None, force_build: bool = False) -> Image:
+        """Debian with Python (``python`` and ``pip`` on PATH), like the ``python:X-slim`` images.
+
+        ``python_version`` defaults to this interpreter's minor version; Debian ships 3.11 (bookworm)
+        and 3.13 (trixie), and containers must run the client's minor for cloudpickle.
+        """
+        version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
+        if not isinstance(version, str):
+            raise exc.InvalidError(f"python_version must be a string such as '3.11', got {version!r}")
+        version = ".".join(version.split(".")[:2])
+        if version not in proto.SUPPORTED_PYTHONS:
+            hint = "" if python_version else f" (this interpreter is {version}; pass python_version=)"
+            raise exc.InvalidError(
+                f"debian_slim has Python {', '.join(sorted(proto.SUPPORTED_PYTHONS))} (Debian's own); "
+                f"{version} is not available{hint}"
+            )
+        return Image(({"kind": "debian_slim", "python_version": version},))._forced(force_build)
+
+    @staticmethod
+    def from_registry(
+        tag: str,
+        *,
+        secret: Any = None,
+        add_python: str | None = None,
+        force_build: bool = False,
+        **kwargs: Any,
+    ) -> Image:
+        """An image pulled from an OCI registry (Docker Hub, GHCR, a private registry, ...)."""
+        _no_extra(kwargs, "Image.from_registry()")
+        if secret is not None:
+            raise exc.NotImplementedYetError("from_registry(secret=...) needs Secrets (storage primitives)")
+        step: dict[str, Any] = {"kind": "from_registry", "reference": tag}
+        if add_python is not None:
+            step["add_python"] = add_python
+        return Image((_checked(step),))._forced(force_build)
+
+    @staticmethod
+    def from_id(image_id: str) -> Image:
+        """The image with this id (built before, anywhere)."""
+        if not isinstance(image_id, str) or not image_id.startswith(proto.IMAGE + "-"):
+            raise exc.InvalidError(f"not an image id: {image_id!r}")
+        return Image((), _id=image_id)
+
+    # -- steps ------------------------------------------------------------------------------------
+    def apt_install(self, *packages: str | list[str], force_build: bool = False, **kwargs: Any) -> Image:
+        """Install Debian packages with apt."""
+        _no_extra(kwargs, "apt_install()")
+        return self._add({"kind": "apt_install", "packages": _flatten(packages, "apt_install")}, force_build)
+
+    def pip_install(
+        self,
+        *packages: str | list[str],
+        find_links: str | None = None,
+        index_url: str | None = None,
+        extra_index_url: str | None = None,
+        pre: bool = False,
+        extra_options: str = "",
+        force_build: bool = False,
+        **kwargs: Any,
+    ) -> Image:
+        """Install Python packages (with uv, bytecode compiled)."""
+        _no_extra(kwargs, "pip_install()")
+        return self._pip(
+            "pip_install", packages, find_links, index_url, extra_index_url, pre, extra_options, force_build
+        )
+
+    def uv_pip_install(
+        self,
+        *packages: str | list[str],
+        find_links: str | None = None,
+        index_url: str | None = None,
+        extra_index_url: str | None = None,
+        pre: bool = False,
+        extra_options: str = "",
+        force_build: bool = False,
+        **kwargs: Any,
+    ) -> Image:
+        """Install Python packages with uv (bytecode compiled)."""
+        _no_extra(kwargs, "uv_pip_install()")
+        return self._pip(
+            "uv_pip_install",
+            packages,
+            find_links,
+            index_url,
+            extra_index_url,
+            pre,
+            extra_options,
+            force_build,
+        )
+
+    def pip_install_from_requirements(
+        self, requirements_txt: str, force_build: bool = False, **kwargs: Any
+    ) -> Image:
+        """Install what a local requirements file lists (its lines become the step, so edits rebuild)."""
+        path = Path(requirements_txt).expanduser()
+        if not path.is_file():
+            raise exc.InvalidError(f"requirements file {requirements_txt!r} does not exist")
+        lines = [
+            line.split("#", 1)[0].strip()
+            for line in path.read_text().splitlines()
+            if line.split("#", 1)[0].strip() and not line.strip().startswith("-")
+        ]
+        if not lines:
+            raise exc.InvalidError(f"{requirements_txt} lists no requirements")
+        return self.pip_install(*lines, force_build=force_build, **kwargs)
+
+    def pip_install_from_pyproject(
+        self, pyproject_toml: str, optional_dependencies: Sequence[str] = (), force_build: bool = False
+    ) -> Image:
+        """Install a local pyproject.toml's dependencies (and the named optional groups)."""
+        import tomllib
+
+        path = Path(pyproject_toml).expanduser()
+        if not path.is_file():
+            raise exc.InvalidError(f"{pyproject_toml!r} does not exist")
+        try:
+            project = tomllib.loads(path.read_text()).get("project", {})
+        except tomllib.TOMLDecodeError as err:
+            raise exc.InvalidError(f"{pyproject_toml} is not valid TOML: {err}") from None
+        deps = list(project.get("dependencies", []))
+        extras = project.get("optional-dependencies", {})
+        for group in optional_dependencies:
+            if group not in extras:
+                raise exc.InvalidError(f"{pyproject_toml} has no optional dependency group {group!r}")
+            deps += extras[group]
+        if not deps:
+            raise exc.InvalidError(f"{pyproject_toml} lists no dependencies")
+        return self.pip_install(*deps, force_build=force_build)
+
+    def run_commands(
+        self,
+        *commands: str | list[str],
+        secrets: Sequence[Any] = (),
+        force_build: bool = False,
+        gpu: Any = None,
+    ) -> Image:
+        """Run shell commands in the image (network on)."""
+        if secrets:
+            raise exc.NotImplementedYetError("run_commands(secrets=...) needs Secrets (storage primitives)")
+        if gpu is not None:
+            raise exc.NotImplementedYetError("run_commands(gpu=...) needs GPU builds")
+        return self._add(
+            {"kind": "run_commands", "commands": _flatten(commands, "run_commands")}, force_build
+        )
+
+    def env(self, vars: dict[str, str]) -> Image:
+        """Set environment variables for later steps and for containers."""
+        if not isinstance(vars, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in vars.items()
+        ):
+            raise exc.InvalidError("env() takes a dict of str to str")
+        return self._add({"kind": "env", "vars": dict(vars)}, False)
+
+    def workdir(self, path: str | os.PathLike[str]) -> Image:
+        """Set the working directory for later steps and for containers."""
+        return self._add({"kind": "workdir", "path": str(path)}, False)
+
+    def entrypoint(self, entrypoint_commands: list[str]) -> Image:
+        return self._add({"kind": "entrypoint", "argv": list(entrypoint_commands)}, False)
+
+    def cmd(self, cmd: list[str]) -> Image:
+        return self._add({"kind": "cmd", "argv": list(cmd)}, False)
+
+    def add_local_file(self, local_path: str | Path, remote_path: str, *, copy: bool = False) -> Image:
+        """Add one local file at ``remote_path`` (a directory if it ends with '/')."""
+        src = Path(local_path).expanduser()
+        if not src.is_file():
+            raise exc.InvalidError(f"add_local_file: {local_path} is not a file")
+        remote = remote_path + src.name if remote_path.endswith("/") else remote_path
+        _check_remote(remote)
+        return self._local(((str(src.resolve()), remote),), "/", copy)
+
+    def add_local_dir(
+        self, local_path: str | Path, remote_path: str, *, copy: bool = False, ignore: Sequence[str] = ()
+    ) -> Image:
+        """Add a local directory's files under ``remote_path``."""
+        src = Path(local_path).expanduser()
+        if not src.is_dir():
+            raise exc.InvalidError(f"add_local_dir: {local_path} is not a directory")
+        _check_remote(remote_path)
+        entries = tuple(
+            (str(p), str(Path(remote_path) / p.relative_to(src))) for p in _walk(src.resolve(), tuple(ignore))
+        )
+        return self._local(entries, "/", copy)
+
+    def add_local_python_source(self, *modules: str, copy: bool = False, ignore: Sequence[str] = ()) -> Image:
+        """Add local Python modules or packages (by import name) to the image's import path."""
+        entries: list[tuple[str, str]] = []
+        for name in modules:
+            if not isinstance(name, str) or not all(part.isidentifier() for part in name.split(".")):
+                raise exc.InvalidError(f"add_local_python_source takes module names, got {name!r}")
+            spec = importlib.util.find_spec(name)
+            if spec is None or spec.origin in (None, "built-in", "frozen"):
+                raise exc.InvalidError(f"add_local_python_source: no local module or package {name!r}")
+            if spec.submodule_search_locations:
+                pkg = Path(next(iter(spec.submodule_search_locations))).resolve()
+                entries += [
+                    (str(p), f"/root/{name.replace('.', '/')}/{p.relative_to(pkg)}")
+                    for p in _walk(pkg, tuple(ignore))
+                ]
+            else:
+                entries.append((str(Path(spec.origin).resolve()), f"/root/{Path(spec.origin).name}"))
+        return self._local(tuple(entries), "/", copy)
+
+    def dockerfile_commands(self, *commands: str | list[str], **kwargs: Any) -> Image:
+        raise exc.NotImplementedYetError(
+            "dockerfile_commands arrives with from_dockerfile in a later release"
+        )
+
+    def run_function(self, raw_f: Any, **kwargs: Any) -> Image:
+        raise exc.NotImplementedYetError("Image.run_function arrives in a later release")
+
+    @contextlib.contextmanager
+    def imports(self) -> Iterator[None]:
+        """Imports in this block may fail locally (the package is only in the image)."""
+        from vivace.runtime_api import is_local
+
+        try:
+            yield
+        except ImportError:
+            if not is_local():
+                raise
+
+    # -- identity ---------------------------------------------------------------------------------
+    def steps(self) -> list[dict[str, Any]]:
+        """The canonical steps (local files archived and hashed). Validated like the control plane does."""
+        out: list[dict[str, Any]] = []
+        for step in self._steps:
+            if isinstance(step, _LocalFiles):
+                archive = self._archive(step)
+                out.append(
+                    {"kind": "add_files", "digest": archive.digest, "remote": step.remote, "copy": step.copy}
+                )
+            else:
+                out.append(step)
+        try:
+            return proto.validate_steps(out)
+        except proto.StepError as err:
+            raise exc.InvalidError(f"image: {err}") from None
+
+    def archives(self) -> dict[str, FileArchive]:
+        """The local-file archives the steps refer to, by digest (what a build uploads)."""
+        self.steps()
+        return dict(self._archives)
+
+    @property
+    def object_id(self) -> str:
+        return self._fixed_id or proto.image_id(self.steps())
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _add(self, step: dict[str, Any], force_build: bool) -> Image:
+        if self._fixed_id is not None:
+            raise exc.InvalidError("an image from Image.from_id cannot take more steps")
+        return Image((*self._steps, _checked(step)))._forced(force_build)
+
+    def _forced(self, force_build: bool) -> Image:
+        if not isinstance(force_build, bool):
+            raise exc.InvalidError(f"force_build must be True or False, got {force_build!r}")
+        if (
+            force_build
+            or os.environ.get("MODAL_FORCE_BUILD") == "1"
+            or os.environ.get("VIVACE_FORCE_BUILD") == "1"
+        ):
+            return Image((*self._steps, {"kind": "force_build", "nonce": secrets.token_hex(8)}))
+        return self
+
+    def _pip(
+        self,
+        kind: str,
+        packages: tuple[str | list[str], ...],
+        find_links: str | None,
+        index_url: str | None,
+        extra_index_url: str | None,
+        pre: bool,
+        extra_options: str,
+        force_build: bool,
+    ) -> Image:
+        step: dict[str, Any] = {"kind": kind, "packages": _flatten(packages, kind)}
+        for key, value in (
+            ("find_links", find_links),
+            ("index_url", index_url),
+            ("extra_index_url", extra_index_url),
+        ):
+            if value is not None:
+                step[key] = value
+        if pre:
+            step["pre"] = True
+        if extra_options:
+            step["extra_options"] = extra_options
+        return self._add(step, force_build)
+
+    def _local(self, entries: tuple[tuple[str, str], ...], remote: str, copy: bool) -> Image:
+        if not isinstance(copy, bool):
+            raise exc.InvalidError(f"copy must be True or False, got {copy!r}")
+        if not copy:  # attached at container start without a rebuild: needs the mount path (next release)
+            raise exc.NotImplementedYetError(
+                "add_local_*(copy=False) attaches files at container start, which this release does not "
+                "do yet; pass copy=True to bake them into a layer"
+            )
+        if self._fixed_id is not None:
+            raise exc.InvalidError("an image from Image.from_id cannot take more steps")
+        return Image((*self._steps, _LocalFiles(entries, remote, copy)))
+
+    def _archive(self, step: _LocalFiles) -> FileArchive:
+        raw = io.BytesIO()
+        total = 0
+        with tarfile.open(fileobj=raw, mode="w") as tar:
+            for local, remote in sorted(step.entries, key=lambda e: e[1]):
+                try:
+                    data = Path(local).read_bytes()
+                    mode = os.stat(local).st_mode & 0o777
+                except OSError as err:
+                    raise exc.InvalidError(f"cannot read {local} for the image: {err}") from None
+                total += len(data)
+                if total > MAX_LOCAL_FILES:
+                    raise exc.InvalidError(f"local files of one image step exceed {MAX_LOCAL_FILES} bytes")
+                info = tarfile.TarInfo(remote.lstrip("/"))
+                info.size, info.mode, info.mtime = len(data), mode | 0o444, 0
+                tar.addfile(info, io.BytesIO(data))
+        blob = gzip.compress(raw.getvalue(), mtime=0)
+        archive = FileArchive(hashlib.sha256(blob).hexdigest(), blob)
+        self._archives[archive.digest] = archive
+        return archive
+
+
+def _checked(step: dict[str, Any]) -> dict[str, Any]:
+    try:
+        proto.validate_step(step)
+    except proto.StepError as err:
+        raise exc.InvalidError(f"{step['kind']}: {err}") from None
+    return step
+
+
+def _flatten(items: tuple[str | list[str], ...], where: str) -> list[str]:
+    out: list[str] = []
+    for item in items:
+        for value in item if isinstance(item, (list, tuple)) else [item]:
+            if not isinstance(value, str):
+                raise exc.InvalidError(f"{where} takes strings, got {type(value).__name__} {value!r}")
+            out.append(value)
+    if not out:
+        raise exc.InvalidError(f"{where} needs at least one item")
+    return out
+
+
+def _no_extra(kwargs: dict[str, Any], where: str) -> None:
+    if kwargs:
+        raise exc.InvalidError(f"{where}: unknown parameter(s) {', '.join(sorted(kwargs))}")
+
+
+def _check_remote(remote: str) -> None:
+    if not isinstance(remote, str) or not remote.startswith("/") or ".." in remote.split("/"):
+        raise exc.InvalidError(f"the path inside the image must be absolute without '..', got {remote!r}")
+
+
+def _walk(root: Path, ignore: tuple[str, ...]) -> list[Path]:
+    import fnmatch
+
+    out = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if set(rel.parts) & SKIP_DIRS or p.name.endswith(".pyc") or not p.is_file():
+            continue
+        if any(fnmatch.fnmatch(str(rel), pattern) for pattern in ignore):
+            continue
+        out.append(p)
+    return out

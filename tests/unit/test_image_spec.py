@@ -1,0 +1,111 @@
+"""Image specs: ids are content hashes of the chain; every bad argument is an InvalidError."""
+
+import sys
+
+import pytest
+
+import vivace
+from vivace.exception import InvalidError, NotImplementedYetError
+from vivace.protocol import images as proto
+
+Image = vivace.Image
+
+
+def test_the_id_is_the_chain_and_prefixes_share_layer_keys():
+    base = Image.debian_slim("3.11")
+    a = base.apt_install("git").pip_install("numpy==2.*", "pandas")
+    b = base.apt_install("git").pip_install("numpy==2.*", "pandas")
+    assert a.object_id == b.object_id and a.object_id.startswith("im-")
+    c = base.apt_install("git").pip_install("numpy==2.*")
+    ka, kc = proto.layer_keys(a.steps()), proto.layer_keys(c.steps())
+    assert ka[:2] == kc[:2] and ka[2] != kc[2]  # only the changed step and what follows rebuild
+    assert base.env({"A": "1"}).object_id != base.env({"A": "2"}).object_id
+    assert a.steps()[2] == {"kind": "pip_install", "packages": ["numpy==2.*", "pandas"]}
+
+
+def test_force_build_changes_the_id_every_time():
+    base = Image.debian_slim("3.11")
+    assert (
+        base.pip_install("six", force_build=True).object_id
+        != base.pip_install("six", force_build=True).object_id
+    )
+
+
+def test_debian_slim_versions():
+    assert Image.debian_slim("3.13").steps()[0]["python_version"] == "3.13"
+    assert Image.debian_slim("3.11.4").steps()[0]["python_version"] == "3.11"
+    with pytest.raises(InvalidError, match=r"3\.11, 3\.13"):
+        Image.debian_slim("3.9")
+    mine = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if mine in proto.SUPPORTED_PYTHONS:
+        assert Image.debian_slim().steps()[0]["python_version"] == mine
+
+
+def test_local_files_are_hashed_by_content(tmp_path):
+    f = tmp_path / "conf.txt"
+    f.write_text("one")
+    img = Image.debian_slim("3.11").add_local_file(f, "/etc/app/", copy=True)
+    first = img.object_id
+    step = img.steps()[1]
+    assert step["kind"] == "add_files" and step["remote"] == "/"
+    assert str(tmp_path) not in repr(img.steps())  # the local path is not part of the id
+    assert Image.debian_slim("3.11").add_local_file(f, "/etc/app/", copy=True).object_id == first
+    f.write_text("two")
+    assert Image.debian_slim("3.11").add_local_file(f, "/etc/app/", copy=True).object_id != first
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1")
+    (tmp_path / "pkg" / "__pycache__").mkdir()
+    (tmp_path / "pkg" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"junk")
+    d = Image.debian_slim("3.11").add_local_dir(tmp_path / "pkg", "/opt/pkg", copy=True)
+    archive = next(iter(d.archives().values()))
+    import gzip
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(archive.data))) as tar:
+        assert tar.getnames() == ["opt/pkg/a.py"]
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: Image.debian_slim("3.11").apt_install("git; rm -rf /"), "not valid"),
+        (lambda: Image.debian_slim("3.11").apt_install(), "at least one"),
+        (lambda: Image.debian_slim("3.11").apt_install(3), "takes strings"),
+        (lambda: Image.debian_slim("3.11").pip_install("numpy`id`"), "not valid"),
+        (lambda: Image.debian_slim("3.11").pip_install("six", colour=1), "unknown parameter"),
+        (lambda: Image.debian_slim("3.11").run_commands("echo\nhi"), "one-line"),
+        (lambda: Image.debian_slim("3.11").env({"1A": "x"}), "not a valid environment"),
+        (lambda: Image.debian_slim("3.11").workdir("relative/dir"), "absolute"),
+        (lambda: Image.debian_slim("3.11").add_local_file("/nope/missing", "/x", copy=True), "not a file"),
+        (lambda: Image.debian_slim("3.11").add_local_dir("/", "../x", copy=True), "absolute"),
+        (
+            lambda: Image.debian_slim("3.11").add_local_python_source("no_such_module_xyz", copy=True),
+            "no local",
+        ),
+        (lambda: Image.from_registry("bad ref"), "image reference"),
+        (lambda: Image.from_id("nope"), "not an image id"),
+        (lambda: Image.from_id("im-1234").pip_install("six"), "from_id"),
+    ],
+)
+def test_bad_arguments_are_invalid_errors(build, message):
+    with pytest.raises(InvalidError, match=message):
+        build()
+
+
+def test_features_of_later_releases_say_so():
+    with pytest.raises(NotImplementedYetError):
+        Image.debian_slim("3.11").run_commands("true", secrets=[object()])
+    with pytest.raises(NotImplementedYetError, match="copy=True"):
+        Image.debian_slim("3.11").add_local_python_source("json")
+
+
+def test_the_server_rejects_malformed_chains():
+    with pytest.raises(proto.StepError, match="base"):
+        proto.validate_steps([{"kind": "apt_install", "packages": ["git"]}])
+    with pytest.raises(proto.StepError, match="base"):
+        proto.validate_steps([{"kind": "debian_slim", "python_version": "3.11"}] * 2)
+    with pytest.raises(proto.StepError, match="unknown step"):
+        proto.validate_steps([{"kind": "debian_slim", "python_version": "3.11"}, {"kind": "curl_bash"}])
+    with pytest.raises(proto.StepError, match="digest"):
+        proto.validate_step({"kind": "add_files", "digest": "abc", "remote": "/"})
