@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from vivace._version import __version__
-from vivace.server.api import calls, resources, workers
+from vivace.server.api import calls, images, resources, workers
 from vivace.server.api.common import route
 from vivace.server.errors import ApiError, NotFound
 from vivace.server.plane import ControlPlane
@@ -127,6 +127,42 @@ ROUTES: list[tuple[str, str, Any, str | None, str, str]] = [
         "Run a command in a container through its worker's channel",
     ),
     ("GET", "/v1/workers", resources.list_workers, None, "json", "List live workers"),
+    (
+        "POST",
+        "/v1/images",
+        images.register_image,
+        "json",
+        "json",
+        "Register an image (idempotent by content)",
+    ),
+    ("GET", "/v1/images", images.list_images, None, "json", "List images"),
+    ("GET", "/v1/images/{image_id}", images.get_image, None, "json", "An image's state and build log"),
+    ("DELETE", "/v1/images/{image_id}", images.delete_image, None, "json", "Forget an image"),
+    (
+        "POST",
+        "/v1/workers/builds",
+        images.take_build,
+        "json",
+        "json",
+        "Long-poll for an image to build (worker token)",
+    ),
+    (
+        "POST",
+        "/v1/images/{image_id}/layers",
+        images.add_layer,
+        "json",
+        "json",
+        "Record a built layer (worker)",
+    ),
+    (
+        "POST",
+        "/v1/images/{image_id}/logs",
+        images.add_build_logs,
+        "json",
+        "json",
+        "Append build log lines (worker)",
+    ),
+    ("POST", "/v1/images/{image_id}/finish", images.finish_build, "json", "json", "End a build (worker)"),
     ("GET", "/v1/logs", resources.read_logs, None, "json", "Read or follow logs by app or container"),
     ("PUT", "/v1/blobs/{sha}", resources.put_blob, "binary", "json", "Upload a content-addressed blob"),
     ("GET", "/v1/blobs/{sha}", resources.get_blob, None, "binary", "Download a blob"),

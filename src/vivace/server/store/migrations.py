@@ -81,6 +81,20 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (worker_id, gpu_index))""",
         "CREATE INDEX gpu_claims_container ON gpu_claims(container_id)",
     ],
+    [
+        # images: a chain of steps, built once by one worker at a time (a lease that expires)
+        """CREATE TABLE images (
+            id TEXT PRIMARY KEY, steps TEXT NOT NULL, state TEXT NOT NULL, error TEXT,
+            builder TEXT, build_deadline {DOUBLE}, created_at {DOUBLE} NOT NULL, built_at {DOUBLE},
+            used_at {DOUBLE} NOT NULL)""",
+        "CREATE INDEX images_state ON images(state)",
+        # a built layer, keyed by its chain: a unique row per key, so each is stored once
+        """CREATE TABLE layers (
+            key TEXT PRIMARY KEY, digest TEXT NOT NULL, size {BIGINT} NOT NULL, created_at {DOUBLE} NOT NULL)""",
+        """CREATE TABLE build_logs (
+            id {SERIAL}, image_id TEXT NOT NULL, ts {DOUBLE} NOT NULL, line TEXT NOT NULL)""",
+        "CREATE INDEX build_logs_image ON build_logs(image_id, id)",
+    ],
 ]
 
 

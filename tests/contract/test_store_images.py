@@ -1,0 +1,58 @@
+"""Contract: image builds are registered once, leased to one worker at a time, and reuse layers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from vivace.protocol import images as proto
+from vivace.server.errors import Conflict, NotFound
+from vivace.server.services import images
+
+BASE = {"kind": "debian_slim", "python_version": "3.11"}
+GIT = {"kind": "apt_install", "packages": ["git"]}
+SIX = {"kind": "pip_install", "packages": ["six"]}
+
+
+def test_one_build_per_image_and_layers_shared_by_prefix(h: Any) -> None:
+    first = h.w(lambda tx: images.register(tx, [BASE, GIT]))
+    again = h.w(lambda tx: images.register(tx, [BASE, GIT]))
+    assert first.id == again.id == proto.image_id([BASE, GIT]) and first.state == "pending"
+    assert h.w(lambda tx: images.take_build(tx, "wk-a")) == first.id
+    assert h.w(lambda tx: images.take_build(tx, "wk-b")) is None  # leased: nobody else builds it
+    keys = proto.layer_keys([BASE, GIT])
+    for key in keys:
+        h.w(lambda tx, k=key: images.add_layer(tx, first.id, "wk-a", k, "a" * 64, 10))
+    with pytest.raises(Conflict):  # only the builder reports
+        h.w(lambda tx: images.add_layer(tx, first.id, "wk-b", keys[0], "b" * 64, 1))
+    h.w(lambda tx: images.add_logs(tx, first.id, "wk-a", ["step 1", "step 2"]))
+    h.w(lambda tx: images.finish(tx, first.id, "wk-a", None))
+    done = h.w(lambda tx: images.get(tx, first.id))
+    assert done.state == "ready" and [layer["digest"] for layer in done.layers] == ["a" * 64] * 2
+    assert [line["line"] for line in h.w(lambda tx: images.read_logs(tx, first.id, 0))] == [
+        "step 1",
+        "step 2",
+    ]
+    # an image sharing the prefix only builds its last layer; an equal chain is ready at once
+    longer = h.w(lambda tx: images.register(tx, [BASE, GIT, SIX]))
+    assert [bool(layer["digest"]) for layer in longer.layers] == [True, True, False]
+    assert h.w(lambda tx: images.register(tx, [BASE, GIT])).state == "ready"
+
+
+def test_a_silent_builder_loses_its_lease_and_failed_builds_are_retried(h: Any) -> None:
+    info = h.w(lambda tx: images.register(tx, [BASE]))
+    assert h.w(lambda tx: images.take_build(tx, "wk-a")) == info.id
+    h.w(lambda tx: tx.execute("UPDATE images SET build_deadline = 0 WHERE id = ?", (info.id,)))
+    assert h.w(lambda tx: images.take_build(tx, "wk-b")) == info.id  # the lease lapsed
+    with pytest.raises(Conflict):
+        h.w(lambda tx: images.finish(tx, info.id, "wk-a", None))
+    with pytest.raises(Conflict, match="lacks"):
+        h.w(lambda tx: images.finish(tx, info.id, "wk-b", None))
+    h.w(lambda tx: images.finish(tx, info.id, "wk-b", "step 1 failed: exit 100"))
+    assert h.w(lambda tx: images.get(tx, info.id)).state == "failed"
+    assert h.w(lambda tx: images.register(tx, [BASE])).state == "pending"  # asked again: rebuilt
+    with pytest.raises(Conflict, match="being built"):
+        h.w(lambda tx: images.take_build(tx, "wk-c") and images.delete(tx, info.id))
+    with pytest.raises(NotFound):
+        h.w(lambda tx: images.get(tx, "im-nope"))
