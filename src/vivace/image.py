@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vivace import exception as exc
+from vivace._sync import synchronized
 from vivace.protocol import images as proto
 
 MAX_LOCAL_FILES = 512 * 1024 * 1024  # bytes of local files one step may add
@@ -305,6 +306,15 @@ class Image:
     @property
     def object_id(self) -> str:
         return self._fixed_id or proto.image_id(self.steps())
+
+    @synchronized
+    async def build(self, *, show_logs: bool | None = None) -> Image:
+        """Build the image now (cached layers are reused); raises ``ImageBuildError`` on failure."""
+        from vivace._sdk import images as builder
+        from vivace._sdk.output import is_enabled
+
+        await builder.build(self, show_logs=is_enabled() if show_logs is None else show_logs)
+        return self
 
     # -- helpers ----------------------------------------------------------------------------------
     def _add(self, step: dict[str, Any], force_build: bool) -> Image:

@@ -54,7 +54,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from vivace.cli import apps, runs, server
+    from vivace.cli import apps, images, runs, server
 
     for cmd in (
         runs.run,
@@ -63,6 +63,7 @@ def _register() -> None:
         apps.app,
         apps.container,
         apps.token,
+        images.image,
         server.server,
         server.worker,
         server.doctor,
