@@ -28,3 +28,14 @@ def test_no_isolating_worker_is_a_clear_reason():
 def test_a_runtime_no_worker_offers_is_a_clear_reason():
     reason = unfit_reason(Request("c1", 0.5, 128, runtime="runsc"), _workers())
     assert reason is not None and "'runsc'" in reason and "crun" in reason
+
+
+def test_an_image_needs_a_runtime_that_stacks_layers():
+    from vivace.server.scheduler.placement import Request, WorkerCapacity, choose, unfit_reason
+
+    r = Request("ta-1", 1, 128, image=True)
+    plain = WorkerCapacity("wk-p", 4, 4096, runtimes=("process", "bwrap"))
+    oci = WorkerCapacity("wk-o", 4, 4096, runtimes=("crun", "process"))
+    assert choose(r, [plain]) is None
+    assert "starts from an image" in unfit_reason(r, [plain])
+    assert choose(r, [plain, oci]).worker == "wk-o"

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional
 
 MAX_GPUS = 8  # per container, as Modal allows
 MAX_GPU_CHOICES = 16
+IMAGE_ID = re.compile(r"im-[0-9a-f]{32}")
 MAX_BATCH_SIZE = 1000
 MAX_BATCH_WAIT_MS = 10 * 60 * 1000
 # a GPU model as functions ask for it: upper-case, e.g. "H100", "A100-80GB", "RTX-PRO-6000"
@@ -73,6 +74,8 @@ class FunctionSpec:
     params: Optional[Dict[str, Any]] = None
     # the function this one derives from (parameters bound, with_options, ...): hidden from lookups
     variant_of: Optional[str] = None
+    # the image its containers start from (built before the function is registered); None: the base
+    image_id: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -139,6 +142,8 @@ class FunctionSpec:
         _check_params(self.params)
         if self.variant_of is not None:
             _check_str(self.variant_of, "variant_of")
+        if self.image_id is not None and not IMAGE_ID.fullmatch(str(self.image_id)):
+            raise SpecError(f"image_id must look like im-<32 hex>, got {self.image_id!r}")
         r = self.retries
         _check_int(r.max_retries, "retries", 0, 10)
         _check_num(r.backoff_coefficient, "backoff_coefficient", 1.0, 10.0)

@@ -104,6 +104,12 @@ async def register_function(request: Request) -> Response:
     plane = plane_of(request)
     if spec.source_hash is not None and not plane.blobs.exists(spec.source_hash):
         raise Invalid(f"source blob {spec.source_hash} has not been uploaded")
+    if spec.image_id is not None:
+        from vivace.server.services import images
+
+        image = await plane.store.read(lambda tx: images.get(tx, str(spec.image_id)))
+        if image.state != "ready":
+            raise Invalid(f"image {spec.image_id} is {image.state}, not built: build it before registering")
     definition = blobs[0] if blobs else None
     fid, stale = await plane.store.write(lambda tx: _register(tx, app_id, spec, definition))
     if stale:

@@ -124,6 +124,7 @@ async def poll(request: Request) -> Response:
             "spec": a.spec,
             "definition": None,
             "gpus": a.gpus,
+            "image": a.image,
         }
         if a.definition is not None:
             item["definition"] = len(blobs)

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 # runtimes that give a container its own namespaces (and so can block its network)
 ISOLATING_RUNTIMES = ("crun", "runc", "runsc", "bwrap")
+# runtimes that start containers from image layers (overlayfs over the worker's layer cache)
+IMAGE_RUNTIMES = ("crun", "runc", "runsc")
 
 # names of one model (Modal now says A10 for what AWS calls A10G)
 _ALIASES = {"A10G": "A10"}
@@ -47,6 +49,7 @@ class Request:
     runtime: str | None = None
     gpus: tuple[GpuChoice, ...] = ()  # in preference order; empty: no GPU
     isolated: bool = False  # needs a runtime that isolates (block_network=True)
+    image: bool = False  # starts from an image: needs a runtime that stacks layers
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class WorkerCapacity:
         if r.runtime is not None and r.runtime not in self.runtimes:
             return False
         if r.isolated and not any(x in ISOLATING_RUNTIMES for x in self.runtimes):
+            return False
+        if r.image and not any(x in IMAGE_RUNTIMES for x in self.runtimes):
             return False
         return self.cpu - self.cpu_used >= r.cpu - 1e-9 and self.memory - self.memory_used >= r.memory
 
@@ -144,6 +149,11 @@ def unfit_reason(r: Request, workers: list[WorkerCapacity]) -> str | None:
         return (
             f"needs an isolating runtime ({', '.join(ISOLATING_RUNTIMES)}) for block_network=True, but the "
             f"live workers offer only {', '.join(offered)}"
+        )
+    if r.image and not set(offered) & set(IMAGE_RUNTIMES):
+        return (
+            f"starts from an image, which needs a worker with {', '.join(IMAGE_RUNTIMES)}, but the live "
+            f"workers offer only {', '.join(offered)}"
         )
     if not any(w.fits(r) for w in empty):
         biggest = max(workers, key=lambda w: (w.cpu, w.memory))

@@ -108,7 +108,13 @@ def _request(cid: str, cpu: Any, memory: Any, spec_json: str) -> Request:
     spec = json.loads(spec_json)
     choices = tuple(GpuChoice(c["type"], int(c["count"])) for c in spec.get("gpu") or ())
     return Request(
-        cid, float(cpu), int(memory), spec.get("runtime"), choices, isolated=bool(spec.get("block_network"))
+        cid,
+        float(cpu),
+        int(memory),
+        spec.get("runtime"),
+        choices,
+        isolated=bool(spec.get("block_network")),
+        image=bool(spec.get("image_id")),
     )
 
 

@@ -54,6 +54,7 @@ class Assignment:
     spec: dict[str, Any]
     definition: bytes | None
     gpus: list[int] = field(default_factory=list)  # the worker's GPU indices this container gets
+    image: dict[str, Any] | None = None  # {"image_id", "steps", "layers": [{"key", "digest", "size"}]}
 
 
 @dataclass
@@ -90,15 +91,23 @@ def poll(tx: Tx, worker_id: str, held: list[str]) -> PollResult:
             else:
                 mark_stopped(tx, cid, None, "stopped before it started")
         elif state_ == "assigned" and cid not in held_set:
+            fspec = json.loads(spec)
+            image = None
+            if fspec.get("image_id"):
+                from vivace.server.services import images
+
+                info = images.get(tx, fspec["image_id"])
+                image = {"image_id": info.id, "steps": info.steps, "layers": info.layers}
             result.start.append(
                 Assignment(
                     cid,
                     fid,
                     app_id,
                     token,
-                    json.loads(spec),
+                    fspec,
                     None if definition is None else bytes(definition),
                     json.loads(gpus) if gpus else [],
+                    image,
                 )
             )
     # containers the worker still runs that the control plane has revoked (e.g. after a partition)
