@@ -57,6 +57,7 @@ class App:
         if name is not None and not isinstance(name, str):
             raise exc.InvalidError(f"App name must be a string, got {type(name).__name__}")
         params.check_not_yet("image", image)
+        self.image = _image_arg(image)
         params.check_not_yet("secrets", secrets)
         params.check_not_yet("volumes", volumes)
         self.name = name
@@ -139,6 +140,7 @@ class App:
                 raise exc.InvalidError(f"{fname}: a batched function cannot be a generator")
             spec = self._spec(f, fname, settings, is_generator=gen, **fields)
             fn = Function(self, f, spec)
+            fn._image = _image_arg(image)
             self.registered_functions[fname] = fn
             return fn
 
@@ -215,6 +217,7 @@ class App:
                 fields.update(batch_max_size=size, batch_wait_ms=wait)
             spec = self._spec(user_cls, cname, settings, is_class=True, methods=methods, **fields)
             fn = Function(self, user_cls, spec)
+            fn._image = _image_arg(image)
             self.registered_functions[cname] = fn
             self.registered_classes[cname] = cls = Cls(self, user_cls, fn)
             return cls
@@ -304,6 +307,14 @@ class App:
 
     async def _register(self, api: Any, fn: Function, uploaded: dict[str, str]) -> None:
         spec = fn.spec
+        image = fn._image or self.image
+        if image is not None:  # built (or found built) before the function exists
+            from vivace._sdk import images
+
+            key = f"image:{id(image)}"
+            if key not in uploaded:
+                uploaded[key] = await images.build(image, show_logs=is_enabled())
+            spec = _replace(spec, image_id=uploaded[key])
         blobs: list[bytes] = []
         if spec.serialized:
             from vivace._sdk.serialization import serialize
@@ -407,6 +418,14 @@ async def _lookup_app(name: str, create_if_missing: bool) -> App:
     app = App(name)
     app.app_id = app_id
     return app
+
+
+def _image_arg(image: Any) -> Any:
+    from vivace.image import Image
+
+    if image is not None and not isinstance(image, Image):
+        raise exc.InvalidError(f"image must be a vivace.Image, got {type(image).__name__}")
+    return image
 
 
 def _settings(p: dict[str, Any]) -> dict[str, Any]:

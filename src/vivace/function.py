@@ -50,6 +50,7 @@ class Function:
         self._variant_ids: dict[str, tuple[str, FunctionSpec]] = {}  # base function id -> variant
         self._lookup = lookup  # (app name, function name): resolved on first use
         self._local = local  # for a method: returns the local instance whose method .local() runs
+        self._image: Any = None  # the Image its containers start from (None: the app's, or the base)
         self._name: str = (
             spec.name if spec is not None else (lookup[1] if lookup else base._name if base else "?")
         )
