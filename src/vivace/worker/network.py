@@ -22,6 +22,7 @@ import ipaddress
 import logging
 import os
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,15 +215,34 @@ class NetworkPool:
 
     def resolv_conf(self) -> str:
         """Name servers the container can reach: the host's, unless they are on loopback."""
-        lines = []
-        with contextlib.suppress(OSError):
-            for line in Path("/etc/resolv.conf").read_text().splitlines():
-                parts = line.split()
-                if len(parts) >= 2 and parts[0] == "nameserver":
-                    with contextlib.suppress(ValueError):
-                        if not ipaddress.ip_address(parts[1]).is_loopback:
-                            lines.append(line)
-        return "\n".join(lines) + "\n"
+        return host_resolv_conf()
+
+
+def host_resolv_conf() -> str:
+    """A ``resolv.conf`` naming the host's name servers, those on loopback left out (unreachable from a
+    container's namespace)."""
+    lines = []
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/resolv.conf").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[0] == "nameserver":
+                with contextlib.suppress(ValueError):
+                    if not ipaddress.ip_address(parts[1]).is_loopback:
+                        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def one_off_slot(key: str) -> Iterator[Slot]:
+    """An open network namespace of its own, for one job that has no pool at hand (an image build step):
+    its own address block, firewall rules and NAT, named after ``key`` (at most 6 characters, unique on
+    the host), all removed on exit."""
+    pool = NetworkPool(key, size=0)
+    try:
+        pool.setup()
+        yield pool._create(blocked=False)
+    finally:
+        pool.teardown()
 
 
 def _rule_exists(parent: str, chain: str) -> bool:

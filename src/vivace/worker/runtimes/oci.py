@@ -51,8 +51,11 @@ MNT_DETACH = 2
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def mount_overlay(lower: list[Path], upper: Path, work: Path, target: Path) -> None:
+def mount_overlay(lower: list[Path], upper: Path, work: Path, target: Path, options: str = "") -> None:
+    """``lower`` top first; ``options``: more overlay options, comma-separated (image builds use some)."""
     opts = f"lowerdir={':'.join(map(str, lower))},upperdir={upper},workdir={work}"
+    if options:
+        opts += "," + options
     if _libc.mount(b"overlay", str(target).encode(), b"overlay", 0, opts.encode()) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"cannot mount the container's root filesystem: {os.strerror(err)}")
@@ -310,6 +313,11 @@ class OciRuntime:
             log.warning("%s containers run without a user namespace: %s", self.name, err)
             return
         self.userns, self.userns_problem = True, None
+
+    def preexec(self) -> None:
+        """What runs between fork and exec of this runtime's binary when others drive it (image builds):
+        the runtime dies with its parent; on a hybrid host crun gets its private mount namespace."""
+        self._preexec(None)
 
     def _cgroup(self, cid: str) -> ContainerCgroup:
         return ContainerCgroup(self.cgroups, f"vivace/{self.ctx.key}/{cid}")
