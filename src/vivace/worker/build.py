@@ -24,13 +24,15 @@ host root with only those capabilities, as Docker runs builds.
 
 **Build-only context, never in a layer.** ``/run`` is a tmpfs in a build container; ``/run/vivace-build``
 in it holds a copy of the CA bundle the worker's ``SSL_CERT_FILE`` (or ``PIP_CERT``,
-``REQUESTS_CA_BUNDLE``) names, the worker's ``uv`` and the shared uv cache (read-only, read-only and
-read-write binds). ``SSL_CERT_FILE``, ``PIP_CERT``, ``REQUESTS_CA_BUNDLE``, ``UV_NATIVE_TLS`` and the
+``REQUESTS_CA_BUNDLE``) names, the worker's ``uv`` (both read-only), the uv cache shared by the worker's
+builds, and ``TMPDIR`` (a directory beside ``upper`` on the worker's disk). ``SSL_CERT_FILE``,
+``PIP_CERT``, ``REQUESTS_CA_BUNDLE``, ``UV_SYSTEM_CERTS`` (``UV_NATIVE_TLS`` before uv 0.11) and the
 worker's proxy variables are set for the step only. Mount points the runtime had to create in the
-image (an image without ``/proc`` or ``/etc/resolv.conf``) are removed from ``upper`` afterwards.
+image (one without ``/etc/resolv.conf``) are removed from ``upper`` afterwards.
 
 **Network:** an open slot (veth, NAT, no route to the host's own services nor to other containers, see
-``network.py``): the worker passes one from its pool, or the step makes a one-off one.
+``network.py``): the worker passes one from its pool, or the step makes a one-off one (~150 ms).
+:func:`reconcile_builds` removes what a worker that died mid-step left (mounts, cgroups, namespaces).
 """
 
 from __future__ import annotations
