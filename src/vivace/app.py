@@ -56,7 +56,6 @@ class App:
         params.reject_unknown(kwargs, "App()")
         if name is not None and not isinstance(name, str):
             raise exc.InvalidError(f"App name must be a string, got {type(name).__name__}")
-        params.check_not_yet("image", image)
         self.image = _image_arg(image)
         params.check_not_yet("secrets", secrets)
         params.check_not_yet("volumes", volumes)
@@ -294,10 +293,11 @@ class App:
 
     async def _start(self, state: str, show_logs: bool | None) -> None:
         api = await get_client()
+        uploaded: dict[str, str] = {}
+        await self._build_images(uploaded)  # before the app exists: a long build holds nothing open
         res = await api.post_json("/v1/apps", {"name": self.name, "state": state})
         self.app_id = res["app_id"]
         self._heartbeat_interval = float(res.get("heartbeat_interval", HEARTBEAT_INTERVAL))
-        uploaded: dict[str, str] = {}
         for fn in self.registered_functions.values():
             await self._register(api, fn, uploaded)
         if state != "deployed":
@@ -305,16 +305,21 @@ class App:
         if show_logs if show_logs is not None else is_enabled():
             self._log_task = asyncio.create_task(self._follow_logs())
 
+    async def _build_images(self, built: dict[str, str]) -> None:
+        """Build (or find built) every image the app's functions use, once each, with live logs."""
+        from vivace._sdk import images
+
+        for fn in self.registered_functions.values():
+            image = fn._image or self.image
+            key = f"image:{id(image)}"
+            if image is not None and key not in built:
+                built[key] = await images.build(image, show_logs=is_enabled())
+
     async def _register(self, api: Any, fn: Function, uploaded: dict[str, str]) -> None:
         spec = fn.spec
         image = fn._image or self.image
-        if image is not None:  # built (or found built) before the function exists
-            from vivace._sdk import images
-
-            key = f"image:{id(image)}"
-            if key not in uploaded:
-                uploaded[key] = await images.build(image, show_logs=is_enabled())
-            spec = _replace(spec, image_id=uploaded[key])
+        if image is not None:  # built by _build_images
+            spec = _replace(spec, image_id=uploaded[f"image:{id(image)}"])
         blobs: list[bytes] = []
         if spec.serialized:
             from vivace._sdk.serialization import serialize
@@ -430,7 +435,7 @@ def _image_arg(image: Any) -> Any:
 
 def _settings(p: dict[str, Any]) -> dict[str, Any]:
     """Validate the parameters ``@app.function()`` and ``@app.cls()`` share; return spec fields."""
-    for key in ("image", "secrets", "volumes", "ephemeral_disk", "cloud", "region", "nonpreemptible"):
+    for key in ("secrets", "volumes", "ephemeral_disk", "cloud", "region", "nonpreemptible"):
         params.check_not_yet(key, p[key])
     cpu_req, cpu_lim = params.cpu(p["cpu"])
     mem_req, mem_lim = params.memory(p["memory"])

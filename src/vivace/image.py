@@ -152,6 +152,8 @@ class Image:
         self, requirements_txt: str, force_build: bool = False, **kwargs: Any
     ) -> Image:
         """Install what a local requirements file lists (its lines become the step, so edits rebuild)."""
+        if _in_container():  # the image was built from the client's files; there are none here
+            return self
         path = Path(requirements_txt).expanduser()
         if not path.is_file():
             raise exc.InvalidError(f"requirements file {requirements_txt!r} does not exist")
@@ -168,6 +170,8 @@ class Image:
         self, pyproject_toml: str, optional_dependencies: Sequence[str] = (), force_build: bool = False
     ) -> Image:
         """Install a local pyproject.toml's dependencies (and the named optional groups)."""
+        if _in_container():  # the image was built from the client's files; there are none here
+            return self
         import tomllib
 
         path = Path(pyproject_toml).expanduser()
@@ -223,6 +227,8 @@ class Image:
 
     def add_local_file(self, local_path: str | Path, remote_path: str, *, copy: bool = False) -> Image:
         """Add one local file at ``remote_path`` (a directory if it ends with '/')."""
+        if _in_container():  # the image was built from the client's files; there are none here
+            return self
         src = Path(local_path).expanduser()
         if not src.is_file():
             raise exc.InvalidError(f"add_local_file: {local_path} is not a file")
@@ -234,6 +240,8 @@ class Image:
         self, local_path: str | Path, remote_path: str, *, copy: bool = False, ignore: Sequence[str] = ()
     ) -> Image:
         """Add a local directory's files under ``remote_path``."""
+        if _in_container():  # the image was built from the client's files; there are none here
+            return self
         src = Path(local_path).expanduser()
         if not src.is_dir():
             raise exc.InvalidError(f"add_local_dir: {local_path} is not a directory")
@@ -245,6 +253,8 @@ class Image:
 
     def add_local_python_source(self, *modules: str, copy: bool = False, ignore: Sequence[str] = ()) -> Image:
         """Add local Python modules or packages (by import name) to the image's import path."""
+        if _in_container():  # the image was built from the client's files; there are none here
+            return self
         entries: list[tuple[str, str]] = []
         for name in modules:
             if not isinstance(name, str) or not all(part.isidentifier() for part in name.split(".")):
@@ -390,6 +400,12 @@ class Image:
         archive = FileArchive(hashlib.sha256(blob).hexdigest(), blob)
         self._archives[archive.digest] = archive
         return archive
+
+
+def _in_container() -> bool:
+    from vivace.runtime_api import is_local
+
+    return not is_local()
 
 
 def _checked(step: dict[str, Any]) -> dict[str, Any]:

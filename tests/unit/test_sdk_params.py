@@ -49,6 +49,7 @@ def test_nested_functions_need_serialized():
         ({"allow_concurrent_inputs": 5}, "concurrent"),
         ({"bogus": 1}, "bogus"),
         ({"env": {"A": 1}}, "env"),
+        ({"image": object()}, "vivace.Image"),
     ],
 )
 def test_bad_parameters_are_typed_errors(kw, match):
@@ -59,7 +60,6 @@ def test_bad_parameters_are_typed_errors(kw, match):
 @pytest.mark.parametrize(
     "kw",
     [
-        {"image": object()},
         {"volumes": {"/d": object()}},
         {"secrets": [object()]},
         {"schedule": object()},

@@ -24,7 +24,6 @@ RENAMED = {
 
 # parameter -> (feature, value that means "not used")
 NOT_YET: dict[str, tuple[str, Any]] = {
-    "image": ("custom images (the Image builder)", None),
     "ephemeral_disk": ("ephemeral disk limits (the Image builder)", None),
     "volumes": ("Volumes (storage primitives)", None),
     "secrets": ("Secrets (storage primitives)", None),

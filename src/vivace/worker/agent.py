@@ -19,11 +19,13 @@ from typing import Any
 from vivace import exception as exc
 from vivace.client import ApiClient, Credentials
 from vivace.worker import gpus
+from vivace.worker.builder import ImageBuilder
 from vivace.worker.channel import run_channel
 from vivace.worker.gpus import Gpu
 from vivace.worker.logs import LogShipper
 from vivace.worker.network import NetworkPool, have_tools
 from vivace.worker.runtimes import FUNCTION_DEFAULTS, ContainerRuntime, RuntimeContext, available_runtimes
+from vivace.worker.runtimes.base import ImageRootfs
 from vivace.worker.runtimes.oci import mounted_under, unmount
 from vivace.worker.sources import SourceCache
 from vivace.worker.supervisor import ContainerSupervisor
@@ -73,6 +75,7 @@ class Agent:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.logs = LogShipper(self.api)
         self.sources = SourceCache(config.workdir / "sources", self.api)
+        self.builder = ImageBuilder(self.api, self.ctx.images, key)
         self._stopping = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -93,7 +96,13 @@ class Agent:
         await self._register(previous)
         bg = [
             asyncio.create_task(c)
-            for c in (self._poll_loop(), self.logs.run(), run_channel(self), self._stopping.wait())
+            for c in (
+                self._poll_loop(),
+                self.logs.run(),
+                run_channel(self),
+                self._stopping.wait(),
+                self._build_loop(),
+            )
         ]
         try:
             done, _ = await asyncio.wait(bg, return_when=asyncio.FIRST_COMPLETED)
@@ -122,6 +131,25 @@ class Agent:
             with contextlib.suppress(Exception):
                 await self.logs.flush()
             await self.api.aclose()
+
+    async def _build_loop(self) -> None:
+        """Build images for the control plane while the worker runs (returns at once where it cannot)."""
+        self.builder.worker_id = self.worker_id
+        try:
+            await self.builder.run()
+        except Exception:  # a builder bug must not take the worker down: it just stops building
+            log.exception("the image builder stopped")
+        await self._stopping.wait()
+
+    async def _image_rootfs(self, image: dict[str, Any]) -> ImageRootfs:
+        """The image's layers in this worker's cache (fetched from the blob store when missing)."""
+        from vivace.worker.builder import ImageConfig
+
+        paths = [await self.builder.fetch_layer(layer["key"], layer["digest"]) for layer in image["layers"]]
+        config = ImageConfig()
+        for step in image["steps"]:
+            config.apply(step)
+        return ImageRootfs(image["image_id"], list(reversed(paths)), dict(config.env), config.workdir)
 
     def default_runtime(self) -> ContainerRuntime:
         names = [n for n in FUNCTION_DEFAULTS if n in self.runtimes] or list(self.runtimes)
@@ -269,6 +297,7 @@ class Agent:
         try:
             if a["spec"].get("source_hash"):
                 source = await self.sources.get(a["spec"]["source_hash"])
+            image = await self._image_rootfs(a["image"]) if a.get("image") else None
             sup = ContainerSupervisor(
                 assignment=a,
                 definition=definition,
@@ -279,6 +308,7 @@ class Agent:
                 source_dir=source,
                 logs=self.logs,
                 gpus=self._assigned_gpus(a),
+                image=image,
             )
             self.containers[cid] = sup
             await sup.start()

@@ -21,7 +21,13 @@ from vivace.protocol.versions import CONTAINER_HEADER, check_compatible
 from vivace.worker.gpus import Gpu
 from vivace.worker.httpd import HttpRequest, HttpResponse, UnixHttpServer
 from vivace.worker.logs import LogShipper
-from vivace.worker.runtimes.base import ContainerHandle, ContainerRuntime, ContainerSpec, ExitStatus
+from vivace.worker.runtimes.base import (
+    ContainerHandle,
+    ContainerRuntime,
+    ContainerSpec,
+    ExitStatus,
+    ImageRootfs,
+)
 
 log = logging.getLogger("vivace.worker")
 STOP_GRACE = 5.0
@@ -63,6 +69,7 @@ class ContainerSupervisor:
         source_dir: Path | None,
         logs: LogShipper,
         gpus: list[Gpu] | None = None,
+        image: ImageRootfs | None = None,
     ) -> None:
         self.id: str = assignment["container_id"]
         self.app_id: str = assignment["app_id"]
@@ -86,6 +93,7 @@ class ContainerSupervisor:
             memory_limit=self.fspec.get("memory_limit"),
             block_network=bool(self.fspec.get("block_network")),
             gpus=list(gpus or []),
+            image=image,
         )
         self.handle: ContainerHandle | None = None
         self.cancel: set[int] = set()

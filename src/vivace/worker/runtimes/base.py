@@ -45,6 +45,18 @@ class ContainerSpec:
     memory_limit: int | None = None
     block_network: bool = False
     gpus: list[Gpu] = field(default_factory=list)  # the worker's GPUs this container is given
+    image: ImageRootfs | None = None  # None: the worker's base root filesystem
+
+
+@dataclass(frozen=True)
+class ImageRootfs:
+    """A built image as a container sees it: its cached layers and the config its steps set."""
+
+    image_id: str
+    layers: list[Path]  # overlayfs lower directories, top first
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = "/"
+    python: str = "/usr/bin/python3"  # the interpreter the runtime runs under
 
 
 @dataclass(frozen=True)

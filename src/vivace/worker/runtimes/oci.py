@@ -34,7 +34,7 @@ from typing import Any
 from vivace.worker import gpus, idmap, images
 from vivace.worker.cgroups import CgroupHost, ContainerCgroup, Limits, detect, leftovers
 from vivace.worker.network import Slot
-from vivace.worker.runtimes.base import Capabilities, ContainerSpec, ExitStatus, RuntimeContext
+from vivace.worker.runtimes.base import Capabilities, ContainerSpec, ExitStatus, ImageRootfs, RuntimeContext
 from vivace.worker.runtimes.security import MASKED_PATHS, READONLY_PATHS, seccomp_profile
 
 log = logging.getLogger("vivace.worker")
@@ -42,6 +42,19 @@ log = logging.getLogger("vivace.worker")
 SOCKET_DIR = "/run/vivace"
 SOCKET_IN_CONTAINER = SOCKET_DIR + "/vivace.sock"
 PATH = "/usr/local/bin:/usr/bin:/bin"
+IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# in an image the runtime bundle comes after the image's site-packages, so a user's pinned version of a
+# package the runtime also uses (cloudpickle) wins
+_BOOT = (
+    "import runpy, sys; sys.path[:] = [p for p in sys.path if p]; sys.path.append({mount!r}); "
+    "runpy.run_module('vivace.runtime', run_name='__main__', alter_sys=True)"
+)
+
+
+def image_args(image: ImageRootfs) -> list[str]:
+    return [image.python, "-c", _BOOT.format(mount=images.RUNTIME_MOUNT)]
+
+
 PR_SET_PDEATHSIG = 1
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
@@ -96,12 +109,15 @@ def oci_config(
 
     ``warm``: a generic container for the warm pool; its runtime starts, imports what every container
     needs, and waits on stdin for the function it will serve (:class:`WarmPool`)."""
+    image = spec.image
+    search = ([] if spec.source_dir is None else ["/src"]) + ([] if image else [images.RUNTIME_MOUNT])
     env = {
-        "PATH": PATH,
+        "PATH": PATH if image is None else IMAGE_PATH,
         "HOME": "/root",
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": ":".join(([] if spec.source_dir is None else ["/src"]) + [images.RUNTIME_MOUNT]),
+        **({} if image is None else image.env),
+        "PYTHONPATH": ":".join(search),
         **{k: v for k, v in spec.env.items() if not k.startswith("VIVACE_")},
         "VIVACE_SOCKET": SOCKET_IN_CONTAINER,
         "VIVACE_TASK_ID": spec.container_id,
@@ -166,9 +182,11 @@ def oci_config(
         "process": {
             "terminal": False,
             "user": {"uid": 0, "gid": 0},
-            "args": ["/usr/local/bin/python3", "-m", "vivace.runtime"],
-            "env": [f"{k}={v}" for k, v in env.items()],
-            "cwd": "/root",
+            "args": ["/usr/local/bin/python3", "-m", "vivace.runtime"]
+            if image is None
+            else image_args(image),
+            "env": [f"{k}={v}" for k, v in env.items() if k != "PYTHONPATH" or v],
+            "cwd": "/root" if image is None or image.workdir == "/" else image.workdir,
             "capabilities": {k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": rlimit_nofile, "soft": rlimit_nofile}],
             "noNewPrivileges": True,
@@ -293,6 +311,18 @@ class OciRuntime:
     def _idmapped_base(self, base: Path) -> Path:
         return base.parent / f"{base.parent.name}.idmap-{self.name}"
 
+    def _idmapped_layer(self, layer: Path) -> Path:
+        """An image layer seen through the containers' user namespace mapping (mounted once, kept)."""
+        target = layer.parent.parent / f"layers.idmap-{self.name}" / layer.name
+        if target not in mounted_under(target.parent):
+            target.mkdir(parents=True, exist_ok=True)
+            ns = idmap.userns_fd()
+            try:
+                idmap.mount_idmapped(layer, target, ns)
+            finally:
+                os.close(ns)
+        return target
+
     def _prepare_userns(self, base: Path) -> None:
         if self.name == "runsc" or os.geteuid() != 0:
             self.userns, self.userns_problem = (
@@ -371,9 +401,11 @@ class OciRuntime:
     ) -> tuple[OciHandle, asyncio.subprocess.Process]:
         """Mount the root, make the cgroup, take a network slot and ``<runtime> run`` the container
         named ``name`` whose files live in ``cdir``."""
-        base = images.base_rootfs(self.ctx.images) / "rootfs"
-        if self.userns:
-            base = self._idmapped_base(base)
+        if spec.image is not None:
+            lowers = [self._idmapped_layer(layer) if self.userns else layer for layer in spec.image.layers]
+        else:
+            base = images.base_rootfs(self.ctx.images) / "rootfs"
+            lowers = [self._idmapped_base(base) if self.userns else base]
         bundle_src = images.runtime_bundle(self.ctx.images)
         bundle = cdir / "bundle"
         rootfs, upper, work = self.roots / name, cdir / "upper", cdir / "work"
@@ -388,7 +420,7 @@ class OciRuntime:
             cgroup.create(
                 Limits(spec.cpu, spec.cpu_limit, spec.memory, spec.memory_limit, self.ctx.pids_limit)
             )
-            mount_overlay([base], upper, work, rootfs)
+            mount_overlay(lowers, upper, work, rootfs)
             nofile = _nofile_limit()
             pool = self.ctx.network
             if pool is not None:
@@ -529,7 +561,7 @@ class OciRuntime:
                     d.unlink(missing_ok=True)
                 removed.append(f"{self.name} state {d.name}")
         for m in mounted_under(self.ctx.images):
-            if m.name.endswith(f".idmap-{self.name}"):
+            if m.name.endswith(f".idmap-{self.name}") or m.parent.name == f"layers.idmap-{self.name}":
                 unmount(m)
                 with contextlib.suppress(OSError):
                     m.rmdir()
@@ -589,6 +621,8 @@ class WarmPool:
             return None  # warm containers hold an open network slot
         if spec.gpus:
             return None  # devices are fixed when a container is created
+        if spec.image is not None:
+            return None  # warm containers run on the worker's base, not on an image
         for i, warm in enumerate(self.ready):
             if warm.proc.returncode is not None:
                 continue  # died: its watcher removes it

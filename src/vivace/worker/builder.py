@@ -1,0 +1,305 @@
+"""The worker's image builder: take a build from the control plane, make the missing layers, store them.
+
+For each step of the image, in order: a layer some worker stored already is fetched from the blob store
+and unpacked into this worker's layer cache; a missing one is built (``build.py``: debootstrap for the
+base, a container over the layers so far for the others), packed (``layers.py``), uploaded by digest
+and recorded, and its directory moves into the cache as it is. Log lines go to the control plane in
+batches. Any failure ends the build as failed with the failing step and its log tail; nothing
+half-built enters the cache or the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vivace import exception as exc
+from vivace.protocol import images as proto
+
+if TYPE_CHECKING:
+    from vivace.client import ApiClient
+
+log = logging.getLogger("vivace.worker")
+LOG_FLUSH = 0.5  # seconds between log batches
+TAKE_WAIT = 25.0
+STEP_TIMEOUT = 3600.0  # seconds one build step may run
+
+
+def can_build() -> str | None:
+    """None when this worker can build images, else why not."""
+    if os.geteuid() != 0:
+        return "building images needs root"
+    for tool in ("crun", "debootstrap"):
+        if shutil.which(tool) is None:
+            return f"building images needs {tool}"
+    return None
+
+
+class BuildLog:
+    """Collects a build's lines and sends them in batches; keeps the tail for error messages."""
+
+    def __init__(self, api: ApiClient, image_id: str, worker_id: str) -> None:
+        self.api, self.image_id, self.worker_id = api, image_id, worker_id
+        self.pending: list[str] = []
+        self.tail: list[str] = []
+        self.loop = asyncio.get_running_loop()
+
+    def __call__(self, line: str) -> None:  # called from build threads too
+        self.loop.call_soon_threadsafe(self._add, line.rstrip("\n"))
+
+    def _add(self, line: str) -> None:
+        self.pending.append(line)
+        self.tail = [*self.tail[-49:], line]
+
+    async def flush(self) -> None:
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        await self.api.post_json(
+            f"/v1/images/{self.image_id}/logs", {"worker_id": self.worker_id, "lines": batch}, retry_for=30
+        )
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_FLUSH)
+            with contextlib.suppress(exc.Error):
+                await self.flush()
+
+
+class ImageBuilder:
+    def __init__(self, api: ApiClient, images_dir: Path, key: str, runtime: str = "crun") -> None:
+        self.api = api
+        self.layers = images_dir / "layers"
+        self.scratch = images_dir / "build"
+        self.uv_cache = images_dir / "uv-cache"
+        self.key = key  # the worker's: build containers' cgroups and namespaces carry it
+        self.runtime = runtime
+        self.worker_id = ""
+
+    async def run(self) -> None:
+        """Take builds until cancelled."""
+        why = can_build()
+        if why is not None:
+            log.info("this worker builds no images: %s", why)
+            return
+        from vivace.worker import build
+
+        self.layers.mkdir(parents=True, exist_ok=True)
+        self.uv_cache.mkdir(parents=True, exist_ok=True)
+        for what in await asyncio.to_thread(build.reconcile_builds, self.key):
+            log.info("removed what an interrupted build left: %s", what)
+        shutil.rmtree(self.scratch, ignore_errors=True)  # what a crash left mid-build
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                info = await self.api.post_json(
+                    "/v1/workers/builds",
+                    {"worker_id": self.worker_id, "wait": TAKE_WAIT},
+                    timeout=TAKE_WAIT + 30,
+                )
+            except exc.Error as err:
+                log.warning("could not ask for image builds: %s", err)
+                await asyncio.sleep(2)
+                continue
+            if info:
+                await self.build(info)
+
+    async def build(self, info: dict[str, Any]) -> None:
+        image_id = info["image_id"]
+        blog = BuildLog(self.api, image_id, self.worker_id)
+        flusher = asyncio.create_task(blog.run())
+        started = time.monotonic()
+        error: str | None = None
+        try:
+            await self._build_layers(info, blog)
+        except Exception as err:  # the build failed: say where, keep the tail
+            error = str(err) if isinstance(err, exc.ImageBuildError) else f"{type(err).__name__}: {err}"
+            log.warning("image %s failed to build: %s", image_id, error)
+        finally:
+            flusher.cancel()
+        with contextlib.suppress(exc.Error):
+            await blog.flush()
+        if error is None:
+            blog(f"built in {time.monotonic() - started:.1f} s")
+            await blog.flush()
+        await self.api.post_json(
+            f"/v1/images/{image_id}/finish", {"worker_id": self.worker_id, "error": error}, retry_for=60
+        )
+
+    async def _build_layers(self, info: dict[str, Any], blog: BuildLog) -> None:
+        lowers: list[Path] = []  # top first, as overlayfs wants them
+        config = ImageConfig()
+        for i, (step, layer) in enumerate(zip(info["steps"], info["layers"], strict=True)):
+            label = f"step {i + 1}/{len(info['steps'])} {step['kind']}"
+            if layer["digest"]:
+                blog(f"{label}: cached")
+                path = await self.fetch_layer(layer["key"], layer["digest"])
+            else:
+                blog(f"{label}: building")
+                t0 = time.monotonic()
+                path = await self._build_layer(step, layer["key"], lowers, config, blog, label)
+                blog(f"{label}: done in {time.monotonic() - t0:.1f} s")
+            lowers.insert(0, path)
+            config.apply(step)
+
+    async def _build_layer(
+        self,
+        step: dict[str, Any],
+        key: str,
+        lowers: list[Path],
+        config: ImageConfig,
+        blog: BuildLog,
+        label: str,
+    ) -> Path:
+        from vivace.worker import build, layers
+
+        work = Path(tempfile.mkdtemp(prefix="layer-", dir=self.scratch))
+        upper = work / "upper"
+        upper.mkdir()
+        try:
+            kind = step["kind"]
+            if kind == "debian_slim":
+                shutil.rmtree(upper)
+                base = await asyncio.to_thread(debian_base, step["python_version"], blog)
+                blog(f"{label}: debootstrapped tree {base}")
+                await asyncio.to_thread(_link_tree, base, upper)
+            elif kind == "add_files":
+                archive = await self._download(step["digest"], work / "files.tar.gz")
+                await asyncio.to_thread(layers.unpack_layer, archive, upper)
+            elif kind in proto.METADATA_KINDS or kind == "force_build":
+                pass  # an empty layer: the step changes the image's config, not its files
+            elif kind == "from_registry":
+                raise exc.ImageBuildError("from_registry builds arrive in a later release")
+            else:
+                commands = build.commands_for(step)
+                await asyncio.to_thread(
+                    build.run_step,
+                    list(lowers),
+                    upper,
+                    commands,
+                    env=config.build_env(),
+                    workdir=config.workdir,
+                    log=blog,
+                    runtime=self.runtime,
+                    step=step,
+                    key=self.key,
+                    uv_cache=self.uv_cache,
+                    timeout=STEP_TIMEOUT,
+                )
+            packed = work / "layer.tar.gz"
+            with packed.open("wb") as out:
+                digest = await asyncio.to_thread(layers.pack_layer, upper, out)
+            size = packed.stat().st_size
+            blog(f"{label}: layer {digest[:12]} ({size / 1e6:.1f} MB)")
+            data = await asyncio.to_thread(packed.read_bytes)
+            await self.api.request(
+                "PUT",
+                f"/v1/blobs/{digest}",
+                content=data,
+                content_type="application/octet-stream",
+                timeout=600,
+            )
+            await self.api.post_json(
+                f"/v1/images/{blog.image_id}/layers",
+                {"worker_id": self.worker_id, "key": key, "digest": digest, "size": size},
+                retry_for=30,
+            )
+            return _into_cache(upper, self.layers, key)
+        except exc.ImageBuildError as err:
+            raise exc.ImageBuildError(f"{label}: {err}") from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    async def fetch_layer(self, key: str, digest: str) -> Path:
+        """The cached layer directory for ``key``, downloading and unpacking it if this worker lacks it."""
+        from vivace.worker import layers
+
+        dest = self.layers / key
+        if dest.is_dir():
+            return dest
+        work = Path(tempfile.mkdtemp(prefix="fetch-", dir=self.scratch))
+        try:
+            blob = await self._download(digest, work / "layer")
+            return await asyncio.to_thread(layers.unpack_layer_atomic, blob, self.layers, key)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    async def _download(self, digest: str, dest: Path) -> Path:
+        resp = await self.api.request("GET", f"/v1/blobs/{digest}", timeout=600)
+        if hashlib.sha256(resp.content).hexdigest() != digest:
+            raise exc.ImageBuildError(f"blob {digest} arrived corrupted")
+        await asyncio.to_thread(dest.write_bytes, resp.content)
+        return dest
+
+
+class ImageConfig:
+    """What metadata steps set: environment, working directory, entrypoint and command."""
+
+    def __init__(self) -> None:
+        self.env: dict[str, str] = {}
+        self.workdir = "/"
+        self.entrypoint: list[str] | None = None
+        self.cmd: list[str] | None = None
+
+    def apply(self, step: dict[str, Any]) -> None:
+        kind = step["kind"]
+        if kind == "env":
+            self.env.update(step["vars"])
+        elif kind == "workdir":
+            self.workdir = step["path"]
+        elif kind == "entrypoint":
+            self.entrypoint = list(step["argv"])
+        elif kind == "cmd":
+            self.cmd = list(step["argv"])
+
+    def build_env(self) -> dict[str, str]:
+        return dict(self.env)
+
+
+def base_cache() -> Path:
+    """Where debootstrapped Debian trees are kept, shared by the machine's workers (a Debian mirror
+    fetch is the slowest step there is; the tree is never modified once made)."""
+    return Path(os.environ.get("VIVACE_BASE_CACHE", "/var/cache/vivace/bases"))
+
+
+def debian_base(python_version: str, log: Callable[[str], None]) -> Path:
+    """The debootstrapped tree for ``python_version``, made once per machine (under a file lock)."""
+    import fcntl
+
+    from vivace.worker import build
+
+    cache = base_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    dest = cache / f"debian-slim-{python_version}-r{build.BASE_RECIPE}"
+    with (cache / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not dest.is_dir():
+            build.build_debian_slim(python_version, dest, log)
+    return dest
+
+
+def _link_tree(src: Path, dest: Path) -> None:
+    """A copy of ``src`` at ``dest`` made of hard links (instant; neither side is modified later)."""
+    import subprocess
+
+    proc = subprocess.run(["cp", "-a", "--link", str(src), str(dest)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise exc.ImageBuildError(f"could not copy the base tree: {proc.stderr.strip()}")
+
+
+def _into_cache(upper: Path, cache: Path, key: str) -> Path:
+    dest = cache / key
+    if dest.exists():  # another build of the same layer got there first
+        return dest
+    with contextlib.suppress(FileExistsError, OSError):
+        upper.rename(dest)
+    return dest

@@ -1,0 +1,80 @@
+"""Functions in custom images, end to end: built on a worker, cached by content, files from the image."""
+
+import os
+import shutil
+
+import pytest
+
+from vivace.testing.cluster import LocalCluster
+
+from .conftest import _load, require_runtime, sdk_pointed_at
+
+pytestmark = pytest.mark.timeout(900)
+
+# debootstrap is the slowest step there is: share the machine's cache of Debian trees with the build tests
+BASE_CACHE = "/var/cache/vivace/test-images"
+
+
+@pytest.fixture(scope="module")
+def imaged(tmp_path_factory):
+    require_runtime("crun")
+    if shutil.which("debootstrap") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("debootstrap must be installed in CI: .ci/install-runtimes.sh")
+        pytest.skip("debootstrap is not installed")
+    home = tmp_path_factory.mktemp("imaged")
+    host_file = home / "host-only.txt"
+    host_file.write_text("the host's")
+    conf = home / "imaged.conf"
+    conf.write_text("baked in\n")
+    env = {"VIVACE_BASE_CACHE": BASE_CACHE}
+    old = {k: os.environ.get(k) for k in ("IMAGED_HOST_FILE", "IMAGED_CONF")}
+    os.environ.update(IMAGED_HOST_FILE=str(host_file), IMAGED_CONF=str(conf))
+    try:
+        with (
+            LocalCluster(home, runtimes=["crun"], warm_pool=1, worker_env=env) as cluster,
+            sdk_pointed_at(cluster),
+        ):
+            module = _load("imaged")
+            module.cluster = cluster
+            yield module
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_a_function_runs_in_its_image(imaged):
+    with imaged.app.run():
+        seen = imaged.probe.remote()
+    assert seen["debian"] and seen["python"].startswith("/usr/bin/python3"), seen
+    assert seen["six"] == "1.16.0"  # absent on the host: it comes from the image
+    assert seen["cloudpickle"] == "3.0.0"  # the user's pin wins over the runtime's own cloudpickle
+    assert seen["greeting"] == "from the image" and seen["jq"] == "/usr/bin/jq"
+    assert seen["conf"] == "baked in\n"
+    assert seen["host_file_visible"] is False
+
+
+def test_a_second_build_reuses_every_layer(imaged):
+    image = imaged.image
+    image.build()
+    import httpx
+
+    from vivace._version import __version__
+
+    env = imaged.cluster.client_env()
+    headers = {
+        "authorization": f"Bearer {env['VIVACE_TOKEN_ID']}:{env['VIVACE_TOKEN_SECRET']}",
+        "x-vivace-version": __version__,
+    }
+    with httpx.Client(base_url=imaged.cluster.url, headers=headers, timeout=30) as http:
+        info = http.get(f"/v1/images/{image.object_id}").json()
+        assert info["state"] == "ready" and all(layer["digest"] for layer in info["layers"])
+        changed = image.env({"MORE": "1"})
+        changed.build()
+        log = [line["line"] for line in http.get(f"/v1/images/{changed.object_id}").json()["logs"]]
+    cached = [line for line in log if line.endswith(": cached")]
+    built = [line for line in log if line.endswith(": building")]
+    assert len(cached) == len(info["layers"]) and len(built) == 1, log  # only the new step was built
