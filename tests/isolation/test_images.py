@@ -78,3 +78,31 @@ def test_a_second_build_reuses_every_layer(imaged):
     cached = [line for line in log if line.endswith(": cached")]
     built = [line for line in log if line.endswith(": building")]
     assert len(cached) == len(info["layers"]) and len(built) == 1, log  # only the new step was built
+
+
+def test_another_worker_fetches_the_layers_and_builds_nothing(imaged):
+    """A second worker with its own state directory runs the image from the blob store."""
+    from vivace.server.services import workers
+
+    cluster = imaged.cluster
+    lines_before = _build_log_lines(cluster)
+    first = cluster.worker
+    first.terminate()
+    first.wait(timeout=60)
+    old = cluster.plane.store.write_sync(lambda tx: [r[0] for r in tx.fetchall("SELECT id FROM workers")])
+    cluster.plane.store.write_sync(lambda tx: [workers.retire(tx, w, "test: stopped") for w in old])
+    cluster.start_worker("worker2")
+    with imaged.app.run():
+        seen = imaged.probe.remote()
+    assert seen["six"] == "1.16.0" and seen["conf"] == "baked in\n"
+    cache = cluster.home / "worker2" / "images" / "layers"
+    info = imaged.image.steps()
+    from vivace.protocol import images as proto
+
+    assert {p.name for p in cache.iterdir() if not p.name.startswith(".")} >= set(proto.layer_keys(info))
+    assert _build_log_lines(cluster) == lines_before  # nothing was built again, anywhere
+    assert ": building" not in (cluster.home / "worker2.log").read_text()
+
+
+def _build_log_lines(cluster):
+    return cluster.plane.store.write_sync(lambda tx: int(tx.scalar("SELECT COUNT(*) FROM build_logs")))

@@ -108,9 +108,14 @@ class LocalCluster:
         self.start_worker()
         return self
 
-    def start_worker(self) -> None:
+    def start_worker(self, name: str = "worker") -> None:
+        """Start a worker process with its own state directory ``home/name`` (log: ``home/name.log``);
+        a second call with another name adds a second worker (``self.worker`` is the latest)."""
         env = {**os.environ, **self.worker_env, "VIVACE_WORKER_TOKEN": self.worker_token}
-        log = open(self.home / "worker.log", "ab")  # noqa: SIM115
+        log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115
+        alive_before = self.plane.store.write_sync(
+            lambda tx: int(tx.scalar("SELECT COUNT(*) FROM workers WHERE state='alive'"))
+        )
         extra = []
         if self.runtimes:
             extra += ["--runtimes", ",".join(self.runtimes)]
@@ -123,10 +128,10 @@ class LocalCluster:
             import pwd
 
             gid = pwd.getpwuid(self.worker_user).pw_gid
-            (self.home / "worker").mkdir(exist_ok=True)
-            os.chown(self.home / "worker", self.worker_user, gid)
+            (self.home / name).mkdir(exist_ok=True)
+            os.chown(self.home / name, self.worker_user, gid)
             switch = ["setpriv", f"--reuid={self.worker_user}", f"--regid={gid}", "--clear-groups", "--"]
-            env["HOME"] = str(self.home / "worker")
+            env["HOME"] = str(self.home / name)
         self.worker = subprocess.Popen(
             [
                 *self.worker_wrapper,
@@ -138,7 +143,7 @@ class LocalCluster:
                 "--server",
                 self.url,
                 "--dir",
-                str(self.home / "worker"),
+                str(self.home / name),
                 "--cpu",
                 str(self.worker_cpu),
                 "--memory",
@@ -152,8 +157,11 @@ class LocalCluster:
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if self.plane.store.write_sync(
-                lambda tx: tx.scalar("SELECT COUNT(*) FROM workers WHERE state='alive'")
+            if (
+                self.plane.store.write_sync(
+                    lambda tx: int(tx.scalar("SELECT COUNT(*) FROM workers WHERE state='alive'"))
+                )
+                > alive_before
             ):
                 return
             time.sleep(0.05)
