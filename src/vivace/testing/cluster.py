@@ -105,7 +105,11 @@ class LocalCluster:
         )
         self._thread.start()
         _wait_http(f"{self.url}/healthz")
-        self.start_worker()
+        try:
+            self.start_worker()
+        except BaseException:
+            self.stop()  # no worker or server outlives a failed start
+            raise
         return self
 
     def start_worker(self, name: str = "worker") -> None:
@@ -155,7 +159,7 @@ class LocalCluster:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + REGISTER_TIMEOUT
         while time.monotonic() < deadline:
             if (
                 self.plane.store.write_sync(
@@ -165,7 +169,7 @@ class LocalCluster:
             ):
                 return
             time.sleep(0.05)
-        raise RuntimeError("the worker did not register within 30 s")
+        raise RuntimeError(f"the worker did not register within {REGISTER_TIMEOUT:g} s (see {name}.log)")
 
     def stop(self) -> None:
         if self.worker is not None and self.worker.poll() is None:
@@ -185,6 +189,10 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# a first worker start builds its base and runtime bundle: seconds here, a minute under emulation (tests/vm)
+REGISTER_TIMEOUT = float(os.environ.get("VIVACE_TEST_REGISTER_TIMEOUT", "120"))
 
 
 def _wait_http(url: str, timeout: float = 20.0) -> None:

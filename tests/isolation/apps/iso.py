@@ -40,7 +40,7 @@ def write_own(i):
     tid = os.environ["MODAL_TASK_ID"]
     with open(f"/tmp/{tid}-{i}", "w") as f:
         f.write("mine")
-    time.sleep(0.5)
+    time.sleep(1.5)  # long enough that the second container starts even under emulation (tests/vm)
     return tid, sorted(os.listdir("/tmp"))
 
 
