@@ -300,6 +300,9 @@ def _into_cache(upper: Path, cache: Path, key: str) -> Path:
     dest = cache / key
     if dest.exists():  # another build of the same layer got there first
         return dest
-    with contextlib.suppress(FileExistsError, OSError):
+    try:
         upper.rename(dest)
+    except OSError:
+        if not dest.is_dir():  # not a lost race: the layer cannot enter the cache
+            raise
     return dest
