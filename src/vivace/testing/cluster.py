@@ -117,9 +117,7 @@ class LocalCluster:
         a second call with another name adds a second worker (``self.worker`` is the latest)."""
         env = {**os.environ, **self.worker_env, "VIVACE_WORKER_TOKEN": self.worker_token}
         log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115
-        alive_before = self.plane.store.write_sync(
-            lambda tx: int(tx.scalar("SELECT COUNT(*) FROM workers WHERE state='alive'"))
-        )
+        started = time.time() - 0.5  # registered after this: this worker (a restart replaces the old row)
         extra = []
         if self.runtimes:
             extra += ["--runtimes", ",".join(self.runtimes)]
@@ -161,11 +159,10 @@ class LocalCluster:
         )
         deadline = time.monotonic() + REGISTER_TIMEOUT
         while time.monotonic() < deadline:
-            if (
-                self.plane.store.write_sync(
-                    lambda tx: int(tx.scalar("SELECT COUNT(*) FROM workers WHERE state='alive'"))
+            if self.plane.store.write_sync(
+                lambda tx: tx.scalar(
+                    "SELECT COUNT(*) FROM workers WHERE state = 'alive' AND registered_at >= ?", (started,)
                 )
-                > alive_before
             ):
                 return
             time.sleep(0.05)
