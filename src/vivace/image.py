@@ -85,14 +85,27 @@ class Image:
         force_build: bool = False,
         **kwargs: Any,
     ) -> Image:
-        """An image pulled from an OCI registry (Docker Hub, GHCR, a private registry, ...)."""
+        """An image pulled from an OCI registry (Docker Hub, GHCR, a private registry, ...).
+
+        The image needs ``python3`` on ``/usr/local/bin`` or ``/usr/bin`` to run functions; for one
+        without, ``add_python="3.12"`` installs a standalone CPython (uv-managed) into it. The tag is
+        resolved when the image is first built: later builds reuse that layer until ``force_build``.
+        """
         _no_extra(kwargs, "Image.from_registry()")
+        if not isinstance(tag, str):
+            raise exc.InvalidError(f"from_registry takes an image reference string, got {tag!r}")
         if secret is not None:
             raise exc.NotImplementedYetError("from_registry(secret=...) needs Secrets (storage primitives)")
-        step: dict[str, Any] = {"kind": "from_registry", "reference": tag}
+        from vivace.worker.registry import InvalidReferenceError, parse_reference
+
+        try:
+            parse_reference(tag)
+        except InvalidReferenceError as err:
+            raise exc.InvalidError(str(err)) from None
+        steps: list[dict[str, Any]] = [_checked({"kind": "from_registry", "reference": tag})]
         if add_python is not None:
-            step["add_python"] = add_python
-        return Image((_checked(step),))._forced(force_build)
+            steps.append(_checked({"kind": "add_python", "python_version": add_python}))
+        return Image(tuple(steps))._forced(force_build)
 
     @staticmethod
     def from_id(image_id: str) -> Image:

@@ -56,3 +56,15 @@ def test_a_silent_builder_loses_its_lease_and_failed_builds_are_retried(h: Any) 
         h.w(lambda tx: images.take_build(tx, "wk-c") and images.delete(tx, info.id))
     with pytest.raises(NotFound):
         h.w(lambda tx: images.get(tx, "im-nope"))
+
+
+def test_a_layer_keeps_what_it_sets_besides_files(h: Any) -> None:
+    pulled = {"kind": "from_registry", "reference": "127.0.0.1:5000/app:1"}
+    info = h.w(lambda tx: images.register(tx, [pulled]))
+    h.w(lambda tx: images.take_build(tx, "wk-a"))
+    config = {"env": {"PATH": "/usr/local/bin:/usr/bin"}, "workdir": "/app", "python": "/usr/local/bin/python3"}
+    key = proto.layer_keys([pulled])[0]
+    h.w(lambda tx: images.add_layer(tx, info.id, "wk-a", key, "c" * 64, 5, config))
+    assert h.w(lambda tx: images.get(tx, info.id)).layers == [
+        {"key": key, "digest": "c" * 64, "size": 5, "config": config}
+    ]

@@ -84,6 +84,7 @@ def test_local_files_are_hashed_by_content(tmp_path):
             "no local",
         ),
         (lambda: Image.from_registry("bad ref"), "image reference"),
+        (lambda: Image.from_registry("python:3.11-slim", add_python="3"), "python_version"),
         (lambda: Image.from_id("nope"), "not an image id"),
         (lambda: Image.from_id("im-1234").pip_install("six"), "from_id"),
     ],
@@ -109,3 +110,43 @@ def test_the_server_rejects_malformed_chains():
         proto.validate_steps([{"kind": "debian_slim", "python_version": "3.11"}, {"kind": "curl_bash"}])
     with pytest.raises(proto.StepError, match="digest"):
         proto.validate_step({"kind": "add_files", "digest": "abc", "remote": "/"})
+
+
+def test_add_python_is_a_step_of_its_own():
+    image = Image.from_registry("127.0.0.1:5000/tools:1", add_python="3.12")
+    assert image.steps() == [
+        {"kind": "from_registry", "reference": "127.0.0.1:5000/tools:1"},
+        {"kind": "add_python", "python_version": "3.12"},
+    ]
+
+
+def test_layer_configs_are_checked():
+    assert proto.validate_layer_config({"env": {"A": "1"}, "python": "/usr/bin/python3"})
+    for bad in ({"env": {"A": 1}}, {"python": "python3"}, {"cmd": "ls"}, {"shell": "/bin/sh"}):
+        with pytest.raises(proto.StepError):
+            proto.validate_layer_config(bad)
+
+
+def test_the_interpreter_is_found_through_the_images_own_symlinks(tmp_path):
+    from vivace.worker.builder import find_python
+
+    assert find_python(tmp_path) is None
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    (tmp_path / "usr/bin/python3.11").write_text("")
+    (tmp_path / "usr/bin/python3").symlink_to("python3.11")
+    assert find_python(tmp_path) == "/usr/bin/python3"
+    (tmp_path / "usr/local/bin").mkdir(parents=True)
+    (tmp_path / "usr/local/bin/python3").symlink_to("/opt/missing/python3")  # dangling inside the image
+    assert find_python(tmp_path) == "/usr/bin/python3"
+    (tmp_path / "opt/py/bin").mkdir(parents=True)
+    (tmp_path / "opt/py/bin/python3").write_text("")
+    (tmp_path / "opt/missing").symlink_to("../opt/py/bin/../bin")
+    assert find_python(tmp_path) == "/usr/local/bin/python3"
+
+
+def test_add_python_installs_a_managed_interpreter_on_path():
+    from vivace.worker.build import commands_for
+
+    install, link = commands_for({"kind": "add_python", "python_version": "3.12"})
+    assert "python install --no-bin 3.12" in install and "UV_PYTHON_DOWNLOADS=automatic" in install
+    assert "/usr/local/bin/python3" in link and "EXTERNALLY-MANAGED" in link

@@ -21,13 +21,15 @@ APT_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:_-]
 # a requirement as pip reads it: a name with extras, version specifiers, URLs or markers; never a
 # shell metacharacter that could end the argument (the worker also quotes every argument)
 PIP_REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-\[\], <>=!~*:/@+'\";()]*")
+PYTHON_VERSION = re.compile(r"3\.[0-9]{1,2}(\.[0-9]{1,2})?")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 DIGEST = re.compile(r"[0-9a-f]{64}")
 
 # kind -> (required fields, optional fields)
 STEP_FIELDS: Dict[str, Any] = {
     "debian_slim": ({"python_version"}, set()),
-    "from_registry": ({"reference"}, {"add_python", "auth_secret"}),
+    "from_registry": ({"reference"}, {"auth_secret"}),
+    "add_python": ({"python_version"}, set()),
     "apt_install": ({"packages"}, set()),
     "pip_install": ({"packages"}, {"index_url", "extra_index_url", "find_links", "pre", "extra_options"}),
     "uv_pip_install": ({"packages"}, {"index_url", "extra_index_url", "find_links", "pre", "extra_options"}),
@@ -124,10 +126,13 @@ def _registry(step: Dict[str, Any]) -> None:
     ref = step["reference"]
     if not isinstance(ref, str) or not ref or any(c.isspace() for c in ref) or len(ref) > 512:
         raise StepError(f"{ref!r} is not an image reference such as 'python:3.11-slim'")
-    add = step.get("add_python")
-    if add is not None and add not in SUPPORTED_PYTHONS:
-        raise StepError(f"add_python must be one of {', '.join(sorted(SUPPORTED_PYTHONS))}")
     _optional_str(step, "auth_secret")
+
+
+def _add_python(step: Dict[str, Any]) -> None:
+    version = step["python_version"]
+    if not isinstance(version, str) or not PYTHON_VERSION.fullmatch(version):
+        raise StepError(f"python_version must look like '3.12' or '3.12.7', got {version!r}")
 
 
 def _apt(step: Dict[str, Any]) -> None:
@@ -189,6 +194,7 @@ def _nonce(step: Dict[str, Any]) -> None:
 _CHECKS = {
     "debian_slim": _debian,
     "from_registry": _registry,
+    "add_python": _add_python,
     "apt_install": _apt,
     "pip_install": _pip,
     "uv_pip_install": _pip,
@@ -200,3 +206,26 @@ _CHECKS = {
     "add_files": _files,
     "force_build": _nonce,
 }
+
+
+# what a layer may set besides its files (a registry image's config; the interpreter a base provides)
+LAYER_CONFIG_FIELDS = {"env", "workdir", "entrypoint", "cmd", "user", "python"}
+
+
+def validate_layer_config(config: Any) -> Dict[str, Any]:
+    if not isinstance(config, dict) or set(config) - LAYER_CONFIG_FIELDS:
+        raise StepError(f"a layer config is an object with some of {sorted(LAYER_CONFIG_FIELDS)}")
+    env = config.get("env", {})
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and "\0" not in k + v for k, v in env.items()
+    ):
+        raise StepError("env must be an object of strings")
+    for name in ("workdir", "python"):
+        if name in config:
+            _absolute(config[name], name)
+    for name in ("entrypoint", "cmd"):
+        if config.get(name) is not None:
+            _argv({"argv": config[name]})
+    if not isinstance(config.get("user", ""), str):
+        raise StepError("user must be a string")
+    return config

@@ -147,9 +147,15 @@ class Agent:
 
         paths = [await self.builder.fetch_layer(layer["key"], layer["digest"]) for layer in image["layers"]]
         config = ImageConfig()
-        for step in image["steps"]:
-            config.apply(step)
-        return ImageRootfs(image["image_id"], list(reversed(paths)), dict(config.env), config.workdir)
+        for step, layer in zip(image["steps"], image["layers"], strict=True):
+            config.apply(step, layer.get("config"))
+        return ImageRootfs(
+            image["image_id"],
+            list(reversed(paths)),
+            dict(config.env),
+            config.workdir,
+            python=config.python or "/usr/bin/python3",
+        )
 
     def default_runtime(self) -> ContainerRuntime:
         names = [n for n in FUNCTION_DEFAULTS if n in self.runtimes] or list(self.runtimes)

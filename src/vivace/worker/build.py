@@ -95,6 +95,9 @@ SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 
 BUILD_DIR = "/run/vivace-build"
 UV_IN_CONTAINER = BUILD_DIR + "/bin/uv"
+ADDED_PYTHON_DIR = "/usr/local/lib/vivace-python"  # where add_python installs CPython
+# let an operator point uv's Python downloads at a mirror (these machines cannot reach GitHub)
+PYTHON_DOWNLOAD_VARS = ("UV_PYTHON_INSTALL_MIRROR", "UV_PYTHON_DOWNLOADS_JSON_URL")
 CA_IN_CONTAINER = BUILD_DIR + "/ca.pem"
 UV_CACHE_IN_CONTAINER = BUILD_DIR + "/uv-cache"
 TMP_IN_CONTAINER = BUILD_DIR + "/tmp"
@@ -257,6 +260,16 @@ def commands_for(step: Mapping[str, Any]) -> list[str]:
         return [" ".join(shlex.quote(a) for a in argv)]
     if kind == "run_commands":
         return list(step["commands"])
+    if kind == "add_python":  # a standalone CPython managed by uv, on PATH as python, python3 and pip
+        version = step["python_version"]  # protocol.PYTHON_VERSION checked it
+        uv = f"UV_PYTHON_DOWNLOADS=automatic UV_PYTHON_INSTALL_DIR={ADDED_PYTHON_DIR} {UV_IN_CONTAINER}"
+        return [
+            f"{uv} python install --no-bin {version}",
+            f'py="$({uv} python find --managed-python {version})" && bin="$(dirname "$py")" && '
+            'rm -f "$bin"/../lib/python3*/EXTERNALLY-MANAGED && mkdir -p /usr/local/bin && '
+            'ln -sf "$py" /usr/local/bin/python3 && ln -sf "$py" /usr/local/bin/python && '
+            'ln -sf "$bin/pip3" /usr/local/bin/pip && ln -sf "$bin/pip3" /usr/local/bin/pip3 && "$py" --version',
+        ]
     raise ImageBuildError(f"a {kind} step runs no commands")
 
 
@@ -516,7 +529,7 @@ class _BuildContainer:
             resolv.write_text(host_resolv_conf())
         binds: list[tuple[str, Path, bool]] = []
         build_env = {"PATH": f"{BUILD_PATH}:{BUILD_DIR}/bin", "HOME": "/root", "LANG": "C.UTF-8", **env}
-        build_env.update(_pick(host_env, PROXY_VARS))
+        build_env.update(_pick(host_env, PROXY_VARS + PYTHON_DOWNLOAD_VARS))
         ca = next((Path(host_env[v]) for v in CA_VARS if v in host_env and Path(host_env[v]).is_file()), None)
         if ca is not None:  # a copy: readable by the container's root whatever the original's mode
             shutil.copyfile(ca, self.scratch / "ca.pem")

@@ -79,6 +79,7 @@ class ImageBuilder:
     def __init__(self, api: ApiClient, images_dir: Path, key: str, runtime: str = "crun") -> None:
         self.api = api
         self.layers = images_dir / "layers"
+        self.pulls = images_dir / "pulls"  # registry layers as pulled, before a step squashes them
         self.scratch = images_dir / "build"
         self.uv_cache = images_dir / "uv-cache"
         self.key = key  # the worker's: build containers' cgroups and namespaces carry it
@@ -140,16 +141,17 @@ class ImageBuilder:
         config = ImageConfig()
         for i, (step, layer) in enumerate(zip(info["steps"], info["layers"], strict=True)):
             label = f"step {i + 1}/{len(info['steps'])} {step['kind']}"
+            layer_config = layer.get("config")
             if layer["digest"]:
                 blog(f"{label}: cached")
                 path = await self.fetch_layer(layer["key"], layer["digest"])
             else:
                 blog(f"{label}: building")
                 t0 = time.monotonic()
-                path = await self._build_layer(step, layer["key"], lowers, config, blog, label)
+                path, layer_config = await self._build_layer(step, layer["key"], lowers, config, blog, label)
                 blog(f"{label}: done in {time.monotonic() - t0:.1f} s")
             lowers.insert(0, path)
-            config.apply(step)
+            config.apply(step, layer_config)
 
     async def _build_layer(
         self,
@@ -159,12 +161,15 @@ class ImageBuilder:
         config: ImageConfig,
         blog: BuildLog,
         label: str,
-    ) -> Path:
+    ) -> tuple[Path, dict[str, Any] | None]:
+        """Build one layer, store it, move it into the cache: its directory and what it sets besides
+        files (a registry image's config, the interpreter a base provides)."""
         from vivace.worker import build, layers
 
         work = Path(tempfile.mkdtemp(prefix="layer-", dir=self.scratch))
         upper = work / "upper"
         upper.mkdir()
+        layer_config: dict[str, Any] | None = None
         try:
             kind = step["kind"]
             if kind == "debian_slim":
@@ -178,7 +183,7 @@ class ImageBuilder:
             elif kind in proto.METADATA_KINDS or kind == "force_build":
                 pass  # an empty layer: the step changes the image's config, not its files
             elif kind == "from_registry":
-                raise exc.ImageBuildError("from_registry builds arrive in a later release")
+                layer_config = await self._from_registry(step["reference"], upper, blog, label)
             else:
                 commands = build.commands_for(step)
                 await asyncio.to_thread(
@@ -195,6 +200,8 @@ class ImageBuilder:
                     uv_cache=self.uv_cache,
                     timeout=STEP_TIMEOUT,
                 )
+                if kind == "add_python":
+                    layer_config = {"python": "/usr/local/bin/python3"}
             packed = work / "layer.tar.gz"
             with packed.open("wb") as out:
                 digest = await asyncio.to_thread(layers.pack_layer, upper, out)
@@ -210,14 +217,46 @@ class ImageBuilder:
             )
             await self.api.post_json(
                 f"/v1/images/{blog.image_id}/layers",
-                {"worker_id": self.worker_id, "key": key, "digest": digest, "size": size},
+                {
+                    "worker_id": self.worker_id,
+                    "key": key,
+                    "digest": digest,
+                    "size": size,
+                    "config": layer_config,
+                },
                 retry_for=30,
             )
-            return _into_cache(upper, self.layers, key)
+            return _into_cache(upper, self.layers, key), layer_config
         except exc.ImageBuildError as err:
             raise exc.ImageBuildError(f"{label}: {err}") from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    async def _from_registry(self, reference: str, upper: Path, blog: BuildLog, label: str) -> dict[str, Any]:
+        """Pull ``reference`` and squash its layers into ``upper``: one layer of this image, which other
+        workers fetch from the blob store without asking the registry. Returns the image's config."""
+        from vivace.worker import registry
+
+        blog(f"{label}: pulling {reference} ({registry.host_platform()})")
+        pulled = await registry.pull_async(reference, self.pulls, platform=registry.host_platform())
+        blog(
+            f"{label}: {pulled.reference}@{pulled.manifest_digest[:19]}: {len(pulled.layers)} layer(s), "
+            f"{len(pulled.downloaded)} downloaded"
+        )
+        await asyncio.to_thread(squash, list(pulled.layer_dirs), upper)
+        c = pulled.config
+        env = dict(item.split("=", 1) for item in c.env if "=" in item)
+        config: dict[str, Any] = {"env": env, "workdir": c.working_dir or "/", "user": c.user}
+        if c.entrypoint is not None:
+            config["entrypoint"] = list(c.entrypoint)
+        if c.cmd is not None:
+            config["cmd"] = list(c.cmd)
+        python = find_python(upper)
+        if python is not None:
+            config["python"] = python
+        else:
+            blog(f"{label}: {reference} has no python3 in /usr/local/bin or /usr/bin (add_python= adds one)")
+        return config
 
     async def fetch_layer(self, key: str, digest: str) -> Path:
         """The cached layer directory for ``key``, downloading and unpacking it if this worker lacks it."""
@@ -249,8 +288,19 @@ class ImageConfig:
         self.workdir = "/"
         self.entrypoint: list[str] | None = None
         self.cmd: list[str] | None = None
+        self.user = ""
+        self.python: str | None = None  # None: no layer said (a debian_slim base: /usr/bin/python3)
 
-    def apply(self, step: dict[str, Any]) -> None:
+    def apply(self, step: dict[str, Any], layer: dict[str, Any] | None = None) -> None:
+        """Apply what a step sets, after what its layer recorded when it was built (a pulled image's
+        env, workdir, entrypoint, cmd and user; the interpreter its base provides)."""
+        if layer:
+            self.env.update(layer.get("env") or {})
+            self.workdir = layer.get("workdir") or self.workdir
+            self.entrypoint = layer.get("entrypoint", self.entrypoint)
+            self.cmd = layer.get("cmd", self.cmd)
+            self.user = layer.get("user", self.user)
+            self.python = layer.get("python", self.python)
         kind = step["kind"]
         if kind == "env":
             self.env.update(step["vars"])
@@ -306,3 +356,61 @@ def _into_cache(upper: Path, cache: Path, key: str) -> Path:
         if not dest.is_dir():  # not a lost race: the layer cannot enter the cache
             raise
     return dest
+
+
+PYTHONS = ("/usr/local/bin/python3", "/usr/bin/python3")  # where images keep it, in order of preference
+
+
+def find_python(root: Path) -> str | None:
+    """The first of :data:`PYTHONS` that exists in the tree ``root`` (symlinks followed inside it)."""
+    for candidate in PYTHONS:
+        if _exists_in(root, candidate):
+            return candidate
+    return None
+
+
+def _exists_in(root: Path, path: str, hops: int = 16) -> bool:
+    """Whether ``path`` names a regular file in ``root``, resolving symlinks as the container would."""
+    parts = [p for p in path.split("/") if p]
+    current: list[str] = []
+    while parts and hops > 0:
+        name = parts.pop(0)
+        if name == "..":
+            current = current[:-1]
+            continue
+        candidate = root.joinpath(*current, name)
+        if candidate.is_symlink():
+            hops -= 1
+            target = os.readlink(candidate)
+            parts = [p for p in target.split("/") if p] + parts
+            if target.startswith("/"):
+                current = []
+            continue
+        current.append(name)
+    return hops > 0 and root.joinpath(*current).is_file() and not root.joinpath(*current).is_symlink()
+
+
+def squash(layer_dirs: list[Path], dest: Path) -> None:
+    """Copy the merged view of ``layer_dirs`` (unpacked OCI layers, base first, their whiteouts as
+    overlayfs keeps them) into the empty directory ``dest``: overlayfs resolves whiteouts and opaque
+    directories, ``cp -a`` keeps owners, modes, times, hard links and xattrs. The mount lives in a
+    private mount namespace of its own process, so nothing stays mounted if the worker dies."""
+    import subprocess
+
+    if not layer_dirs:
+        raise exc.ImageBuildError("the image has no layers")
+    with tempfile.TemporaryDirectory(prefix="squash-", dir=dest.parent) as tmp:
+        empty, merged = Path(tmp, "empty"), Path(tmp, "merged")
+        empty.mkdir()
+        merged.mkdir()
+        lowers = [*reversed(layer_dirs), empty] if len(layer_dirs) == 1 else list(reversed(layer_dirs))
+        base = layer_dirs[0].parent  # relative names keep the mount options short (a page at most)
+        names = [os.path.relpath(p, base) for p in lowers]
+        script = 'mount -t overlay overlay -o "ro,lowerdir=$1" "$2" && cp -a "$2"/. "$3"/'
+        proc = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "squash",
+             ":".join(names), str(merged), str(dest)],
+            cwd=base, capture_output=True, text=True,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise exc.ImageBuildError(f"could not merge the image's layers: {proc.stderr.strip()[-2000:]}")

@@ -49,6 +49,7 @@ __all__ = [
     "PulledImage",
     "Reference",
     "RegistryError",
+    "host_platform",
     "parse_reference",
     "pull",
     "pull_async",
@@ -244,6 +245,14 @@ async def pull_async(
     """:func:`pull` in a thread, for the worker's event loop."""
     return await asyncio.to_thread(
         pull, reference, layers_dir, auth=auth, platform=platform, insecure=insecure
+    )
+
+
+def host_platform() -> str:
+    """This machine's platform as registries name it (``linux/amd64``, ``linux/arm64/v8``)."""
+    machine = os.uname().machine
+    return {"x86_64": "linux/amd64", "aarch64": "linux/arm64/v8", "arm64": "linux/arm64/v8"}.get(
+        machine, f"linux/{machine}"
     )
 
 

@@ -122,10 +122,16 @@ async def add_layer(request: Request) -> Response:
     size = field(body, "size", int)
     if not proto.DIGEST.fullmatch(digest) or size < 0:
         raise Invalid("'digest' must be a hex sha256 and 'size' non-negative")
+    config = body.get("config")
+    if config is not None:
+        try:
+            config = proto.validate_layer_config(config)
+        except proto.StepError as err:
+            raise Invalid(f"'config': {err}") from None
     plane = plane_of(request)
     if not plane.blobs.exists(digest):
         raise Invalid(f"layer blob {digest} has not been uploaded")
-    await plane.store.write(lambda tx: images.add_layer(tx, image_id, worker_id, key, digest, size))
+    await plane.store.write(lambda tx: images.add_layer(tx, image_id, worker_id, key, digest, size, config))
     return JSONResponse({"ok": True})
 
 

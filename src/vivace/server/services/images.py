@@ -61,13 +61,10 @@ def get(tx: Tx, image_id: str) -> ImageInfo:
     keys = proto.layer_keys(steps)
     marks, vals = tx.in_list(keys)
     found = {
-        r[0]: (r[1], int(r[2]))
-        for r in tx.fetchall(f"SELECT key, digest, size FROM layers WHERE key IN {marks}", vals)
+        r[0]: {"key": r[0], "digest": r[1], "size": int(r[2]), "config": json.loads(r[3]) if r[3] else None}
+        for r in tx.fetchall(f"SELECT key, digest, size, config FROM layers WHERE key IN {marks}", vals)
     }
-    layers = [
-        {"key": k, "digest": found[k][0] if k in found else None, "size": found[k][1] if k in found else 0}
-        for k in keys
-    ]
+    layers = [found.get(k) or {"key": k, "digest": None, "size": 0, "config": None} for k in keys]
     return ImageInfo(image_id, steps, str(row[1]), row[2], layers)
 
 
@@ -97,14 +94,23 @@ def _check_builder(tx: Tx, image_id: str, worker_id: str) -> None:
     tx.execute("UPDATE images SET build_deadline = ? WHERE id = ?", (tx.now + BUILD_LEASE, image_id))
 
 
-def add_layer(tx: Tx, image_id: str, worker_id: str, key: str, digest: str, size: int) -> None:
+def add_layer(
+    tx: Tx,
+    image_id: str,
+    worker_id: str,
+    key: str,
+    digest: str,
+    size: int,
+    config: dict[str, Any] | None = None,
+) -> None:
     """Record a built layer (idempotent: the first digest stored for a key stays)."""
     _check_builder(tx, image_id, worker_id)
     if key not in proto.layer_keys(get(tx, image_id).steps):
         raise Conflict(f"layer {key} is not part of image {image_id}")
     tx.execute(
-        "INSERT INTO layers (key, digest, size, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-        (key, digest, size, tx.now),
+        "INSERT INTO layers (key, digest, size, created_at, config) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (key) DO NOTHING",
+        (key, digest, size, tx.now, proto.canonical(config) if config else None),
     )
 
 

@@ -95,6 +95,10 @@ MIGRATIONS: list[list[str]] = [
             id {SERIAL}, image_id TEXT NOT NULL, ts {DOUBLE} NOT NULL, line TEXT NOT NULL)""",
         "CREATE INDEX build_logs_image ON build_logs(image_id, id)",
     ],
+    [
+        # what a layer sets besides files (a registry image's env, workdir, interpreter): JSON or NULL
+        "ALTER TABLE layers ADD COLUMN config TEXT",
+    ],
 ]
 
 

@@ -1,0 +1,33 @@
+"""A function in an image pulled from a registry, with a build step on top."""
+
+import os
+
+import vivace
+
+REFERENCE = os.environ.get("PULLED_REFERENCE", "127.0.0.1:5000/vivace-test/pulled:latest")
+
+image = vivace.Image.from_registry(REFERENCE).run_commands("echo built on top > /built-on-top")
+app = vivace.App("pulled", image=image)
+
+
+@app.function()
+def probe():
+    import sys
+
+    def read(path):
+        try:
+            with open(path) as f:
+                return f.read()
+        except OSError:
+            return None
+
+    return {
+        "hello": read("/opt/app/hello.txt"),
+        "platform": read("/platform"),
+        "built": read("/built-on-top"),
+        "debian_version": os.path.exists("/etc/debian_version"),  # a whiteout in the top layer removed it
+        "doc": sorted(os.listdir("/usr/share/doc")),  # an opaque directory in the top layer
+        "cwd": os.getcwd(),
+        "env": os.environ.get("FROM_REGISTRY"),
+        "python": sys.executable,
+    }

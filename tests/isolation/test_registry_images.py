@@ -1,0 +1,132 @@
+"""Functions in images pulled from a real OCI registry on loopback (Debian's ``docker-registry``).
+
+The test pushes its own image: a Debian base layer with Python (the machine's debootstrapped tree) and a
+top layer with a file, a whiteout and an opaque directory, behind a manifest list for two platforms.
+The worker pulls the host's platform, squashes the layers into one image layer, applies the image's
+config (env, working directory) and builds a step on top; a second run asks the registry for nothing.
+"""
+
+import gzip
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import vivace
+from vivace import exception as exc
+
+from .conftest import _load
+from .test_images import BASE_CACHE, imaged  # noqa: F401  (the cluster with a building worker)
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
+from registry_support.images import directory, file, layer
+from registry_support.pusher import Layer, Pusher
+from registry_support.server import Registry
+
+pytestmark = pytest.mark.timeout(900)
+REPO = "vivace-test/pulled"
+
+
+def _tree_layer(tree: Path) -> Layer:
+    """A whole directory tree as one gzip'd layer."""
+    plain = subprocess.run(
+        ["tar", "--numeric-owner", "--sort=name", "-C", str(tree), "-cf", "-", "."],
+        capture_output=True,
+        check=True,
+    ).stdout
+    return Layer(
+        gzip.compress(plain, compresslevel=1, mtime=0), "sha256:" + hashlib.sha256(plain).hexdigest(), "gzip"
+    )
+
+
+@pytest.fixture(scope="module")
+def pulled(imaged, tmp_path_factory):  # noqa: F811
+    from vivace.worker import builder
+
+    old = os.environ.get("VIVACE_BASE_CACHE")
+    os.environ["VIVACE_BASE_CACHE"] = BASE_CACHE
+    try:
+        tree = builder.debian_base("3.11", print)
+    finally:
+        if old is None:
+            os.environ.pop("VIVACE_BASE_CACHE")
+        else:
+            os.environ["VIVACE_BASE_CACHE"] = old
+    registry = Registry(tmp_path_factory.mktemp("registry")).start()
+    try:
+        pusher = Pusher(registry.url)
+        base = _tree_layer(tree)
+        top = layer(
+            [
+                directory("opt/"),
+                directory("opt/app/"),
+                file("opt/app/hello.txt", b"hello from the registry"),
+                file("etc/.wh.debian_version"),
+                directory("usr/share/doc/"),
+                file("usr/share/doc/.wh..wh..opq"),
+                file("usr/share/doc/only.txt", b"the only doc"),
+            ]
+        )
+        config = {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "FROM_REGISTRY=yes"], "WorkingDir": "/opt/app"}
+        amd64 = pusher.image(REPO, "amd64", [base, top, layer([file("platform", b"amd64")])], config=config)
+        arm64 = pusher.image(
+            REPO,
+            "arm64",
+            [base, top, layer([file("platform", b"arm64")])],
+            config=config,
+            architecture="arm64",
+        )
+        pusher.index(
+            REPO,
+            "latest",
+            [
+                (amd64, {"os": "linux", "architecture": "amd64"}),
+                (arm64, {"os": "linux", "architecture": "arm64"}),
+            ],
+            oci=True,
+        )
+        os.environ["PULLED_REFERENCE"] = f"{registry.host}/{REPO}:latest"
+        module = _load("pulled")
+        module.registry, module.base = registry, base
+        yield module
+    finally:
+        os.environ.pop("PULLED_REFERENCE", None)
+        registry.stop()
+
+
+def test_a_function_runs_in_a_pulled_image(pulled):
+    if os.uname().machine != "x86_64":
+        pytest.skip("the pushed index names amd64 and arm64; this test checks amd64's")
+    with pulled.app.run():
+        seen = pulled.probe.remote()
+    assert seen == {
+        "hello": "hello from the registry",
+        "platform": "amd64",  # the manifest list's entry for this machine
+        "built": "built on top\n",  # a build step ran over the pulled layers
+        "debian_version": False,
+        "doc": ["only.txt"],
+        "cwd": "/opt/app",  # the image config's WorkingDir and Env
+        "env": "yes",
+        "python": "/usr/bin/python3",
+    }
+    gets = pulled.registry.blob_gets(pulled.base.digest)
+    assert gets == 1
+    with pulled.app.run():  # built once: a second run asks the registry for nothing
+        assert pulled.probe.remote()["hello"] == "hello from the registry"
+    assert pulled.registry.blob_gets(pulled.base.digest) == gets
+
+
+def test_a_missing_registry_image_fails_the_build_naming_it(pulled):
+    image = vivace.Image.from_registry(f"{pulled.registry.host}/{REPO}:no-such-tag")
+    with pytest.raises(exc.ImageBuildError, match="no-such-tag"):
+        image.build()
+
+
+def test_a_bad_reference_is_refused_before_anything_runs():
+    with pytest.raises(exc.InvalidError, match="invalid image reference"):
+        vivace.Image.from_registry("Not A Reference")
+    with pytest.raises(exc.InvalidError, match="python_version"):
+        vivace.Image.from_registry("python:3.11-slim", add_python="three")
