@@ -319,7 +319,7 @@ class App:
         spec = fn.spec
         image = fn._image or self.image
         if image is not None:  # built by _build_images
-            spec = _replace(spec, image_id=uploaded[f"image:{id(image)}"])
+            spec = _replace(spec, image_id=uploaded[f"image:{id(image)}"], image_mounts=image.mounts())
         blobs: list[bytes] = []
         if spec.serialized:
             from vivace._sdk.serialization import serialize

@@ -16,6 +16,7 @@ import os
 import secrets
 import sys
 import tarfile
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ class Image:
         self._steps = steps
         self._fixed_id = _id
         self._archives: dict[str, FileArchive] = {}
+        self._archived: dict[_LocalFiles, FileArchive] = {}  # each step's files are read once
 
     def __repr__(self) -> str:
         kinds = [s.get("kind") if isinstance(s, dict) else "add_local" for s in self._steps]
@@ -106,6 +108,38 @@ class Image:
         if add_python is not None:
             steps.append(_checked({"kind": "add_python", "python_version": add_python}))
         return Image(tuple(steps))._forced(force_build)
+
+    @staticmethod
+    def from_dockerfile(
+        path: str | Path,
+        context_dir: str | Path | None = None,
+        *,
+        build_args: dict[str, str] | None = None,
+        add_python: str | None = None,
+        force_build: bool = False,
+        secrets: Sequence[Any] = (),
+        gpu: Any = None,
+        **kwargs: Any,
+    ) -> Image:
+        """An image from a Dockerfile: its FROM pulled from a registry, then one step per instruction.
+
+        FROM/ARG/ENV/RUN/WORKDIR/COPY/ADD (local files)/ENTRYPOINT/CMD are supported (one stage);
+        ``context_dir`` (default: the current directory, as Modal) is where COPY sources are found.
+        Anything else is refused with the line that uses it (``vivace._sdk.dockerfile``).
+        """
+        _no_extra(kwargs, "Image.from_dockerfile()")
+        _no_build_secrets(secrets, gpu)
+        if _in_container():  # built from the client's files; there are none here
+            return Image(())
+        file = Path(path).expanduser()
+        try:
+            text = file.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise exc.InvalidError(f"cannot read the Dockerfile {path}: {err}") from None
+        return Image(())._dockerfile(
+            text, context_dir if context_dir is not None else Path.cwd(), build_args, str(path), add_python,
+            require_from=True,
+        )._forced(force_build)  # fmt: skip
 
     @staticmethod
     def from_id(image_id: str) -> Image:
@@ -212,10 +246,7 @@ class Image:
         gpu: Any = None,
     ) -> Image:
         """Run shell commands in the image (network on)."""
-        if secrets:
-            raise exc.NotImplementedYetError("run_commands(secrets=...) needs Secrets (storage primitives)")
-        if gpu is not None:
-            raise exc.NotImplementedYetError("run_commands(gpu=...) needs GPU builds")
+        _no_build_secrets(secrets, gpu)
         return self._add(
             {"kind": "run_commands", "commands": _flatten(commands, "run_commands")}, force_build
         )
@@ -285,10 +316,71 @@ class Image:
                 entries.append((str(Path(spec.origin).resolve()), f"/root/{Path(spec.origin).name}"))
         return self._local(tuple(entries), "/", copy)
 
-    def dockerfile_commands(self, *commands: str | list[str], **kwargs: Any) -> Image:
-        raise exc.NotImplementedYetError(
-            "dockerfile_commands arrives with from_dockerfile in a later release"
+    def dockerfile_commands(
+        self,
+        *commands: str | list[str],
+        context_dir: str | Path | None = None,
+        build_args: dict[str, str] | None = None,
+        force_build: bool = False,
+        secrets: Sequence[Any] = (),
+        gpu: Any = None,
+        **kwargs: Any,
+    ) -> Image:
+        """Dockerfile instructions (no FROM) as steps on this image; see :meth:`from_dockerfile`."""
+        _no_extra(kwargs, "dockerfile_commands()")
+        _no_build_secrets(secrets, gpu)
+        if _in_container():
+            return self
+        text = "\n".join(_flatten(commands, "dockerfile_commands"))
+        return self._dockerfile(
+            text, context_dir, build_args, "dockerfile_commands", None, require_from=False
+        )._forced(force_build)
+
+    def _dockerfile(
+        self,
+        text: str,
+        context_dir: str | Path | None,
+        build_args: dict[str, str] | None,
+        source: str,
+        add_python: str | None,
+        *,
+        require_from: bool,
+    ) -> Image:
+        from vivace._sdk import dockerfile
+
+        if build_args is not None and not (
+            isinstance(build_args, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in build_args.items())
+        ):
+            raise exc.InvalidError("build_args must be a dict of str to str")
+        ops = dockerfile.parse(
+            text, context_dir=context_dir, build_args=build_args, require_from=require_from, source=source
         )
+        image = self
+        for op in ops:
+            if op.kind == "from":
+                image = Image.from_registry(op.value, add_python=add_python)
+            elif op.kind == "run":
+                image = image.run_commands(op.value)
+            elif op.kind == "env":
+                image = image.env(op.value) if op.value else image
+            elif op.kind == "workdir":
+                image = image.workdir(op.value)
+            elif op.kind == "copy":
+                for _, remote in op.value:
+                    _check_remote(remote)
+                image = image._local(tuple(op.value), "/", True)
+            elif op.kind == "entrypoint":
+                image = image.entrypoint(op.value)
+            elif op.kind == "cmd":
+                image = image.cmd(op.value)
+            elif op.kind == "user":
+                warnings.warn(
+                    f"{source} line {op.line}: USER {op.value} is ignored: functions run as root inside "
+                    "their container's own user namespace (an unprivileged user on the host)",
+                    stacklevel=3,
+                )
+        return image
 
     def run_function(self, raw_f: Any, **kwargs: Any) -> Image:
         raise exc.NotImplementedYetError("Image.run_function arrives in a later release")
@@ -306,9 +398,14 @@ class Image:
 
     # -- identity ---------------------------------------------------------------------------------
     def steps(self) -> list[dict[str, Any]]:
-        """The canonical steps (local files archived and hashed). Validated like the control plane does."""
+        """The canonical steps (local files archived and hashed). Validated like the control plane does.
+
+        Files added with ``copy=False`` are not steps: they are attached at container start
+        (:meth:`mounts`), so editing them changes no image id and builds nothing."""
         out: list[dict[str, Any]] = []
         for step in self._steps:
+            if isinstance(step, _LocalFiles) and not step.copy:
+                continue
             if isinstance(step, _LocalFiles):
                 archive = self._archive(step)
                 out.append(
@@ -321,9 +418,15 @@ class Image:
         except proto.StepError as err:
             raise exc.InvalidError(f"image: {err}") from None
 
+    def mounts(self) -> list[str]:
+        """The digests of the ``copy=False`` files' archives, in order: attached over the image's layers
+        when a container starts (the last on top)."""
+        return [self._archive(s).digest for s in self._steps if isinstance(s, _LocalFiles) and not s.copy]
+
     def archives(self) -> dict[str, FileArchive]:
-        """The local-file archives the steps refer to, by digest (what a build uploads)."""
+        """The local-file archives the steps and mounts refer to, by digest (what a build uploads)."""
         self.steps()
+        self.mounts()
         return dict(self._archives)
 
     @property
@@ -343,6 +446,11 @@ class Image:
     def _add(self, step: dict[str, Any], force_build: bool) -> Image:
         if self._fixed_id is not None:
             raise exc.InvalidError("an image from Image.from_id cannot take more steps")
+        if any(isinstance(s, _LocalFiles) and not s.copy for s in self._steps):
+            raise exc.InvalidError(
+                f"{step['kind']} comes after add_local_*(copy=False), whose files are only attached when a "
+                "container starts: put build steps before it, or pass copy=True to bake the files into a layer"
+            )
         return Image((*self._steps, _checked(step)))._forced(force_build)
 
     def _forced(self, force_build: bool) -> Image:
@@ -384,16 +492,17 @@ class Image:
     def _local(self, entries: tuple[tuple[str, str], ...], remote: str, copy: bool) -> Image:
         if not isinstance(copy, bool):
             raise exc.InvalidError(f"copy must be True or False, got {copy!r}")
-        if not copy:  # attached at container start without a rebuild: needs the mount path (next release)
-            raise exc.NotImplementedYetError(
-                "add_local_*(copy=False) attaches files at container start, which this release does not "
-                "do yet; pass copy=True to bake them into a layer"
+        if copy and any(isinstance(s, _LocalFiles) and not s.copy for s in self._steps):
+            raise exc.InvalidError(
+                "add_local_*(copy=True) comes after add_local_*(copy=False): put the copied files first"
             )
         if self._fixed_id is not None:
             raise exc.InvalidError("an image from Image.from_id cannot take more steps")
         return Image((*self._steps, _LocalFiles(entries, remote, copy)))
 
     def _archive(self, step: _LocalFiles) -> FileArchive:
+        if step in self._archived:
+            return self._archived[step]
         raw = io.BytesIO()
         total = 0
         with tarfile.open(fileobj=raw, mode="w") as tar:
@@ -412,6 +521,7 @@ class Image:
         blob = gzip.compress(raw.getvalue(), mtime=0)
         archive = FileArchive(hashlib.sha256(blob).hexdigest(), blob)
         self._archives[archive.digest] = archive
+        self._archived[step] = archive
         return archive
 
 
@@ -439,6 +549,13 @@ def _flatten(items: tuple[str | list[str], ...], where: str) -> list[str]:
     if not out:
         raise exc.InvalidError(f"{where} needs at least one item")
     return out
+
+
+def _no_build_secrets(secrets: Sequence[Any], gpu: Any) -> None:
+    if secrets:
+        raise exc.NotImplementedYetError("build steps with secrets= need Secrets (storage primitives)")
+    if gpu is not None:
+        raise exc.NotImplementedYetError("build steps with gpu= need GPU builds")
 
 
 def _no_extra(kwargs: dict[str, Any], where: str) -> None:

@@ -62,7 +62,11 @@ def test_a_layer_keeps_what_it_sets_besides_files(h: Any) -> None:
     pulled = {"kind": "from_registry", "reference": "127.0.0.1:5000/app:1"}
     info = h.w(lambda tx: images.register(tx, [pulled]))
     h.w(lambda tx: images.take_build(tx, "wk-a"))
-    config = {"env": {"PATH": "/usr/local/bin:/usr/bin"}, "workdir": "/app", "python": "/usr/local/bin/python3"}
+    config = {
+        "env": {"PATH": "/usr/local/bin:/usr/bin"},
+        "workdir": "/app",
+        "python": "/usr/local/bin/python3",
+    }
     key = proto.layer_keys([pulled])[0]
     h.w(lambda tx: images.add_layer(tx, info.id, "wk-a", key, "c" * 64, 5, config))
     assert h.w(lambda tx: images.get(tx, info.id)).layers == [

@@ -27,16 +27,18 @@ def imaged(tmp_path_factory):
     host_file.write_text("the host's")
     conf = home / "imaged.conf"
     conf.write_text("baked in\n")
+    attached = home / "attached.txt"
+    attached.write_text("attached v1")
     env = {"VIVACE_BASE_CACHE": BASE_CACHE}
-    old = {k: os.environ.get(k) for k in ("IMAGED_HOST_FILE", "IMAGED_CONF")}
-    os.environ.update(IMAGED_HOST_FILE=str(host_file), IMAGED_CONF=str(conf))
+    old = {k: os.environ.get(k) for k in ("IMAGED_HOST_FILE", "IMAGED_CONF", "IMAGED_ATTACHED")}
+    os.environ.update(IMAGED_HOST_FILE=str(host_file), IMAGED_CONF=str(conf), IMAGED_ATTACHED=str(attached))
     try:
         with (
             LocalCluster(home, runtimes=["crun"], warm_pool=1, worker_env=env) as cluster,
             sdk_pointed_at(cluster),
         ):
             module = _load("imaged")
-            module.cluster = cluster
+            module.cluster, module.attached = cluster, attached
             yield module
     finally:
         for k, v in old.items():
@@ -53,8 +55,22 @@ def test_a_function_runs_in_its_image(imaged):
     assert seen["six"] == "1.16.0"  # absent on the host: it comes from the image
     assert seen["cloudpickle"] == "3.0.0"  # the user's pin wins over the runtime's own cloudpickle
     assert seen["greeting"] == "from the image" and seen["jq"] == "/usr/bin/jq"
-    assert seen["conf"] == "baked in\n"
+    assert seen["conf"] == "baked in\n" and seen["attached"] == "attached v1"
     assert seen["host_file_visible"] is False
+
+
+def test_files_attached_at_start_change_without_a_rebuild(imaged):
+    image_id, builds = imaged.image.object_id, _build_log_lines(imaged.cluster)
+    imaged.attached.write_text("attached v2")
+    try:
+        again = _load("imaged")  # the app file run again, as `vivace run` would after an edit
+        again.cluster, again.attached = imaged.cluster, imaged.attached
+        assert again.image.object_id == image_id  # the attached file is not part of the image
+        with again.app.run():
+            assert again.probe.remote()["attached"] == "attached v2"
+        assert _build_log_lines(imaged.cluster) == builds  # nothing was built
+    finally:
+        imaged.attached.write_text("attached v1")
 
 
 def test_a_second_build_reuses_every_layer(imaged):
@@ -72,7 +88,7 @@ def test_a_second_build_reuses_every_layer(imaged):
     with httpx.Client(base_url=imaged.cluster.url, headers=headers, timeout=30) as http:
         info = http.get(f"/v1/images/{image.object_id}").json()
         assert info["state"] == "ready" and all(layer["digest"] for layer in info["layers"])
-        changed = image.env({"MORE": "1"})
+        changed = imaged.built.env({"MORE": "1"})
         changed.build()
         log = [line["line"] for line in http.get(f"/v1/images/{changed.object_id}").json()["logs"]]
     cached = [line for line in log if line.endswith(": cached")]

@@ -28,6 +28,18 @@ from registry_support.server import Registry
 
 pytestmark = pytest.mark.timeout(900)
 REPO = "vivace-test/pulled"
+DOCKERFILE = """\
+# the base comes in as a build argument
+ARG BASE
+FROM ${BASE}
+ARG GREETING=hello
+ENV APP_HOME=/srv/app \\
+    MODE=test
+COPY app/ ${APP_HOME}/
+WORKDIR /srv/work
+RUN echo "$GREETING from RUN" > run.txt
+CMD ["python3", "main.py"]
+"""
 
 
 def _tree_layer(tree: Path) -> Layer:
@@ -89,11 +101,19 @@ def pulled(imaged, tmp_path_factory):  # noqa: F811
             oci=True,
         )
         os.environ["PULLED_REFERENCE"] = f"{registry.host}/{REPO}:latest"
+        context = tmp_path_factory.mktemp("context")
+        (context / "app").mkdir()
+        (context / "app/main.py").write_text("print('main')\n")
+        (context / "app/secret.key").write_text("not for the image")
+        (context / ".dockerignore").write_text("**/*.key\n")
+        (context / "Dockerfile").write_text(DOCKERFILE)
+        os.environ["PULLED_DOCKERFILE"] = str(context / "Dockerfile")
         module = _load("pulled")
         module.registry, module.base = registry, base
         yield module
     finally:
         os.environ.pop("PULLED_REFERENCE", None)
+        os.environ.pop("PULLED_DOCKERFILE", None)
         registry.stop()
 
 
@@ -130,3 +150,16 @@ def test_a_bad_reference_is_refused_before_anything_runs():
         vivace.Image.from_registry("Not A Reference")
     with pytest.raises(exc.InvalidError, match="python_version"):
         vivace.Image.from_registry("python:3.11-slim", add_python="three")
+
+
+def test_a_function_runs_in_an_image_from_a_dockerfile(pulled):
+    with pulled.app.run():
+        seen = pulled.dockerfile_probe.remote()
+    assert seen == {
+        "cwd": "/srv/work",
+        "mode": "test",
+        "main": "print('main')\n",
+        "secret_copied": False,
+        "run": "hi from RUN\n",  # the build argument overrode the ARG's default
+        "hello": "hello from the registry",
+    }

@@ -97,8 +97,6 @@ def test_bad_arguments_are_invalid_errors(build, message):
 def test_features_of_later_releases_say_so():
     with pytest.raises(NotImplementedYetError):
         Image.debian_slim("3.11").run_commands("true", secrets=[object()])
-    with pytest.raises(NotImplementedYetError, match="copy=True"):
-        Image.debian_slim("3.11").add_local_python_source("json")
 
 
 def test_the_server_rejects_malformed_chains():
@@ -150,3 +148,41 @@ def test_add_python_installs_a_managed_interpreter_on_path():
     install, link = commands_for({"kind": "add_python", "python_version": "3.12"})
     assert "python install --no-bin 3.12" in install and "UV_PYTHON_DOWNLOADS=automatic" in install
     assert "/usr/local/bin/python3" in link and "EXTERNALLY-MANAGED" in link
+
+
+def test_files_attached_at_start_are_not_part_of_the_image(tmp_path):
+    src = tmp_path / "app.cfg"
+    src.write_text("one")
+    base = Image.debian_slim("3.11").pip_install("six")
+    attached = base.add_local_file(src, "/etc/app.cfg")
+    assert attached.object_id == base.object_id and attached.steps() == base.steps()
+    first = attached.mounts()
+    assert len(first) == 1 and first[0] in attached.archives()
+    src.write_text("two")
+    assert Image.debian_slim("3.11").pip_install("six").add_local_file(src, "/etc/app.cfg").mounts() != first
+    with pytest.raises(InvalidError, match="copy=False"):
+        attached.pip_install("numpy")  # a build step cannot follow files only attached at start
+    with pytest.raises(InvalidError, match="copy=True"):
+        attached.add_local_file(src, "/etc/other.cfg", copy=True)
+
+
+def test_a_dockerfile_becomes_one_step_per_instruction(tmp_path):
+    (tmp_path / "app.py").write_text("print(1)\n")
+    (tmp_path / "Dockerfile").write_text(
+        'FROM 127.0.0.1:5000/base:1\nENV A=1\nWORKDIR /app\nCOPY app.py .\nRUN pip list\nCMD ["python", "app.py"]\n'
+    )
+    image = Image.from_dockerfile(tmp_path / "Dockerfile", context_dir=tmp_path)
+    kinds = [s["kind"] for s in image.steps()]
+    assert kinds == ["from_registry", "env", "workdir", "add_files", "run_commands", "cmd"]
+    assert image.steps()[4] == {"kind": "run_commands", "commands": ["pip list"]}
+    more = image.dockerfile_commands(["ENV B=2", "RUN echo $B"])
+    assert more.steps()[-2:] == [
+        {"kind": "env", "vars": {"B": "2"}},
+        {"kind": "run_commands", "commands": ["echo $B"]},
+    ]
+    with pytest.raises(InvalidError, match="FROM"):
+        image.dockerfile_commands("FROM debian")
+    with pytest.raises(InvalidError, match="cannot read the Dockerfile"):
+        Image.from_dockerfile(tmp_path / "missing")
+    with pytest.warns(UserWarning, match="USER nobody is ignored"):
+        image.dockerfile_commands("USER nobody")

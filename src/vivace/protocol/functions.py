@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 MAX_GPUS = 8  # per container, as Modal allows
 MAX_GPU_CHOICES = 16
 IMAGE_ID = re.compile(r"im-[0-9a-f]{32}")
+MAX_IMAGE_MOUNTS = 64
 MAX_BATCH_SIZE = 1000
 MAX_BATCH_WAIT_MS = 10 * 60 * 1000
 # a GPU model as functions ask for it: upper-case, e.g. "H100", "A100-80GB", "RTX-PRO-6000"
@@ -76,6 +77,9 @@ class FunctionSpec:
     variant_of: Optional[str] = None
     # the image its containers start from (built before the function is registered); None: the base
     image_id: Optional[str] = None
+    # local files attached over the image at container start (add_local_*(copy=False)): the sha256 of
+    # each gzip'd tar in the blob store, top last; changing them needs no image build
+    image_mounts: List[str] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -144,6 +148,12 @@ class FunctionSpec:
             _check_str(self.variant_of, "variant_of")
         if self.image_id is not None and not IMAGE_ID.fullmatch(str(self.image_id)):
             raise SpecError(f"image_id must look like im-<32 hex>, got {self.image_id!r}")
+        if not isinstance(self.image_mounts, list) or len(self.image_mounts) > MAX_IMAGE_MOUNTS:
+            raise SpecError(f"image_mounts must be a list of at most {MAX_IMAGE_MOUNTS} digests")
+        if not all(isinstance(d, str) and _is_sha256(d) for d in self.image_mounts):
+            raise SpecError("image_mounts must be hex sha256 digests")
+        if self.image_mounts and self.image_id is None:
+            raise SpecError("image_mounts attach files over an image: image_id is required")
         r = self.retries
         _check_int(r.max_retries, "retries", 0, 10)
         _check_num(r.backoff_coefficient, "backoff_coefficient", 1.0, 10.0)

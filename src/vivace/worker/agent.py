@@ -146,6 +146,8 @@ class Agent:
         from vivace.worker.builder import ImageConfig
 
         paths = [await self.builder.fetch_layer(layer["key"], layer["digest"]) for layer in image["layers"]]
+        for digest in image.get("mounts") or []:  # add_local_*(copy=False): files over the image's layers
+            paths.append(await self.builder.fetch_layer(f"files-{digest}", digest))
         config = ImageConfig()
         for step, layer in zip(image["steps"], image["layers"], strict=True):
             config.apply(step, layer.get("config"))

@@ -265,6 +265,7 @@ class ImageBuilder:
         dest = self.layers / key
         if dest.is_dir():
             return dest
+        self.scratch.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="fetch-", dir=self.scratch))
         try:
             blob = await self._download(digest, work / "layer")

@@ -31,3 +31,30 @@ def probe():
         "env": os.environ.get("FROM_REGISTRY"),
         "python": sys.executable,
     }
+
+
+# an image from a Dockerfile (FROM the same registry image, passed as a build arg)
+docker_image = vivace.Image.from_dockerfile(
+    os.environ.get("PULLED_DOCKERFILE", "/nonexistent/Dockerfile"),
+    context_dir=os.path.dirname(os.environ.get("PULLED_DOCKERFILE", "/nonexistent/Dockerfile")),
+    build_args={"BASE": REFERENCE, "GREETING": "hi"},
+)
+
+
+@app.function(image=docker_image)
+def dockerfile_probe():
+    def read(path):
+        try:
+            with open(path) as f:
+                return f.read()
+        except OSError:
+            return None
+
+    return {
+        "cwd": os.getcwd(),
+        "mode": os.environ.get("MODE"),
+        "main": read("/srv/app/main.py"),
+        "secret_copied": os.path.exists("/srv/app/secret.key"),  # .dockerignore'd
+        "run": read("/srv/work/run.txt"),
+        "hello": read("/opt/app/hello.txt"),  # from the FROM image
+    }

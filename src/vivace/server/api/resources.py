@@ -110,6 +110,9 @@ async def register_function(request: Request) -> Response:
         image = await plane.store.read(lambda tx: images.get(tx, str(spec.image_id)))
         if image.state != "ready":
             raise Invalid(f"image {spec.image_id} is {image.state}, not built: build it before registering")
+    for digest in spec.image_mounts:
+        if not plane.blobs.exists(digest):
+            raise Invalid(f"the files attached to the image ({digest}) have not been uploaded")
     definition = blobs[0] if blobs else None
     fid, stale = await plane.store.write(lambda tx: _register(tx, app_id, spec, definition))
     if stale:

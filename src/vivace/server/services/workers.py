@@ -54,7 +54,8 @@ class Assignment:
     spec: dict[str, Any]
     definition: bytes | None
     gpus: list[int] = field(default_factory=list)  # the worker's GPU indices this container gets
-    image: dict[str, Any] | None = None  # {"image_id", "steps", "layers": [{"key", "digest", "size"}]}
+    # {"image_id", "steps", "layers": [{"key", "digest", "size", "config"}], "mounts": [digest]}
+    image: dict[str, Any] | None = None
 
 
 @dataclass
@@ -97,7 +98,12 @@ def poll(tx: Tx, worker_id: str, held: list[str]) -> PollResult:
                 from vivace.server.services import images
 
                 info = images.get(tx, fspec["image_id"])
-                image = {"image_id": info.id, "steps": info.steps, "layers": info.layers}
+                image = {
+                    "image_id": info.id,
+                    "steps": info.steps,
+                    "layers": info.layers,
+                    "mounts": list(fspec.get("image_mounts") or []),
+                }
             result.start.append(
                 Assignment(
                     cid,
