@@ -99,13 +99,23 @@ def lifecycle(user_cls: type, mark: str) -> list[Callable[..., Any]]:
     return list(seen.values())
 
 
+def method_info(value: Any) -> dict[str, Any] | None:
+    """What ``@method`` recorded on ``value``; a ``@batched`` method is a method too (as in Modal)."""
+    if not callable(value):
+        return None
+    info = getattr(value, decorators.METHOD, None)
+    if info is None and hasattr(value, decorators.BATCHED):
+        return {"is_generator": False}
+    return dict(info) if info is not None else None
+
+
 def methods_of(user_cls: type) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for klass in reversed(user_cls.__mro__):
         for name, value in vars(klass).items():
-            info = getattr(value, decorators.METHOD, None) if callable(value) else None
+            info = method_info(value)
             if info is not None:
-                out[name] = dict(info)
+                out[name] = info
     return out
 
 
@@ -238,12 +248,8 @@ class Obj:
         if name.startswith("_"):
             raise AttributeError(name)
         user_cls = self._cls._vivace_raw_f
-        if user_cls is not None:
-            marked = getattr(getattr(user_cls, name, None), decorators.METHOD, None)
-            if marked is None:
-                raise AttributeError(
-                    f"{user_cls.__name__} has no method {name!r} marked with @vivace.method()"
-                )
+        if user_cls is not None and method_info(getattr(user_cls, name, None)) is None:
+            raise AttributeError(f"{user_cls.__name__} has no method {name!r} marked with @vivace.method()")
         if name not in self._methods:
             self._methods[name] = Function(
                 self._cls._app, None, None, base=self._service, method=name, local=self._local

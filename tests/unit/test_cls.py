@@ -176,6 +176,16 @@ def test_batched_method_must_be_the_only_method():
 
     spec = app.registered_functions["Good"].spec
     assert (spec.batch_max_size, spec.batch_wait_ms) == (4, 10)
+
+    @app.cls(serialized=True)
+    class Bare:  # as in Modal, @batched alone makes a method
+        @vivace.batched(max_batch_size=3, wait_ms=5)
+        async def many(self, xs):
+            return xs
+
+    spec = app.registered_functions["Bare"].spec
+    assert spec.methods == {"many": {"is_generator": False}} and spec.batch_max_size == 3
+    assert Bare().many._method == "many"
     with pytest.raises(InvalidError, match="max_batch_size"):
         Good.with_batching(max_batch_size=10_000, wait_ms=1)
 
