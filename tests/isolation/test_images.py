@@ -59,6 +59,22 @@ def test_a_function_runs_in_its_image(imaged):
     assert seen["host_file_visible"] is False
 
 
+def test_once_an_image_started_its_next_container_is_a_warm_hand_over(imaged):
+    import re
+    import time
+
+    log = imaged.cluster.home / "worker.log"
+    deadline = time.monotonic() + 60
+    while f"on image {imaged.image.object_id}" not in log.read_text():  # the pool makes one on its root
+        assert time.monotonic() < deadline, "no warm container on the image's root"
+        time.sleep(0.1)
+    handed = len(re.findall("started from warm", log.read_text()))
+    with imaged.app.run():
+        seen = imaged.probe.remote()
+    assert seen["six"] == "1.16.0" and seen["host_file_visible"] is False  # the image's root, as cold
+    assert len(re.findall("started from warm", log.read_text())) == handed + 1
+
+
 def test_files_attached_at_start_change_without_a_rebuild(imaged):
     image_id, builds = imaged.image.object_id, _build_log_lines(imaged.cluster)
     imaged.attached.write_text("attached v2")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from vivace.runtime.main import WARM_READY
-from vivace.worker.runtimes.base import ContainerSpec, ExitStatus
-from vivace.worker.runtimes.oci import WarmContainer, WarmPool, oci_config
+from vivace.worker.runtimes.base import ContainerSpec, ExitStatus, ImageRootfs
+from vivace.worker.runtimes.oci import WarmContainer, WarmPool, image_key, oci_config
 
 
 class FakeProc:
@@ -61,9 +61,10 @@ class FakeRuntime:
         self.started: list[WarmContainer] = []
         self.usage = usage
         self.fail = fail
+        self.bad_images: set[str] = set()
 
-    async def start_warm(self):
-        if self.fail:
+    async def start_warm(self, image=None):
+        if self.fail or (image is not None and image.image_id in self.bad_images):
             raise OSError("no overlay here")
         proc = FakeProc()
         w = WarmContainer(
@@ -71,6 +72,7 @@ class FakeRuntime:
             Path("/nonexistent"),
             FakeHandle(proc, self.usage, self.first_line),
             proc,
+            image_key(image),
         )
         self.started.append(w)
         return w
@@ -180,7 +182,7 @@ async def test_start_failures_back_off():
     assert pool.ready == []
     pool.fill()  # within RETRY_AFTER: no new attempts
     await settle()
-    assert pool._filling == 0
+    assert sum(pool._filling.values()) == 0
     await pool.close()
 
 
@@ -224,3 +226,54 @@ def test_warm_config_waits_for_its_function_and_hides_worker_variables():
     assert env["VIVACE_WARM"] == "1" and "VIVACE_SERVER" not in env and env["USER_VAR"] == "1"
     cold = oci_config(s, cgroups_path="/x", runtime_bundle=Path("/rt"), netns=None, rlimit_nofile=1024)
     assert "VIVACE_WARM=1" not in cold["process"]["env"]
+
+
+def image(name, **kw):
+    return ImageRootfs(name, [Path(f"/layers/{name}")], **kw)
+
+
+@run
+async def test_an_image_once_started_keeps_one_warm_container_on_its_root():
+    rt = FakeRuntime()
+    pool = WarmPool(rt, size=1)
+    pool.REFILL_DELAY = 0.01
+    pool.fill()
+    await settle()
+    numpy = image("im-numpy", env={"A": "1"})
+    assert pool.take(spec(image=numpy)) is None  # the first start of an image is cold...
+    await settle()
+    assert sorted(str(w.image and w.image[0]) for w in pool.ready) == [
+        "None",
+        "im-numpy",
+    ]  # ...later ones not
+    assert pool.take(spec(image=image("im-numpy", env={"A": "2"}))) is None  # another env: another root
+    await settle()
+    got = pool.take(spec(image=numpy))
+    assert got is not None and got.image == image_key(numpy)
+    assert pool.take(spec()).image is None  # the generic one stays for base containers
+    await pool.close()
+
+
+@run
+async def test_only_the_most_recent_images_keep_warm_containers_and_a_failing_one_is_dropped():
+    rt = FakeRuntime()
+    pool = WarmPool(rt, size=1)
+    rt.bad_images.add("im-broken")
+    pool.take(spec(image=image("im-broken")))
+    await settle()
+    assert not pool.images and all(w.image is None for w in pool.ready)
+    for i in range(pool.IMAGES_KEPT + 2):
+        pool.take(spec(image=image(f"im-{i}")))
+        await settle()
+    kept = {w.image[0] for w in pool.ready if w.image}
+    assert kept == {f"im-{i}" for i in range(2, pool.IMAGES_KEPT + 2)}
+    await pool.close()
+
+
+@run
+async def test_no_warm_pool_means_no_warm_images():
+    rt = FakeRuntime()
+    pool = WarmPool(rt, size=0)
+    assert pool.take(spec(image=image("im-1"))) is None
+    await settle()
+    assert rt.started == [] and not pool.images

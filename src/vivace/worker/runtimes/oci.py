@@ -15,6 +15,7 @@ detached, which changes nothing on the machine.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import dataclasses
@@ -498,8 +499,8 @@ class OciRuntime:
         handle.on_exit = lambda: self._oci_names.pop(spec.container_id, None)
         return handle
 
-    async def start_warm(self) -> WarmContainer:
-        """One generic container for the pool: no user code, no function yet."""
+    async def start_warm(self, image: ImageRootfs | None = None) -> WarmContainer:
+        """One container for the pool: no user code, no function yet; on ``image``'s root when given."""
         name = "warm-" + uuid.uuid4().hex[:12]
         cdir = self.ctx.workdir / "containers" / name
         (cdir / "sock").mkdir(parents=True, mode=0o755)
@@ -509,10 +510,11 @@ class OciRuntime:
             workdir=cdir,
             socket_path=cdir / "sock" / "vivace.sock",
             source_dir=cdir / "src",
+            image=image,
         )
         handle, proc = await self._launch(spec, name, cdir, warm=True)
         (cdir / "pid").write_text(str(proc.pid))
-        return WarmContainer(name, cdir, handle, proc)
+        return WarmContainer(name, cdir, handle, proc, image_key(image))
 
     async def cleanup(self, cid: str, bundle: Path, cgroup: ContainerCgroup, slot: Slot | None) -> None:
         await self._run_tool("delete", "--force", cid)
@@ -589,6 +591,16 @@ class WarmContainer:
     dir: Path
     handle: OciHandle
     proc: asyncio.subprocess.Process
+    image: tuple[str, ...] | None = None  # image_key of the root it runs on; None: the worker's base
+
+
+def image_key(image: ImageRootfs | None) -> tuple[str, ...] | None:
+    """What a warm container must share with a container spec to serve it: the same layers (attached
+    files included), interpreter, environment and working directory."""
+    if image is None:
+        return None
+    env = tuple(f"{k}={v}" for k, v in sorted(image.env.items()))
+    return (image.image_id, image.python, image.workdir, *map(str, image.layers), *env)
 
 
 class WarmPool:
@@ -600,7 +612,13 @@ class WarmPool:
     container started cold. Each is used once. ``size`` is the number kept ready (``vivace worker
     --warm-pool N``); containers that need what a warm one lacks (``block_network``, a memory limit below
     what it already uses) start cold.
+
+    Images: once a container of an image started on this worker, one warm container on that image's
+    root is kept as well (while ``size`` > 0), for the :data:`IMAGES_KEPT` most recently started
+    images; an image whose warm container fails to start is dropped from the list.
     """
+
+    IMAGES_KEPT = 4
 
     MEMORY_MARGIN = 16 << 20  # headroom a function's memory limit must leave above a warm container's use
     RETRY_AFTER = 5.0
@@ -611,7 +629,8 @@ class WarmPool:
         self.runtime = runtime
         self.size = size
         self.ready: list[WarmContainer] = []
-        self._filling = 0
+        self._filling: collections.Counter[tuple[str, ...] | None] = collections.Counter()
+        self.images: collections.OrderedDict[tuple[str, ...], ImageRootfs] = collections.OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._failed_at = 0.0
@@ -621,11 +640,12 @@ class WarmPool:
             return None  # warm containers hold an open network slot
         if spec.gpus:
             return None  # devices are fixed when a container is created
-        if spec.image is not None:
-            return None  # warm containers run on the worker's base, not on an image
+        key = image_key(spec.image)
+        if spec.image is not None and key is not None and self.size > 0:
+            self._remember(key, spec.image)
         for i, warm in enumerate(self.ready):
-            if warm.proc.returncode is not None:
-                continue  # died: its watcher removes it
+            if warm.proc.returncode is not None or warm.image != key:
+                continue  # died (its watcher removes it), or on another root
             if spec.memory_limit is not None:
                 used = warm.handle.cgroup.memory_usage()
                 if used is None or used + self.MEMORY_MARGIN > spec.memory_limit << 20:
@@ -636,36 +656,59 @@ class WarmPool:
         self.fill()
         return None
 
+    def _remember(self, key: tuple[str, ...], image: ImageRootfs) -> None:
+        self.images[key] = image
+        self.images.move_to_end(key)
+        while len(self.images) > self.IMAGES_KEPT:
+            old, _ = self.images.popitem(last=False)
+            self._drop(old)
+
+    def _drop(self, key: tuple[str, ...]) -> None:
+        """Forget an image: discard its warm containers."""
+        self.images.pop(key, None)
+        for warm in [w for w in self.ready if w.image == key]:
+            self.ready.remove(warm)
+            self._spawn(_discard(warm))
+
     def fill(self) -> None:
         if self._closed or time.monotonic() - self._failed_at < self.RETRY_AFTER:
             return
-        while len(self.ready) + self._filling < self.size:
-            self._filling += 1
-            self._spawn(self._make())
+        wanted: list[tuple[tuple[str, ...] | None, int]] = [(None, self.size)]
+        wanted += [(key, 1) for key in self.images] if self.size > 0 else []
+        for key, count in wanted:
+            while sum(w.image == key for w in self.ready) + self._filling[key] < count:
+                self._filling[key] += 1
+                self._spawn(self._make(key, self.images.get(key) if key is not None else None))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _make(self) -> None:
+    async def _make(self, key: tuple[str, ...] | None = None, image: ImageRootfs | None = None) -> None:
         started = time.monotonic()
         try:
-            warm = await self.runtime.start_warm()
+            warm = await self.runtime.start_warm(image)
             await self._until_ready(warm)
         except Exception as err:
+            if image is not None and key is not None:  # this image's fault, not the pool's
+                log.warning("could not start a warm %s container on image %s (not trying again): %s",
+                            self.runtime.name, image.image_id, err)  # fmt: skip
+                self._drop(key)
+                return
             self._failed_at = time.monotonic()
             log.warning("could not start a warm %s container (retrying in %gs): %s",
                         self.runtime.name, self.RETRY_AFTER, err)  # fmt: skip
             self._spawn(self._refill_later())
             return
         finally:
-            self._filling -= 1
-        if self._closed:
+            self._filling[key] -= 1
+        if self._closed or (key is not None and key not in self.images):
             await _discard(warm)
             return
         self.ready.append(warm)
-        log.info("warm %s container %s ready in %.0f ms", self.runtime.name, warm.name,
+        on = f" on image {image.image_id}" if image is not None else ""
+        log.info("warm %s container %s ready%s in %.0f ms", self.runtime.name, warm.name, on,
                  (time.monotonic() - started) * 1000)  # fmt: skip
         self._spawn(self._watch(warm))
 
