@@ -107,7 +107,7 @@ class Image:
         steps: list[dict[str, Any]] = [_checked({"kind": "from_registry", "reference": tag})]
         if add_python is not None:
             steps.append(_checked({"kind": "add_python", "python_version": add_python}))
-        return Image(tuple(steps))._forced(force_build)
+        return Image(tuple(steps))._forced(force_build, first=0)
 
     @staticmethod
     def from_dockerfile(
@@ -139,7 +139,7 @@ class Image:
         return Image(())._dockerfile(
             text, context_dir if context_dir is not None else Path.cwd(), build_args, str(path), add_python,
             require_from=True,
-        )._forced(force_build)  # fmt: skip
+        )._forced(force_build, first=0)  # fmt: skip
 
     @staticmethod
     def from_id(image_id: str) -> Image:
@@ -334,7 +334,7 @@ class Image:
         text = "\n".join(_flatten(commands, "dockerfile_commands"))
         return self._dockerfile(
             text, context_dir, build_args, "dockerfile_commands", None, require_from=False
-        )._forced(force_build)
+        )._forced(force_build, first=len(self._steps))
 
     def _dockerfile(
         self,
@@ -453,7 +453,9 @@ class Image:
             )
         return Image((*self._steps, _checked(step)))._forced(force_build)
 
-    def _forced(self, force_build: bool) -> Image:
+    def _forced(self, force_build: bool, first: int | None = None) -> Image:
+        """This image, with step ``first`` (default: the last) and so every later one built again when
+        ``force_build`` (or ``MODAL_FORCE_BUILD=1``/``VIVACE_FORCE_BUILD=1``) asks for it."""
         if not isinstance(force_build, bool):
             raise exc.InvalidError(f"force_build must be True or False, got {force_build!r}")
         if (
@@ -461,7 +463,14 @@ class Image:
             or os.environ.get("MODAL_FORCE_BUILD") == "1"
             or os.environ.get("VIVACE_FORCE_BUILD") == "1"
         ):
-            return Image((*self._steps, {"kind": "force_build", "nonce": secrets.token_hex(8)}))
+            # a nonce in the step itself: its key changes, so it and every later step build again
+            steps = list(self._steps)
+            start = first if first is not None else len(steps) - 1
+            for i in range(start, len(steps)):  # files added with copy=True change only with their content
+                if isinstance(steps[i], dict):
+                    steps[i] = {**steps[i], "nonce": secrets.token_hex(8)}
+                    break
+            return Image(tuple(steps))
         return self
 
     def _pip(

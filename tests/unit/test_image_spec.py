@@ -31,6 +31,17 @@ def test_force_build_changes_the_id_every_time():
     )
 
 
+def test_force_build_rebuilds_its_own_step_and_the_later_ones():
+    base = Image.debian_slim("3.11")
+    forced = base.pip_install("six", force_build=True).apt_install("jq")
+    plain = base.pip_install("six").apt_install("jq")
+    keys, plain_keys = proto.layer_keys(forced.steps()), proto.layer_keys(plain.steps())
+    assert keys[0] == plain_keys[0] and keys[1] != plain_keys[1] and keys[2] != plain_keys[2]
+    assert "nonce" in forced.steps()[1]
+    pulled = Image.from_registry("127.0.0.1:5000/app:1", add_python="3.12", force_build=True)
+    assert "nonce" in pulled.steps()[0]  # the pull itself is done again
+
+
 def test_debian_slim_versions():
     assert Image.debian_slim("3.13").steps()[0]["python_version"] == "3.13"
     assert Image.debian_slim("3.11.4").steps()[0]["python_version"] == "3.11"

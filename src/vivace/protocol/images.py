@@ -90,9 +90,11 @@ def validate_step(step: Dict[str, Any]) -> None:
     if kind not in STEP_FIELDS:
         raise StepError(f"unknown step kind {kind!r}")
     required, optional = STEP_FIELDS[kind]
-    keys = set(step) - {"kind"}
+    keys = set(step) - {"kind", "nonce"}  # a nonce (force_build) may mark any step
     if not required <= keys or keys - required - optional:
         raise StepError(f"needs {sorted(required)}" + (f", may have {sorted(optional)}" if optional else ""))
+    if "nonce" in step:
+        _nonce(step)
     check = _CHECKS.get(kind)
     if check is not None:
         check(step)
