@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import coldstart, driver
+from benchmarks import coldstart, driver, images
 from benchmarks.charts import write_charts
 from benchmarks.config import FULL, QUICK, RunConfig
 from benchmarks.machine import machine_info
@@ -19,6 +19,7 @@ from benchmarks.report import render_markdown
 
 SCHEMA = 1
 COLDSTART = "coldstart"
+IMAGES = "images"
 RESULTS = driver.REPO_ROOT / "benchmarks" / "results" / "latest.json"
 DOCS = driver.REPO_ROOT / "docs" / "benchmarks.md"
 CHARTS = driver.REPO_ROOT / "docs" / "benchmarks"
@@ -28,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         peers = _pick(args.only, [p.name for p in PEERS], "peer")
-        benches = _pick(args.bench, [b.name for b in BENCHMARKS] + [COLDSTART], "benchmark")
+        benches = _pick(args.bench, [b.name for b in BENCHMARKS] + [COLDSTART, IMAGES], "benchmark")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -36,22 +37,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = json.loads(args.results.read_text())
     else:
         config = _config(args)
-        call_benches = [b for b in benches if b != COLDSTART]
+        call_benches = [b for b in benches if b not in (COLDSTART, IMAGES)]
         try:
             peer_results = driver.run_all(peers, call_benches, config, args.verbose) if call_benches else {}
             cold = coldstart.run(config, _say) if COLDSTART in benches else None
+            imaged = images.run(config, _say) if IMAGES in benches else None
         except KeyboardInterrupt:
             print("[bench] interrupted; the peer in progress was stopped, nothing written", file=sys.stderr)
             return 130
         results = _document(config, benches, peer_results)
+        if args.merge and not call_benches and args.results.exists():
+            # keep the other sections of the last run; replace only what ran now
+            results = json.loads(args.results.read_text())
         if cold is not None:
             results["coldstart"] = cold
+        if imaged is not None:
+            results["images"] = imaged
         _write_atomic(args.results, json.dumps(results, indent=2) + "\n")
         print(f"[bench] wrote {_show(args.results)}", file=sys.stderr)
     write_docs(results, args.docs, args.charts)
     print(_summary(results))
     failed = [n for n, r in results["peers"].items() if r["status"] in ("error", "timeout")]
     failed += [n for n, r in results.get("coldstart", {}).items() if r["status"] == "error"]
+    imaged_results = results.get("images") or {}
+    failed += ["images"] if imaged_results.get("status") == "error" else []
+    failed += [
+        f"images/{n}" for n, r in imaged_results.get("coldstart", {}).items() if r["status"] == "error"
+    ]
     return 1 if failed else 0
 
 
@@ -70,7 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     p.add_argument("--quick", action="store_true", help="fewer calls and inputs, one repetition (< 5 min)")
     p.add_argument("--only", help="comma-separated peers: " + ",".join(x.name for x in PEERS))
-    p.add_argument("--bench", help="comma-separated benchmarks: " + ",".join(b.name for b in BENCHMARKS))
+    p.add_argument(
+        "--bench",
+        help="comma-separated benchmarks: " + ",".join([*(b.name for b in BENCHMARKS), COLDSTART, IMAGES]),
+    )
     p.add_argument("--calls", type=int, help="timed calls for the latency benchmark")
     p.add_argument("--inputs", type=int, help="inputs per throughput repetition")
     p.add_argument("--repetitions", type=int, help="throughput repetitions")
@@ -81,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", type=Path, default=DOCS, help="markdown page to write")
     p.add_argument("--charts", type=Path, default=CHARTS, help="folder for PNG charts")
     p.add_argument("--report-only", action="store_true", help="only re-render the docs from --results")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="with only coldstart/images chosen: replace those sections of --results, keep the rest",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="show the peers' own output")
     return p
 
@@ -132,6 +152,9 @@ def _summary(results: dict[str, Any]) -> str:
     for name, r in results.get("coldstart", {}).items():
         text = f"cold start p50 {r['p50_ms']:.1f} ms" if "p50_ms" in r else r["status"]
         lines.append(f"{name:>16}: {text}")
+    for name, r in (results.get("images") or {}).get("coldstart", {}).items():
+        text = f"numpy+pandas cold start p50 {r['p50_ms']:.1f} ms" if "p50_ms" in r else r["status"]
+        lines.append(f"{'images/' + name:>16}: {text}")
     return "\n".join(lines)
 
 

@@ -124,7 +124,7 @@ def _time_start(argv: list[str], **kw: Any) -> float:
 
 
 # -- crun: the floor -----------------------------------------------------------------------------
-def _crun(rootfs: Path, work: Path, n: int) -> tuple[str, list[float]]:
+def _crun(rootfs: Path, work: Path, n: int, argv: list[str] = PRINT_ONE) -> tuple[str, list[float]]:
     _need_root("crun")
     binary = _which("crun")
     from vivace.worker import images
@@ -146,7 +146,7 @@ def _crun(rootfs: Path, work: Path, n: int) -> tuple[str, list[float]]:
         netns=None,
         rlimit_nofile=1024,
     )
-    config["process"]["args"] = PRINT_ONE
+    config["process"]["args"] = argv
     (bundle / "config.json").write_text(json.dumps(config))
     runtime.state_root.mkdir(parents=True, exist_ok=True)
     cgroup = ContainerCgroup(detect(), f"vivace/{key}")
@@ -166,7 +166,9 @@ def _crun(rootfs: Path, work: Path, n: int) -> tuple[str, list[float]]:
 
 
 # -- docker and podman ---------------------------------------------------------------------------
-def _docker(rootfs: Path, work: Path, n: int) -> tuple[str, list[float]]:
+def _docker(
+    rootfs: Path, work: Path, n: int, argv: list[str] = PRINT_ONE, tag: str = "vivace-coldstart:base"
+) -> tuple[str, list[float]]:
     _need_root("dockerd")
     docker, dockerd = _which("docker"), _which("dockerd")
     work.mkdir(parents=True)
@@ -183,9 +185,9 @@ def _docker(rootfs: Path, work: Path, n: int) -> tuple[str, list[float]]:
         _wait(
             lambda: subprocess.run([docker, "info"], env=env, capture_output=True).returncode == 0, "dockerd"
         )
-        _import(rootfs, [docker, "import", "-", "vivace-coldstart:base"], env)
-        argv = [docker, "run", "--rm", "--network", "none", "vivace-coldstart:base", *PRINT_ONE]
-        samples = [_time_start(argv, env=env) for _ in range(n + 1)][1:]
+        _import(rootfs, [docker, "import", "-", tag], env)
+        run = [docker, "run", "--rm", "--network", "none", tag, *argv]
+        samples = [_time_start(run, env=env) for _ in range(n + 1)][1:]
         out = subprocess.run([docker, "version", "--format", "{{.Server.Version}}"], env=env,
                              capture_output=True, text=True).stdout.strip()  # fmt: skip
         version = out or "unknown"
@@ -201,7 +203,9 @@ def _docker(rootfs: Path, work: Path, n: int) -> tuple[str, list[float]]:
         _unmount_all(work)
 
 
-def _podman(rootfs: Path, work: Path, n: int) -> tuple[str, list[float]]:
+def _podman(
+    rootfs: Path, work: Path, n: int, argv: list[str] = PRINT_ONE, tag: str = "vivace-coldstart:base"
+) -> tuple[str, list[float]]:
     _need_root("podman (rootful)")
     podman = _which("podman")
     work.mkdir(parents=True)
@@ -212,10 +216,9 @@ def _podman(rootfs: Path, work: Path, n: int) -> tuple[str, list[float]]:
     if shutil.which("crun") is None:
         preexec, runtime = None, "runc"
     try:
-        _import(rootfs, [*base, "import", "-", "vivace-coldstart:base"], dict(os.environ))
-        argv = [*base, "--runtime", runtime, "run", "--rm", "--network", "none", *LIMITS,
-                "vivace-coldstart:base", *PRINT_ONE]  # fmt: skip
-        samples = [_time_start(argv, preexec_fn=preexec) for _ in range(n + 1)][1:]
+        _import(rootfs, [*base, "import", "-", tag], dict(os.environ))
+        run = [*base, "--runtime", runtime, "run", "--rm", "--network", "none", *LIMITS, tag, *argv]
+        samples = [_time_start(run, preexec_fn=preexec) for _ in range(n + 1)][1:]
         return f"{_version([podman, '--version']).split()[-1]} ({runtime})", samples
     finally:
         with contextlib.suppress(Exception):

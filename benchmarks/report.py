@@ -20,6 +20,8 @@ def render_markdown(results: Mapping[str, Any], charts: Mapping[str, str] | None
             parts += _section(bench, results["peers"], charts.get(bench.name))
     if results.get("coldstart"):
         parts += _coldstart_section(results["coldstart"])
+    if results.get("images"):
+        parts += _images_section(results["images"])
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -155,3 +157,71 @@ def _ratio(figures: Mapping[str, Any], baseline: Mapping[str, Any] | None, key: 
 
 def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
+
+
+def _images_section(img: Mapping[str, Any]) -> list[str]:
+    from benchmarks.images import COLD_PEERS
+
+    packages = ", ".join(f"`{p}`" for p in img.get("packages", ()))
+    lines = [
+        "## Images: a heavy image's cold start, cached rebuilds, a warm pip layer",
+        "",
+        f'One image, `Image.debian_slim("3.11").pip_install({packages})`, built once by a real worker '
+        "(untimed). **Cold start** is zero containers to the first result of a function that imports numpy "
+        "and pandas; docker and podman run the same root filesystem (the image's layers merged, imported "
+        "as an image) with `python3 -c 'import numpy, pandas; print(1)'`. Pool-assisted: after an image's "
+        "first start its worker keeps one warm container on the image's root (the runtime started, no "
+        "user code imported), so the function's imports are still inside the figure. Median of the starts "
+        "after one untimed start; lower is better."
+        + (f" Measured {img['measured_at']}." if img.get("measured_at") else ""),
+        "",
+    ]
+    if img.get("status") != "ok":
+        lines += [f"Not measured completely: {_status(img)}.", ""]
+    cold = img.get("coldstart", {})
+    if cold:
+        head = ["What starts", "Version", "p50 (ms)", "p90 (ms)", "min (ms)", "vs crun floor", "vs docker"]
+        lines += [_row(head), _row(["---"] * len(head))]
+        floor, docker = cold.get("crun", {}).get("p50_ms"), cold.get("docker", {}).get("p50_ms")
+        for name, label in COLD_PEERS.items():
+            r = cold.get(name)
+            if r is None:
+                continue
+            if "p50_ms" not in r:
+                lines.append(_row([label, _status(r), "—", "—", "—", "—", "—"]))
+                continue
+            cells = [label, str(r.get("version", "")), _fmt_ms(r["p50_ms"]), _fmt_ms(r["p90_ms"]),
+                     _fmt_ms(r["min_ms"])]  # fmt: skip
+            cells += [f"{r['p50_ms'] / x:.2f}x" if x else "—" for x in (floor, docker)]
+            lines.append(_row(cells))
+        lines.append("")
+    rebuild, pip = img.get("rebuild"), img.get("pip") or {}
+    if rebuild or pip:
+        head = ["What", "n", "p50 (ms)", "p90 (ms)", "min-max (ms)"]
+        lines += [_row(head), _row(["---"] * len(head))]
+        rows = [
+            ("Cached rebuild: `image.build()` of a built image", rebuild),
+            ("Warm pip layer, the worker's step (container, uv, bytecode, pack, store)", pip.get("step")),
+            ("Warm pip layer, the whole `image.build()` with `force_build`", pip.get("build")),
+            (f"`uv pip install --offline --compile-bytecode --link-mode copy` ({pip.get('uv', {}).get('version', '')})",
+             pip.get("uv")),
+        ]  # fmt: skip
+        for label, r in rows:
+            if r and "p50_ms" in r:
+                lines.append(_row([label, str(r["n"]), _fmt_ms(r["p50_ms"]), _fmt_ms(r["p90_ms"]),
+                                   f"{_fmt_ms(r['min_ms'])}-{_fmt_ms(r['max_ms'])}"]))  # fmt: skip
+        lines.append("")
+    lines.append("Aims:")
+    a = (rebuild or {}).get("p50_ms")
+    lines.append(
+        f"- cached rebuild at most 100 ms: {_fmt_ms(a) + ' ms, ' + ('met' if a <= 100 else '**not met**') if a is not None else 'not measured'}"
+    )
+    v, d = cold.get("vivace-cold", {}).get("p50_ms"), cold.get("docker", {}).get("p50_ms")
+    text = f"{v / d:.2f}x, {'met' if v / d < 1 else '**not met**'}" if v is not None and d else "not measured"
+    lines.append(f"- fully cold start well under `docker run`'s: {text}")
+    step, uv = pip.get("step", {}).get("p50_ms"), pip.get("uv", {}).get("p50_ms")
+    if step is not None and uv:
+        lines.append(
+            f"- warm pip layer vs plain `uv pip install --offline`: {step / uv:.2f}x (for reference)"
+        )
+    return [*lines, ""]

@@ -54,7 +54,14 @@ class BuildLog:
         self.loop = asyncio.get_running_loop()
 
     def __call__(self, line: str) -> None:  # called from build threads too
-        self.loop.call_soon_threadsafe(self._add, line.rstrip("\n"))
+        try:
+            here = asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            here = False
+        if here:  # at once: a flush right after must see it
+            self._add(line.rstrip("\n"))
+        else:
+            self.loop.call_soon_threadsafe(self._add, line.rstrip("\n"))
 
     def _add(self, line: str) -> None:
         self.pending.append(line)
