@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from vivace import exception as exc
@@ -105,6 +108,51 @@ class ApiClient:
                     raise _error_from(resp)
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 2.0)
+
+    async def put_file(
+        self, path: str, src: Path, *, timeout: float = 3600.0, retry_for: float = 60.0
+    ) -> Any:
+        """PUT the file ``src`` as the body, streamed; retried from the start while the server cannot be
+        reached or is restarting. Returns the JSON answer."""
+        return await self._streaming(
+            lambda: self._put_file_once(path, src, timeout), f"upload {src.name}", retry_for
+        )
+
+    async def _put_file_once(self, path: str, src: Path, timeout: float) -> Response:
+        with src.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            return await self._http.send_file(
+                "PUT", path, f, size, headers={"content-type": "application/octet-stream"}, timeout=timeout
+            )
+
+    async def download(
+        self, path: str, dest: Path, *, timeout: float = 3600.0, retry_for: float = 60.0
+    ) -> None:
+        """GET ``path`` into the file ``dest`` (created or truncated), streamed; retried like
+        :meth:`put_file`."""
+
+        async def once() -> Response:
+            with dest.open("wb") as f:
+                return await self._http.fetch_to(path, f, timeout=timeout)
+
+        await self._streaming(once, f"download {path}", retry_for)
+
+    async def _streaming(self, once: Callable[[], Awaitable[Response]], what: str, retry_for: float) -> Any:
+        deadline = time.monotonic() + retry_for
+        delay = 0.2
+        while True:
+            try:
+                resp = await once()
+            except (OSError, asyncio.IncompleteReadError) as err:
+                if time.monotonic() + delay > deadline:
+                    raise exc.ServiceError(f"could not {what} at {self.base_url}: {err}") from None
+            else:
+                if resp.status_code < 400:
+                    return resp.json() if resp.content else None
+                if resp.status_code not in _RETRY_STATUS or time.monotonic() + delay > deadline:
+                    raise _error_from(resp)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 5.0)
 
     async def get_json(self, path: str, **kw: Any) -> Any:
         return (await self.request("GET", path, **kw)).json()

@@ -14,11 +14,12 @@ import json as jsonlib
 import socket
 import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlencode, urlsplit
 
 MAX_IDLE = 64
 MAX_HEADER_LINE = 64 * 1024
+CHUNK = 1 << 20  # bytes per read and write when a body streams to or from a file
 
 
 class WireError(OSError):
@@ -132,10 +133,98 @@ class HttpClient:
             conn.close()
         return resp
 
+    async def send_file(
+        self,
+        method: str,
+        path: str,
+        src: BinaryIO,
+        size: int,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 600.0,
+    ) -> Response:
+        """Send ``size`` bytes of ``src`` as the body, in chunks (never the whole file in memory), on a
+        connection of its own. ``timeout`` covers the whole exchange."""
+        head = f"{method} {self.prefix + path} HTTP/1.1\r\n{self._base_headers}content-length: {size}\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items()) + "\r\n"
+        conn = await self._connect()
+
+        async def exchange() -> Response:
+            conn.writer.write(head.encode("latin-1"))
+            left = size
+            while left > 0:
+                chunk = await asyncio.to_thread(src.read, min(CHUNK, left))
+                if not chunk:
+                    raise WireError(f"the file ended {left} bytes short of {size}")
+                conn.writer.write(chunk)
+                await conn.writer.drain()
+                left -= len(chunk)
+            resp, _ = await self._read_response(conn, method)
+            return resp
+
+        try:
+            return await asyncio.wait_for(exchange(), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no answer from {self.host}:{self.port} within {timeout:g} s") from None
+        finally:
+            conn.close()
+
+    async def fetch_to(self, path: str, dest: BinaryIO, *, timeout: float = 600.0) -> Response:
+        """GET ``path``; a successful body goes to ``dest`` in chunks (the response's ``content`` is
+        empty), an error's body stays in the response."""
+        head = f"GET {self.prefix + path} HTTP/1.1\r\n{self._base_headers}content-length: 0\r\n\r\n"
+        conn = await self._connect()
+
+        async def exchange() -> Response:
+            conn.writer.write(head.encode("latin-1"))
+            await conn.writer.drain()
+            status, headers = await self._read_head(conn.reader)
+            if status >= 400 or "content-length" not in headers:
+                return Response(status, headers, await self._read_body(conn.reader, headers, "GET", status))
+            left = int(headers["content-length"])
+            while left > 0:
+                chunk = await conn.reader.read(min(CHUNK, left))
+                if not chunk:
+                    raise asyncio.IncompleteReadError(b"", left)
+                await asyncio.to_thread(dest.write, chunk)
+                left -= len(chunk)
+            return Response(status, headers, b"")
+
+        try:
+            return await asyncio.wait_for(exchange(), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no answer from {self.host}:{self.port} within {timeout:g} s") from None
+        finally:
+            conn.close()
+
     async def _exchange(self, conn: _Conn, raw: bytes, method: str) -> tuple[Response, bool]:
         conn.writer.write(raw)
         await conn.writer.drain()
+        return await self._read_response(conn, method)
+
+    async def _read_response(self, conn: _Conn, method: str) -> tuple[Response, bool]:
         r = conn.reader
+        status, headers = await self._read_head(r)
+        bodiless = method == "HEAD" or status in (204, 304) or 100 <= status < 200
+        framed = "content-length" in headers or headers.get("transfer-encoding", "").lower() == "chunked"
+        if not framed and not bodiless:  # the body runs to the end of the connection
+            return Response(status, headers, await r.read()), False
+        body = await self._read_body(r, headers, method, status)
+        keep = headers.get("connection", "").lower() != "close"
+        return Response(status, headers, body), keep
+
+    @staticmethod
+    async def _read_body(r: asyncio.StreamReader, headers: dict[str, str], method: str, status: int) -> bytes:
+        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+            return b""
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            return await _read_chunked(r)
+        if "content-length" in headers:
+            return await r.readexactly(int(headers["content-length"]))
+        return await r.read()
+
+    @staticmethod
+    async def _read_head(r: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
         status_line = await r.readline()
         if not status_line:
             raise ConnectionResetError("the server closed the connection")
@@ -152,17 +241,7 @@ class HttpClient:
                 raise ConnectionResetError("the server closed the connection mid-headers")
             k, _, v = line.decode("latin-1").partition(":")
             headers[k.strip().lower()] = v.strip()
-        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-            body = b""
-        elif headers.get("transfer-encoding", "").lower() == "chunked":
-            body = await _read_chunked(r)
-        elif "content-length" in headers:
-            body = await r.readexactly(int(headers["content-length"]))
-        else:
-            body = await r.read()
-            return Response(status, headers, body), False
-        keep = headers.get("connection", "").lower() != "close"
-        return Response(status, headers, body), keep
+        return status, headers
 
 
 async def _read_chunked(r: asyncio.StreamReader) -> bytes:

@@ -214,14 +214,7 @@ class ImageBuilder:
                 digest = await asyncio.to_thread(layers.pack_layer, upper, out)
             size = packed.stat().st_size
             blog(f"{label}: layer {digest[:12]} ({size / 1e6:.1f} MB)")
-            data = await asyncio.to_thread(packed.read_bytes)
-            await self.api.request(
-                "PUT",
-                f"/v1/blobs/{digest}",
-                content=data,
-                content_type="application/octet-stream",
-                timeout=600,
-            )
+            await self.api.put_file(f"/v1/blobs/{digest}", packed)  # streamed: layers run to gigabytes
             await self.api.post_json(
                 f"/v1/images/{blog.image_id}/layers",
                 {
@@ -281,10 +274,15 @@ class ImageBuilder:
             shutil.rmtree(work, ignore_errors=True)
 
     async def _download(self, digest: str, dest: Path) -> Path:
-        resp = await self.api.request("GET", f"/v1/blobs/{digest}", timeout=600)
-        if hashlib.sha256(resp.content).hexdigest() != digest:
+        """The blob ``digest`` streamed into the file ``dest``, checked against its address."""
+        await self.api.download(f"/v1/blobs/{digest}", dest)
+
+        def sha256() -> str:
+            with dest.open("rb") as f:
+                return hashlib.file_digest(f, "sha256").hexdigest()
+
+        if await asyncio.to_thread(sha256) != digest:
             raise exc.ImageBuildError(f"blob {digest} arrived corrupted")
-        await asyncio.to_thread(dest.write_bytes, resp.content)
         return dest
 
 

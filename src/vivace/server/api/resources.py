@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 
 from vivace._version import __version__
 from vivace.protocol.functions import FunctionSpec, SpecError
@@ -22,10 +22,12 @@ from vivace.server.api.common import (
     query_int,
     route,
 )
-from vivace.server.blobs import BlobError
+from vivace.server.blobs import BlobError, BlobTooLarge
 from vivace.server.channel import ChannelError
 from vivace.server.errors import Conflict, Forbidden, Invalid, NotFound
 from vivace.server.services import apps, calls, containers, logs, tokens, workers
+
+MAX_BLOB = 64 << 30  # bytes: the largest image layer or payload the blob store takes
 
 
 @route(kinds=("user", "worker", "container"))
@@ -296,25 +298,36 @@ async def read_logs(request: Request) -> Response:
 
 @route(kinds=("user", "worker"))
 async def put_blob(request: Request) -> Response:
+    """The body streams to a temporary file beside the blob, hashed on the way (image layers run to
+    gigabytes); it becomes the blob only when it hashes to its address."""
     sha = request.path_params["sha"]
-    data = await request.body()
+    blobs = plane_of(request).blobs
     try:
-        plane_of(request).blobs.put(data, sha)
+        if blobs.exists(sha):  # content-addressed: the same bytes are there already
+            async for _ in request.stream():
+                pass
+            size = blobs.size(sha)
+        else:
+            size = await blobs.put_stream(request.stream(), sha, MAX_BLOB)
+    except BlobTooLarge as exc:
+        from vivace.server.errors import TooLarge
+
+        raise TooLarge(str(exc)) from None
     except BlobError as exc:
         raise Invalid(str(exc)) from None
-    return JSONResponse({"sha256": sha, "size": len(data)})
+    return JSONResponse({"sha256": sha, "size": size})
 
 
 @route(kinds=("user", "worker"))
 async def get_blob(request: Request) -> Response:
     sha = request.path_params["sha"]
     try:
-        data = plane_of(request).blobs.get(sha)
+        path = plane_of(request).blobs.path(sha)
     except BlobError as exc:
         raise Invalid(str(exc)) from None
-    if data is None:
+    if path is None:
         raise NotFound(f"blob {sha} does not exist")
-    return Response(data, media_type="application/octet-stream")
+    return FileResponse(path, media_type="application/octet-stream")  # streamed from the file
 
 
 @route(kinds=("user", "worker"))

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 
 class BlobError(ValueError):
     """A blob's content does not match its address, or the address is malformed."""
+
+
+class BlobTooLarge(BlobError):
+    """A blob exceeds the size the store accepts."""
 
 
 def _check(sha: str) -> None:
@@ -47,6 +54,41 @@ class LocalBlobStore:
             Path(tmp).unlink(missing_ok=True)
             raise
         return digest
+
+    async def put_stream(self, chunks: AsyncIterator[bytes], sha: str, max_size: int) -> int:
+        """Store a body that arrives in ``chunks`` (never whole in memory) under ``sha``, checking it
+        hashes to ``sha`` and stays within ``max_size`` bytes; nothing is left behind on failure.
+        Returns its size."""
+        path = self._path(sha)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        digest, size = hashlib.sha256(), 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_size:
+                        raise BlobTooLarge(f"a blob may have at most {max_size} bytes")
+                    digest.update(chunk)
+                    f.write(chunk)
+                f.flush()
+                await asyncio.to_thread(os.fsync, f.fileno())
+            if digest.hexdigest() != sha:
+                raise BlobError(f"content hashes to {digest.hexdigest()}, not {sha}")
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return size
+
+    def size(self, sha: str) -> int:
+        return self._path(sha).stat().st_size
+
+    def path(self, sha: str) -> Path | None:
+        """The file holding blob ``sha`` (for streaming it out), or None."""
+        path = self._path(sha)
+        return path if path.is_file() else None
 
     def get(self, sha: str) -> bytes | None:
         try:
