@@ -63,20 +63,27 @@ class Image:
     def debian_slim(python_version: str | None = None, force_build: bool = False) -> Image:
         """Debian with Python (``python`` and ``pip`` on PATH), like the ``python:X-slim`` images.
 
-        ``python_version`` defaults to this interpreter's minor version; Debian ships 3.11 (bookworm)
-        and 3.13 (trixie), and containers must run the client's minor for cloudpickle.
+        ``python_version`` defaults to this interpreter's minor version (containers must run the
+        client's minor for cloudpickle). Debian ships 3.11 (bookworm) and 3.13 (trixie); any other
+        3.x is a uv-managed CPython added to bookworm (``add_python``), which needs the worker to reach
+        python-build-standalone's downloads (or a mirror: ``UV_PYTHON_INSTALL_MIRROR``).
         """
         version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
         if not isinstance(version, str):
             raise exc.InvalidError(f"python_version must be a string such as '3.11', got {version!r}")
         version = ".".join(version.split(".")[:2])
-        if version not in proto.SUPPORTED_PYTHONS:
+        if version in proto.SUPPORTED_PYTHONS:
+            return Image(({"kind": "debian_slim", "python_version": version},))._forced(force_build, first=0)
+        if not proto.PYTHON_VERSION.fullmatch(version) or not 9 <= int(version.split(".")[1]) <= 14:
             hint = "" if python_version else f" (this interpreter is {version}; pass python_version=)"
             raise exc.InvalidError(
-                f"debian_slim has Python {', '.join(sorted(proto.SUPPORTED_PYTHONS))} (Debian's own); "
-                f"{version} is not available{hint}"
+                f"debian_slim takes a Python version from 3.9 to 3.14, got {version!r}{hint}"
             )
-        return Image(({"kind": "debian_slim", "python_version": version},))._forced(force_build)
+        steps = (
+            {"kind": "debian_slim", "python_version": "3.11"},
+            {"kind": "add_python", "python_version": version},
+        )
+        return Image(steps)._forced(force_build, first=0)
 
     @staticmethod
     def from_registry(

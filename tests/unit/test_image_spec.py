@@ -45,8 +45,13 @@ def test_force_build_rebuilds_its_own_step_and_the_later_ones():
 def test_debian_slim_versions():
     assert Image.debian_slim("3.13").steps()[0]["python_version"] == "3.13"
     assert Image.debian_slim("3.11.4").steps()[0]["python_version"] == "3.11"
-    with pytest.raises(InvalidError, match=r"3\.11, 3\.13"):
-        Image.debian_slim("3.9")
+    assert Image.debian_slim("3.12").steps() == [  # not Debian's: a uv-managed CPython on bookworm
+        {"kind": "debian_slim", "python_version": "3.11"},
+        {"kind": "add_python", "python_version": "3.12"},
+    ]
+    for bad in ("2.7", "3.8", "3.99", "three"):
+        with pytest.raises(InvalidError, match=r"3\.9 to 3\.14"):
+            Image.debian_slim(bad)
     mine = f"{sys.version_info.major}.{sys.version_info.minor}"
     if mine in proto.SUPPORTED_PYTHONS:
         assert Image.debian_slim().steps()[0]["python_version"] == mine

@@ -228,7 +228,13 @@ class ImageBuilder:
             )
             return _into_cache(upper, self.layers, key), layer_config
         except exc.ImageBuildError as err:
-            raise exc.ImageBuildError(f"{label}: {err}") from None
+            hint = (
+                "\n(add_python downloads CPython from python-build-standalone's releases: the worker needs "
+                "to reach them, or UV_PYTHON_INSTALL_MIRROR set to a mirror)"
+                if step["kind"] == "add_python"
+                else ""
+            )
+            raise exc.ImageBuildError(f"{label}: {err}{hint}") from None
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
