@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import importlib.util
 import io
+import json
 import os
 import secrets
 import sys
@@ -45,6 +46,14 @@ class FileArchive:
     data: bytes
 
 
+@dataclass(frozen=True)
+class _Function:
+    """A ``run_function`` step (canonical JSON) with the pickle it names, uploaded with the build."""
+
+    step: str
+    archive: FileArchive
+
+
 class Image:
     """A container image: a base (``debian_slim``, ``from_registry``) and the steps applied to it."""
 
@@ -55,7 +64,14 @@ class Image:
         self._archived: dict[_LocalFiles, FileArchive] = {}  # each step's files are read once
 
     def __repr__(self) -> str:
-        kinds = [s.get("kind") if isinstance(s, dict) else "add_local" for s in self._steps]
+        kinds = [
+            s.get("kind")
+            if isinstance(s, dict)
+            else "run_function"
+            if isinstance(s, _Function)
+            else "add_local"
+            for s in self._steps
+        ]
         return f"<vivace.Image {' -> '.join(str(k) for k in kinds)}>"
 
     # -- constructors -----------------------------------------------------------------------------
@@ -389,8 +405,41 @@ class Image:
                 )
         return image
 
-    def run_function(self, raw_f: Any, **kwargs: Any) -> Image:
-        raise exc.NotImplementedYetError("Image.run_function arrives in a later release")
+    def run_function(
+        self,
+        raw_f: Any,
+        *,
+        secrets: Sequence[Any] = (),
+        gpu: Any = None,
+        volumes: Any = None,
+        network_file_systems: Any = None,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        force_build: bool = False,
+        **options: Any,
+    ) -> Image:
+        """Run a Python function in the image (network on) and keep what it writes as a layer, e.g. to
+        download model weights at build time. The function travels pickled by value (its module
+        need not be in the image); its source, arguments and the chain before it make the layer's key.
+        ``timeout``, ``cpu`` and ``memory`` are accepted for Modal compatibility; builds run under the
+        worker's build limits."""
+        unknown = set(options) - {"timeout", "cpu", "memory", "cloud", "region"}
+        _no_extra({k: options[k] for k in unknown}, "run_function()")
+        _no_build_secrets(secrets, gpu)
+        if volumes or network_file_systems:
+            raise exc.NotImplementedYetError("run_function(volumes=...) needs Volumes (storage primitives)")
+        if not callable(raw_f) or isinstance(raw_f, type):
+            raise exc.InvalidError(f"run_function takes a function, got {type(raw_f).__name__}")
+        if _in_container():
+            return self
+        payload = _function_payload(raw_f, tuple(args), dict(kwargs or {}))
+        archive = FileArchive(hashlib.sha256(payload).hexdigest(), payload)
+        name = getattr(raw_f, "__qualname__", None) or getattr(raw_f, "__name__", "function")
+        step = _checked({"kind": "run_function", "digest": archive.digest, "name": str(name)[:200]})
+        if force_build or _forced_by_environment():
+            step["nonce"] = os.urandom(8).hex()  # (``secrets`` is the parameter here)
+        self._add(step, False)  # the same checks as any step
+        return Image((*self._steps, _Function(proto.canonical(step), archive)))
 
     @contextlib.contextmanager
     def imports(self) -> Iterator[None]:
@@ -413,7 +462,9 @@ class Image:
         for step in self._steps:
             if isinstance(step, _LocalFiles) and not step.copy:
                 continue
-            if isinstance(step, _LocalFiles):
+            if isinstance(step, _Function):
+                out.append(json.loads(step.step))
+            elif isinstance(step, _LocalFiles):
                 archive = self._archive(step)
                 out.append(
                     {"kind": "add_files", "digest": archive.digest, "remote": step.remote, "copy": step.copy}
@@ -434,7 +485,8 @@ class Image:
         """The local-file archives the steps and mounts refer to, by digest (what a build uploads)."""
         self.steps()
         self.mounts()
-        return dict(self._archives)
+        payloads = {s.archive.digest: s.archive for s in self._steps if isinstance(s, _Function)}
+        return {**payloads, **self._archives}
 
     @property
     def object_id(self) -> str:
@@ -465,11 +517,7 @@ class Image:
         ``force_build`` (or ``MODAL_FORCE_BUILD=1``/``VIVACE_FORCE_BUILD=1``) asks for it."""
         if not isinstance(force_build, bool):
             raise exc.InvalidError(f"force_build must be True or False, got {force_build!r}")
-        if (
-            force_build
-            or os.environ.get("MODAL_FORCE_BUILD") == "1"
-            or os.environ.get("VIVACE_FORCE_BUILD") == "1"
-        ):
+        if force_build or _forced_by_environment():
             # a nonce in the step itself: its key changes, so it and every later step build again
             steps = list(self._steps)
             start = first if first is not None else len(steps) - 1
@@ -539,6 +587,30 @@ class Image:
         self._archives[archive.digest] = archive
         self._archived[step] = archive
         return archive
+
+
+def _forced_by_environment() -> bool:
+    return os.environ.get("MODAL_FORCE_BUILD") == "1" or os.environ.get("VIVACE_FORCE_BUILD") == "1"
+
+
+def _function_payload(f: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    """``(f, args, kwargs)`` pickled with ``f``'s module by value when it is the user's own file (the
+    build container has only the image, not the app's source)."""
+    import cloudpickle
+
+    module = sys.modules.get(getattr(f, "__module__", "") or "")
+    file = getattr(module, "__file__", None) or ""
+    installed = any(part in ("site-packages", "dist-packages") for part in Path(file).parts)
+    by_value = module is not None and module.__name__ != "__main__" and bool(file) and not installed
+    if by_value:
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        return cloudpickle.dumps((f, args, kwargs))  # type: ignore[no-any-return]
+    except Exception as err:
+        raise exc.InvalidError(f"run_function: cannot pickle {f!r} with its arguments: {err}") from None
+    finally:
+        if by_value:
+            cloudpickle.unregister_pickle_by_value(module)
 
 
 def _in_container() -> bool:

@@ -56,6 +56,7 @@ def test_a_function_runs_in_its_image(imaged):
     assert seen["cloudpickle"] == "3.0.0"  # the user's pin wins over the runtime's own cloudpickle
     assert seen["greeting"] == "from the image" and seen["jq"] == "/usr/bin/jq"
     assert seen["conf"] == "baked in\n" and seen["attached"] == "attached v1"
+    assert seen["weights"] == "tiny-model@r1 on 3.11"  # written by run_function at build time
     assert seen["host_file_visible"] is False
 
 

@@ -202,3 +202,32 @@ def test_a_dockerfile_becomes_one_step_per_instruction(tmp_path):
         Image.from_dockerfile(tmp_path / "missing")
     with pytest.warns(UserWarning, match="USER nobody is ignored"):
         image.dockerfile_commands("USER nobody")
+
+
+def _weights(name):
+    return name
+
+
+def test_run_function_is_a_step_with_its_pickle_uploaded_beside_it():
+    base = Image.debian_slim("3.11")
+    image = base.run_function(_weights, args=("a",)).env({"X": "1"})
+    step = image.steps()[1]
+    assert step["kind"] == "run_function" and step["name"] == "_weights"
+    assert step["digest"] in image.archives()  # uploaded with the build
+    assert (
+        base.run_function(_weights, args=("a",)).object_id
+        == base.run_function(_weights, args=("a",)).object_id
+    )
+    assert (
+        base.run_function(_weights, args=("b",)).object_id
+        != base.run_function(_weights, args=("a",)).object_id
+    )
+    assert "nonce" in base.run_function(_weights, force_build=True).steps()[1]
+    with pytest.raises(InvalidError, match="takes a function"):
+        base.run_function(42)
+    with pytest.raises(InvalidError, match="cannot pickle"):
+        import threading
+
+        base.run_function(_weights, args=(threading.Lock(),))
+    with pytest.raises(InvalidError, match="unknown parameter"):
+        base.run_function(_weights, colour="red")

@@ -30,6 +30,7 @@ STEP_FIELDS: Dict[str, Any] = {
     "debian_slim": ({"python_version"}, set()),
     "from_registry": ({"reference"}, {"auth_secret"}),
     "add_python": ({"python_version"}, set()),
+    "run_function": ({"digest", "name"}, set()),
     "apt_install": ({"packages"}, set()),
     "pip_install": ({"packages"}, {"index_url", "extra_index_url", "find_links", "pre", "extra_options"}),
     "uv_pip_install": ({"packages"}, {"index_url", "extra_index_url", "find_links", "pre", "extra_options"}),
@@ -188,6 +189,14 @@ def _files(step: Dict[str, Any]) -> None:
         raise StepError("copy must be true or false")
 
 
+def _function(step: Dict[str, Any]) -> None:
+    if not isinstance(step["digest"], str) or not DIGEST.fullmatch(step["digest"]):
+        raise StepError("digest must be the hex sha256 of the pickled function")
+    name = step["name"]
+    if not isinstance(name, str) or not name or len(name) > 200 or "\n" in name:
+        raise StepError("name must be a short one-line string")
+
+
 def _nonce(step: Dict[str, Any]) -> None:
     if not isinstance(step["nonce"], str) or not 1 <= len(step["nonce"]) <= 64:
         raise StepError("nonce must be a short string")
@@ -197,6 +206,7 @@ _CHECKS = {
     "debian_slim": _debian,
     "from_registry": _registry,
     "add_python": _add_python,
+    "run_function": _function,
     "apt_install": _apt,
     "pip_install": _pip,
     "uv_pip_install": _pip,

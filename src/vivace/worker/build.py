@@ -96,6 +96,13 @@ SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 BUILD_DIR = "/run/vivace-build"
 UV_IN_CONTAINER = BUILD_DIR + "/bin/uv"
 ADDED_PYTHON_DIR = "/usr/local/lib/vivace-python"  # where add_python installs CPython
+FUNCTION_IN_CONTAINER = BUILD_DIR + "/function.pkl"  # run_function's payload, mounted for its step
+RUNTIME_IN_BUILD = BUILD_DIR + "/runtime"  # vivace's runtime bundle (cloudpickle), for run_function
+_RUN_FUNCTION = (
+    "import sys; sys.path.append(" + repr(RUNTIME_IN_BUILD) + "); import cloudpickle; "
+    "f, args, kwargs = cloudpickle.load(open(" + repr(FUNCTION_IN_CONTAINER) + ", 'rb')); "
+    "print('running', getattr(f, '__qualname__', f), flush=True); f(*args, **kwargs)"
+)
 # let an operator point uv's Python downloads at a mirror (these machines cannot reach GitHub)
 PYTHON_DOWNLOAD_VARS = ("UV_PYTHON_INSTALL_MIRROR", "UV_PYTHON_DOWNLOADS_JSON_URL")
 CA_IN_CONTAINER = BUILD_DIR + "/ca.pem"
@@ -260,6 +267,10 @@ def commands_for(step: Mapping[str, Any]) -> list[str]:
         return [" ".join(shlex.quote(a) for a in argv)]
     if kind == "run_commands":
         return list(step["commands"])
+    if kind == "run_function":  # the pickled (function, args, kwargs), with the runtime for cloudpickle
+        return [
+            f"python3 -c {shlex.quote(_RUN_FUNCTION)}",
+        ]
     if kind == "add_python":  # a standalone CPython managed by uv, on PATH as python, python3 and pip
         version = step["python_version"]  # protocol.PYTHON_VERSION checked it
         uv = f"UV_PYTHON_DOWNLOADS=automatic UV_PYTHON_INSTALL_DIR={ADDED_PYTHON_DIR} {UV_IN_CONTAINER}"
@@ -360,6 +371,7 @@ def run_step(
     host_env: Mapping[str, str] | None = None,
     userns: bool | None = None,
     timeout: float | None = None,
+    binds: list[tuple[str, Path]] = (),  # type: ignore[assignment]
 ) -> None:
     """Run ``commands`` (each ``/bin/sh -c``, in order, stopping at the first failure) in a build
     container over ``lowers`` (read-only, top first) with ``upper`` (empty or missing) as its writable
@@ -392,7 +404,7 @@ def run_step(
     tail = _Tail(log)
     with _BuildContainer(rt, key, use_userns) as box:
         box.mount(lowers, upper, uv_cache)
-        box.configure(env, workdir, limits, network, netns, uv, host_env)
+        box.configure(env, workdir, limits, network, netns, uv, host_env, list(binds))
         for command in commands:
             tail.append(f"$ {command}")
             code = box.run(command, tail.append, timeout)
@@ -515,6 +527,7 @@ class _BuildContainer:
         netns: str | None,
         uv: Path | None,
         host_env: Mapping[str, str],
+        extra: list[tuple[str, Path]] = (),  # type: ignore[assignment]
     ) -> None:
         self.cgroup = ContainerCgroup(self.rt.cgroups, f"vivace/{self.key}/build-{self.id}")
         self._stack.callback(self.cgroup.remove)
@@ -544,6 +557,7 @@ class _BuildContainer:
                          PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_ROOT_USER_ACTION="ignore")  # fmt: skip
         assert self.tmp is not None
         binds.append((TMP_IN_CONTAINER, self.tmp, False))
+        binds += [(target, source, True) for target, source in extra]  # read-only, build-only
         build_env["TMPDIR"] = TMP_IN_CONTAINER
         if (self.scratch / "uv-cache").is_dir():
             binds.append((UV_CACHE_IN_CONTAINER, self.scratch / "uv-cache", False))

@@ -192,6 +192,13 @@ class ImageBuilder:
             elif kind == "from_registry":
                 layer_config = await self._from_registry(step["reference"], upper, blog, label)
             else:
+                binds: list[tuple[str, Path]] = []
+                if kind == "run_function":
+                    from vivace.worker import images
+
+                    payload = await self._download(step["digest"], work / "function.pkl")
+                    bundle = await asyncio.to_thread(images.runtime_bundle, self.layers.parent)
+                    binds = [(build.FUNCTION_IN_CONTAINER, payload), (build.RUNTIME_IN_BUILD, bundle)]
                 commands = build.commands_for(step)
                 await asyncio.to_thread(
                     build.run_step,
@@ -206,6 +213,7 @@ class ImageBuilder:
                     key=self.key,
                     uv_cache=self.uv_cache,
                     timeout=STEP_TIMEOUT,
+                    binds=binds,
                 )
                 if kind == "add_python":
                     layer_config = {"python": "/usr/local/bin/python3"}

@@ -42,7 +42,11 @@ async def register_image(request: Request) -> Response:
     except proto.StepError as err:
         raise Invalid(f"invalid image: {err}") from None
     plane = plane_of(request)
-    missing = [s["digest"] for s in steps if s["kind"] == "add_files" and not plane.blobs.exists(s["digest"])]
+    missing = [
+        s["digest"]
+        for s in steps
+        if s["kind"] in ("add_files", "run_function") and not plane.blobs.exists(s["digest"])
+    ]
     if missing:
         raise Invalid(f"upload the local files first: blob {missing[0]} is missing")
     info = await plane.store.write(lambda tx: images.register(tx, steps))
