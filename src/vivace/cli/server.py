@@ -82,6 +82,13 @@ def server_stop() -> None:
     show_default=True,
     help="Generic containers kept started for fast starts (default runtime; 0: none).",
 )
+@click.option(
+    "--layer-cache-gb",
+    type=click.FloatRange(min=0.1),
+    default=50.0,
+    show_default=True,
+    help="Unpacked image layers kept on this machine; the least recently used beyond it are removed.",
+)
 def worker(
     server_url: str,
     token: str | None,
@@ -92,6 +99,7 @@ def worker(
     runtimes: str | None,
     pids_limit: int,
     warm_pool: int,
+    layer_cache_gb: float,
 ) -> None:
     """Run a worker agent that executes containers for a control plane."""
     import asyncio
@@ -113,6 +121,7 @@ def worker(
         runtimes=[r.strip() for r in runtimes.split(",") if r.strip()] if runtimes else None,
         pids_limit=pids_limit,
         warm_pool=warm_pool,
+        layer_cache_gb=layer_cache_gb,
     )
     try:
         import uvloop

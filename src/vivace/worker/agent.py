@@ -22,6 +22,7 @@ from vivace.worker import gpus
 from vivace.worker.builder import ImageBuilder
 from vivace.worker.channel import run_channel
 from vivace.worker.gpus import Gpu
+from vivace.worker.layer_cache import DEFAULT_MAX_GB, LayerCache
 from vivace.worker.logs import LogShipper
 from vivace.worker.network import NetworkPool, have_tools
 from vivace.worker.runtimes import FUNCTION_DEFAULTS, ContainerRuntime, RuntimeContext, available_runtimes
@@ -31,6 +32,8 @@ from vivace.worker.sources import SourceCache
 from vivace.worker.supervisor import ContainerSupervisor
 
 log = logging.getLogger("vivace.worker")
+
+LAYER_GC_INTERVAL = 60.0  # seconds between layer cache collections
 
 
 @dataclass
@@ -45,6 +48,7 @@ class WorkerConfig:
     labels: dict[str, str] | None = None
     pids_limit: int | None = 4096
     warm_pool: int = 2  # generic containers kept started for the default runtime
+    layer_cache_gb: float = DEFAULT_MAX_GB  # unpacked image layers kept beyond this are collected
 
 
 class Agent:
@@ -75,7 +79,9 @@ class Agent:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.logs = LogShipper(self.api)
         self.sources = SourceCache(config.workdir / "sources", self.api)
-        self.builder = ImageBuilder(self.api, self.ctx.images, key)
+        self.layer_cache = LayerCache(self.ctx.images, int(config.layer_cache_gb * 1e9))
+        self._pinned: dict[str, list[Path]] = {}  # container id -> the layers it runs on
+        self.builder = ImageBuilder(self.api, self.ctx.images, key, cache=self.layer_cache)
         self._stopping = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -102,6 +108,7 @@ class Agent:
                 run_channel(self),
                 self._stopping.wait(),
                 self._build_loop(),
+                self._layer_gc_loop(),
             )
         ]
         try:
@@ -132,6 +139,24 @@ class Agent:
                 await self.logs.flush()
             await self.api.aclose()
 
+    async def _layer_gc_loop(self) -> None:
+        """Keep the layer cache under its size: least recently used layers not in use go first."""
+        await asyncio.to_thread(self.layer_cache.sweep_trash)
+        while True:
+            try:
+                await self.collect_layers()
+            except Exception:  # collection must never take the worker down
+                log.exception("layer cache collection failed")
+            await asyncio.sleep(LAYER_GC_INTERVAL)
+
+    async def collect_layers(self) -> None:
+        in_use: set[Path] = set()
+        for runtime in self.runtimes.values():  # warm containers on images run on these layers
+            pool = getattr(runtime, "warm", None)
+            for image in getattr(pool, "images", {}).values():
+                in_use.update(image.layers)
+        await asyncio.to_thread(self.layer_cache.collect, in_use)
+
     async def _build_loop(self) -> None:
         """Build images for the control plane while the worker runs (returns at once where it cannot)."""
         self.builder.worker_id = self.worker_id
@@ -145,9 +170,15 @@ class Agent:
         """The image's layers in this worker's cache (fetched from the blob store when missing)."""
         from vivace.worker.builder import ImageConfig
 
-        paths = [await self.builder.fetch_layer(layer["key"], layer["digest"]) for layer in image["layers"]]
-        for digest in image.get("mounts") or []:  # add_local_*(copy=False): files over the image's layers
-            paths.append(await self.builder.fetch_layer(f"files-{digest}", digest))
+        wanted = [(layer["key"], layer["digest"]) for layer in image["layers"]]
+        wanted += [(f"files-{d}", d) for d in image.get("mounts") or []]  # add_local_*(copy=False): on top
+        pinned = [self.builder.layers / key for key, _ in wanted]
+        self.layer_cache.pin(pinned)  # before fetching: a collection meanwhile leaves them alone
+        try:
+            paths = [await self.builder.fetch_layer(key, digest) for key, digest in wanted]
+        except BaseException:
+            self.layer_cache.unpin(pinned)
+            raise
         config = ImageConfig()
         for step, layer in zip(image["steps"], image["layers"], strict=True):
             config.apply(step, layer.get("config"))
@@ -279,6 +310,9 @@ class Agent:
             return await self._run_started(a, definition, runtime)
         finally:
             self.starting.discard(cid)
+            pinned = self._pinned.pop(cid, None)
+            if pinned:  # the image's layers were in use while the container ran
+                self.layer_cache.unpin(pinned)
 
     def _choose_runtime(self, spec: dict[str, Any]) -> ContainerRuntime:
         wanted = spec.get("runtime")
@@ -306,6 +340,8 @@ class Agent:
             if a["spec"].get("source_hash"):
                 source = await self.sources.get(a["spec"]["source_hash"])
             image = await self._image_rootfs(a["image"]) if a.get("image") else None
+            if image is not None:
+                self._pinned[cid] = list(image.layers)
             sup = ContainerSupervisor(
                 assignment=a,
                 definition=definition,

@@ -27,6 +27,7 @@ from vivace.protocol import images as proto
 
 if TYPE_CHECKING:
     from vivace.client import ApiClient
+    from vivace.worker.layer_cache import LayerCache
 
 log = logging.getLogger("vivace.worker")
 LOG_FLUSH = 0.5  # seconds between log batches
@@ -83,8 +84,16 @@ class BuildLog:
 
 
 class ImageBuilder:
-    def __init__(self, api: ApiClient, images_dir: Path, key: str, runtime: str = "crun") -> None:
+    def __init__(
+        self,
+        api: ApiClient,
+        images_dir: Path,
+        key: str,
+        runtime: str = "crun",
+        cache: LayerCache | None = None,
+    ) -> None:
         self.api = api
+        self.cache = cache
         self.layers = images_dir / "layers"
         self.pulls = images_dir / "pulls"  # registry layers as pulled, before a step squashes them
         self.scratch = images_dir / "build"
@@ -146,6 +155,18 @@ class ImageBuilder:
     async def _build_layers(self, info: dict[str, Any], blog: BuildLog) -> None:
         lowers: list[Path] = []  # top first, as overlayfs wants them
         config = ImageConfig()
+        pinned = [self.layers / layer["key"] for layer in info["layers"]]
+        if self.cache is not None:  # the build stacks them: no collection while it runs
+            self.cache.pin(pinned)
+        try:
+            await self._build_steps(info, blog, lowers, config)
+        finally:
+            if self.cache is not None:
+                self.cache.unpin(pinned)
+
+    async def _build_steps(
+        self, info: dict[str, Any], blog: BuildLog, lowers: list[Path], config: ImageConfig
+    ) -> None:
         for i, (step, layer) in enumerate(zip(info["steps"], info["layers"], strict=True)):
             label = f"step {i + 1}/{len(info['steps'])} {step['kind']}"
             layer_config = layer.get("config")
@@ -257,7 +278,13 @@ class ImageBuilder:
             f"{label}: {pulled.reference}@{pulled.manifest_digest[:19]}: {len(pulled.layers)} layer(s), "
             f"{len(pulled.downloaded)} downloaded"
         )
-        await asyncio.to_thread(squash, list(pulled.layer_dirs), upper)
+        if self.cache is not None:
+            self.cache.pin(pulled.layer_dirs)
+        try:
+            await asyncio.to_thread(squash, list(pulled.layer_dirs), upper)
+        finally:
+            if self.cache is not None:
+                self.cache.unpin(pulled.layer_dirs)
         c = pulled.config
         env = dict(item.split("=", 1) for item in c.env if "=" in item)
         config: dict[str, Any] = {"env": env, "workdir": c.working_dir or "/", "user": c.user}
