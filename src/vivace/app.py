@@ -435,7 +435,7 @@ def _image_arg(image: Any) -> Any:
 
 def _settings(p: dict[str, Any]) -> dict[str, Any]:
     """Validate the parameters ``@app.function()`` and ``@app.cls()`` share; return spec fields."""
-    for key in ("secrets", "volumes", "ephemeral_disk", "cloud", "region", "nonpreemptible"):
+    for key in ("secrets", "volumes", "cloud", "region", "nonpreemptible"):
         params.check_not_yet(key, p[key])
     cpu_req, cpu_lim = params.cpu(p["cpu"])
     mem_req, mem_lim = params.memory(p["memory"])
@@ -463,6 +463,7 @@ def _settings(p: dict[str, Any]) -> dict[str, Any]:
         "restrict_modal_access": p["restrict_modal_access"],
         "env": params.env(p["env"]),
         "enable_memory_snapshot": p["enable_memory_snapshot"],
+        "ephemeral_disk": params.ephemeral_disk(p["ephemeral_disk"]),
         **params.autoscaler(
             p["min_containers"], p["max_containers"], p["buffer_containers"], p["scaledown_window"]
         ),

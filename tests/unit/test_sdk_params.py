@@ -19,6 +19,8 @@ def test_defaults_and_tuples():
     s = f.spec
     assert (s.cpu, s.cpu_limit, s.memory, s.memory_limit, s.timeout) == (0.5, 2, 256, 512, 10)
     assert s.retries.max_retries == 3 and s.module == __name__ and s.qualname == "module_level"
+    assert s.ephemeral_disk is None
+    assert decorate(ephemeral_disk=10 * 1024).spec.ephemeral_disk == 10 * 1024
 
 
 def module_level(x):
@@ -50,6 +52,9 @@ def test_nested_functions_need_serialized():
         ({"bogus": 1}, "bogus"),
         ({"env": {"A": 1}}, "env"),
         ({"image": object()}, "vivace.Image"),
+        ({"ephemeral_disk": 0}, "ephemeral_disk"),
+        ({"ephemeral_disk": "1G"}, "ephemeral_disk"),
+        ({"ephemeral_disk": 4 << 20}, "ephemeral_disk"),
     ],
 )
 def test_bad_parameters_are_typed_errors(kw, match):
@@ -66,7 +71,6 @@ def test_bad_parameters_are_typed_errors(kw, match):
         {"cloud": "aws"},
         {"region": "us"},
         {"nonpreemptible": True},
-        {"ephemeral_disk": 1024},
     ],
 )
 def test_later_features_fail_clearly(kw):

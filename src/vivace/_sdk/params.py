@@ -24,7 +24,6 @@ RENAMED = {
 
 # parameter -> (feature, value that means "not used")
 NOT_YET: dict[str, tuple[str, Any]] = {
-    "ephemeral_disk": ("ephemeral disk limits (the Image builder)", None),
     "volumes": ("Volumes (storage primitives)", None),
     "secrets": ("Secrets (storage primitives)", None),
     "schedule": ("schedules (web endpoints and schedules)", None),
@@ -279,3 +278,17 @@ def spec_options(options: dict[str, Any], where: str) -> dict[str, Any]:
     if options.get("scaledown_window") is not None:
         out["scaledown_window"] = _number("scaledown_window", options["scaledown_window"], 2, 3600)
     return out
+
+
+MAX_EPHEMERAL_DISK = 3 << 20  # MiB (3 TiB), as Modal's limit
+
+
+def ephemeral_disk(value: Any) -> int | None:
+    """``ephemeral_disk`` in MiB: the size of the container's writable layer (None: the worker's disk)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_EPHEMERAL_DISK:
+        raise InvalidError(
+            f"ephemeral_disk is the writable layer's size in MiB, from 1 to {MAX_EPHEMERAL_DISK}; got {value!r}"
+        )
+    return value

@@ -80,6 +80,8 @@ class FunctionSpec:
     # local files attached over the image at container start (add_local_*(copy=False)): the sha256 of
     # each gzip'd tar in the blob store, top last; changing them needs no image build
     image_mounts: List[str] = field(default_factory=list)
+    # the container's writable layer is a filesystem of this many MiB (None: the worker's disk)
+    ephemeral_disk: Optional[int] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -152,6 +154,8 @@ class FunctionSpec:
             raise SpecError(f"image_mounts must be a list of at most {MAX_IMAGE_MOUNTS} digests")
         if not all(isinstance(d, str) and _is_sha256(d) for d in self.image_mounts):
             raise SpecError("image_mounts must be hex sha256 digests")
+        if self.ephemeral_disk is not None:
+            _check_int(self.ephemeral_disk, "ephemeral_disk", 1, 3 << 20)
         if self.image_mounts and self.image_id is None:
             raise SpecError("image_mounts attach files over an image: image_id is required")
         r = self.retries

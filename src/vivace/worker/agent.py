@@ -324,6 +324,11 @@ class Agent:
             runtime = self.runtimes[wanted]
         else:
             runtime = self.default_runtime()
+        if spec.get("ephemeral_disk") and runtime.name not in ("crun", "runc", "runsc"):
+            raise exc.InvalidError(
+                f"ephemeral_disk needs a container runtime (crun, runc or runsc); this worker runs "
+                f"{runtime.name!r}, whose processes write to the worker's own disk"
+            )
         if spec.get("block_network") and not runtime.capabilities.can_block_network:
             raise exc.InvalidError(
                 f"block_network=True needs an isolated runtime (crun, runc, runsc, bwrap); this worker runs "

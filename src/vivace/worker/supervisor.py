@@ -94,6 +94,7 @@ class ContainerSupervisor:
             block_network=bool(self.fspec.get("block_network")),
             gpus=list(gpus or []),
             image=image,
+            ephemeral_disk=self.fspec.get("ephemeral_disk"),
         )
         self.handle: ContainerHandle | None = None
         self.cancel: set[int] = set()

@@ -46,6 +46,7 @@ class ContainerSpec:
     block_network: bool = False
     gpus: list[Gpu] = field(default_factory=list)  # the worker's GPUs this container is given
     image: ImageRootfs | None = None  # None: the worker's base root filesystem
+    ephemeral_disk: int | None = None  # MiB: the writable layer is a filesystem of this size
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,29 @@ def unmount(target: Path) -> None:
             raise OSError(err, f"cannot unmount {target}: {os.strerror(err)}")
 
 
+def make_disk(image: Path, mountpoint: Path, mib: int) -> None:
+    """A fresh ext4 filesystem of ``mib`` MiB mounted at ``mountpoint``, in a sparse file (ext4 here has
+    no project quotas, so a size limit is a filesystem of that size). The file is unlinked once
+    mounted: the loop device holds it, and it is gone with the mount (``autoclear``), crash or not."""
+    import subprocess
+
+    with image.open("wb") as f:
+        f.truncate(mib << 20)
+    try:
+        for argv in (
+            ["mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
+             "-E", "lazy_itable_init=1,nodiscard", str(image)],
+            ["mount", "-o", "loop,nosuid,nodev", str(image), str(mountpoint)],
+        ):  # fmt: skip
+            if argv[0] == "mount":
+                mountpoint.mkdir(parents=True, exist_ok=True)
+            proc = subprocess.run(argv, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise OSError(f"ephemeral disk: {argv[0]} failed: {proc.stderr.strip()[-300:]}")
+    finally:
+        image.unlink(missing_ok=True)
+
+
 def mounted_under(prefix: Path) -> list[Path]:
     found = []
     with contextlib.suppress(OSError):
@@ -410,6 +433,10 @@ class OciRuntime:
         bundle_src = images.runtime_bundle(self.ctx.images)
         bundle = cdir / "bundle"
         rootfs, upper, work = self.roots / name, cdir / "upper", cdir / "work"
+        if spec.ephemeral_disk:  # the writable layer on a filesystem of its own, of exactly that size
+            disk = cdir / "disk"
+            await asyncio.to_thread(make_disk, cdir / "disk.img", disk, spec.ephemeral_disk)
+            upper, work = disk / "upper", disk / "work"
         for d in (bundle, rootfs, upper, work):
             d.mkdir(parents=True, exist_ok=True)
         if self.userns:  # the private layer belongs to the container's root
@@ -640,6 +667,8 @@ class WarmPool:
             return None  # warm containers hold an open network slot
         if spec.gpus:
             return None  # devices are fixed when a container is created
+        if spec.ephemeral_disk:
+            return None  # a warm container's writable layer is on the worker's disk
         key = image_key(spec.image)
         if spec.image is not None and key is not None and self.size > 0:
             self._remember(key, spec.image)
