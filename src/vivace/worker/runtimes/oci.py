@@ -602,6 +602,10 @@ class OciRuntime:
         for m in mounted_under(self.roots):
             unmount(m)
             removed.append(f"root mount {m.name}")
+        for m in mounted_under(self.ctx.workdir / "containers"):  # ephemeral disks (loop, autoclear)
+            if m.name == "disk" and m.parent.name not in keep:
+                unmount(m)
+                removed.append(f"ephemeral disk of {m.parent.name}")
         if self.roots.is_dir():
             for d in self.roots.iterdir():
                 with contextlib.suppress(OSError):
