@@ -72,3 +72,36 @@ def test_a_layer_keeps_what_it_sets_besides_files(h: Any) -> None:
     assert h.w(lambda tx: images.get(tx, info.id)).layers == [
         {"key": key, "digest": "c" * 64, "size": 5, "config": config}
     ]
+
+
+def _build(h: Any, steps: list[dict[str, Any]], digest: str) -> str:
+    info = h.w(lambda tx: images.register(tx, steps))
+    h.w(lambda tx: images.take_build(tx, "wk-a"))
+    for key in proto.layer_keys(steps):
+        h.w(lambda tx, k=key: images.add_layer(tx, info.id, "wk-a", k, digest, 1))
+    h.w(lambda tx: images.finish(tx, info.id, "wk-a", None))
+    return str(info.id)
+
+
+def test_unused_images_and_the_layers_only_they_used_are_collected(h: Any) -> None:
+    old = _build(h, [BASE, GIT], "1" * 64)
+    named = _build(h, [BASE, SIX], "2" * 64)  # shares the base layer with `old`
+    h.function("uses_it", image_id=named)  # a function of a running app names it
+    h.w(lambda tx: tx.execute("UPDATE images SET used_at = 0"))
+    h.w(lambda tx: tx.execute("UPDATE layers SET created_at = 0"))
+    assert h.w(lambda tx: images.collect(tx)) == []  # every layer's digest is still used by a kept one
+    assert [r[0] for r in h.sql("SELECT id FROM images")] == [named] != [old]
+    git_key = proto.layer_keys([BASE, GIT])[1]
+    assert h.sql("SELECT key FROM layers WHERE key = ?", (git_key,)) == []  # only `old` had it
+    # the blobs go once nothing names them (the shared base kept the first digest stored for it)
+    h.w(lambda tx: tx.execute("UPDATE apps SET state = 'stopped'"))
+    h.w(lambda tx: tx.execute("UPDATE images SET used_at = 0"))
+    assert h.w(lambda tx: images.collect(tx)) == ["1" * 64, "2" * 64]
+    assert h.sql("SELECT key FROM layers") == [] and h.sql("SELECT id FROM images") == []
+
+
+def test_recent_images_and_layers_stay(h: Any) -> None:
+    kept = _build(h, [BASE, GIT], "3" * 64)
+    assert h.w(lambda tx: images.collect(tx)) == []
+    assert [r[0] for r in h.sql("SELECT id FROM images")] == [kept]
+    assert len(h.sql("SELECT key FROM layers")) == 2

@@ -61,3 +61,21 @@ def test_a_body_that_does_not_hash_to_its_address_is_refused_and_leaves_nothing(
 
     asyncio.run(go())
     assert not cluster.plane.blobs.exists(wrong) and _leftovers(cluster) == []
+
+
+def test_the_control_plane_deletes_layer_blobs_no_image_uses(cluster, tmp_path):
+    data = os.urandom(4096)
+    digest = cluster.plane.blobs.put(data)
+    cluster.plane.store.write_sync(
+        lambda tx: tx.execute(
+            "INSERT INTO layers (key, digest, size, created_at) VALUES (?, ?, ?, 0)", ("f" * 64, digest, 4096)
+        )
+    )
+    assert asyncio.run(cluster.plane.collect_images()) == [digest]
+    assert not cluster.plane.blobs.exists(digest)
+    assert (
+        cluster.plane.store.write_sync(
+            lambda tx: tx.fetchall("SELECT key FROM layers WHERE key = ?", ("f" * 64,))
+        )
+        == []
+    )

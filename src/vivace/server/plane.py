@@ -15,6 +15,7 @@ from vivace.server.services import apps, calls, containers, workers
 from vivace.server.store import Store, open_store
 
 log = logging.getLogger("vivace.server")
+IMAGE_GC_INTERVAL = 3600.0  # seconds between collections of unused images and layers
 
 
 class ControlPlane:
@@ -39,7 +40,7 @@ class ControlPlane:
         await self.start_loops()
 
     async def start_loops(self) -> None:
-        for loop in (self._autoscale_loop, self._reap_loop):
+        for loop in (self._autoscale_loop, self._reap_loop, self._image_gc_loop):
             self._tasks.append(asyncio.create_task(loop()))
 
     async def stop(self) -> None:
@@ -129,6 +130,25 @@ class ControlPlane:
         for app_id in lapsed:
             log.info("app %s stopped: its client stopped sending heartbeats", app_id)
             await self.stop_app(app_id, "client disconnected")
+
+    async def _image_gc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(IMAGE_GC_INTERVAL)
+            try:
+                await self.collect_images()
+            except Exception:
+                log.exception("image collection failed")
+
+    async def collect_images(self) -> list[str]:
+        """Forget unused images and their layers; delete the layer blobs nothing else uses."""
+        from vivace.server.services import images
+
+        digests = await self.store.write(images.collect)
+        for digest in digests:
+            await asyncio.to_thread(self.blobs.delete, digest)
+        if digests:
+            log.info("image collection: deleted %d layer blob(s) no image uses", len(digests))
+        return digests
 
     async def stop_app(self, app_id: str, reason: str) -> None:
         def op(tx: Any) -> list[str]:

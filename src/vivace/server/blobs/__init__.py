@@ -96,5 +96,9 @@ class LocalBlobStore:
         except FileNotFoundError:
             return None
 
+    def delete(self, sha: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(sha).unlink()
+
     def exists(self, sha: str) -> bool:
         return self._path(sha).exists()

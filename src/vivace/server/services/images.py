@@ -176,3 +176,41 @@ def delete(tx: Tx, image_id: str) -> None:
         get(tx, image_id)  # NotFound if it does not exist
         raise Conflict(f"image {image_id} is being built; delete it when the build ends")
     tx.execute("DELETE FROM build_logs WHERE image_id = ?", (image_id,))
+
+
+IMAGE_TTL = 30 * 86400.0  # an image nobody built, registered or started for this long is forgotten
+LAYER_GRACE = 3600.0  # a layer no image names is kept this long (a build may be about to name it)
+
+
+def collect(tx: Tx, image_ttl: float = IMAGE_TTL, layer_grace: float = LAYER_GRACE) -> list[str]:
+    """Forget images unused for ``image_ttl`` seconds that no function of a running or deployed app
+    names, then layers no image names any more (older than ``layer_grace``). Returns the blob digests
+    that only those layers used, for the caller to delete from the blob store."""
+    named: set[str] = set()
+    for (spec,) in tx.fetchall(
+        "SELECT f.spec FROM functions f JOIN apps a ON a.id = f.app_id WHERE a.state <> 'stopped'"
+    ):
+        image_id = json.loads(spec).get("image_id")
+        if image_id:
+            named.add(image_id)
+    for image_id, used_at in tx.fetchall("SELECT id, used_at FROM images WHERE state <> 'building'"):
+        if image_id not in named and used_at < tx.now - image_ttl:
+            tx.execute("DELETE FROM images WHERE id = ? AND state <> 'building'", (image_id,))
+            tx.execute("DELETE FROM build_logs WHERE image_id = ?", (image_id,))
+    kept: set[str] = set()
+    referenced: set[str] = set()  # blobs the remaining images' steps name (local files, functions)
+    for (steps,) in tx.fetchall("SELECT steps FROM images"):
+        chain = json.loads(steps)
+        kept.update(proto.layer_keys(chain))
+        referenced.update(s["digest"] for s in chain if "digest" in s)
+    doomed = [
+        (key, digest)
+        for key, digest in tx.fetchall(
+            "SELECT key, digest FROM layers WHERE created_at < ?", (tx.now - layer_grace,)
+        )
+        if key not in kept
+    ]
+    for key, _ in doomed:
+        tx.execute("DELETE FROM layers WHERE key = ?", (key,))
+    still = {d for (d,) in tx.fetchall("SELECT digest FROM layers")}
+    return sorted({digest for _, digest in doomed} - still - referenced)
