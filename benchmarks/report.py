@@ -162,7 +162,7 @@ def _row(cells: list[str]) -> str:
 def _images_section(img: Mapping[str, Any]) -> list[str]:
     from benchmarks.images import COLD_PEERS
 
-    packages = ", ".join(f"`{p}`" for p in img.get("packages", ()))
+    packages = ", ".join(f'"{p}"' for p in img.get("packages", ()))
     lines = [
         "## Images: a heavy image's cold start, cached rebuilds, a warm pip layer",
         "",
@@ -172,7 +172,9 @@ def _images_section(img: Mapping[str, Any]) -> list[str]:
         "as an image) with `python3 -c 'import numpy, pandas; print(1)'`. Pool-assisted: after an image's "
         "first start its worker keeps one warm container on the image's root (the runtime started, no "
         "user code imported), so the function's imports are still inside the figure. Median of the starts "
-        "after one untimed start; lower is better."
+        "after one untimed start; lower is better. The control plane and one worker run as in "
+        "`vivace.testing.cluster.LocalCluster` (the control plane in the benchmark's process, reached over "
+        "loopback HTTP; the worker a process of its own, crun)."
         + (f" Measured {img['measured_at']}." if img.get("measured_at") else ""),
         "",
     ]
