@@ -101,6 +101,8 @@ def pulled(imaged, tmp_path_factory):  # noqa: F811
             oci=True,
         )
         os.environ["PULLED_REFERENCE"] = f"{registry.host}/{REPO}:latest"
+        pusher.image("vivace-test/nopy", "1", [layer([directory("etc/"), file("etc/motd", b"no python")])])
+        os.environ["PULLED_NO_PYTHON"] = f"{registry.host}/vivace-test/nopy:1"
         context = tmp_path_factory.mktemp("context")
         (context / "app").mkdir()
         (context / "app/main.py").write_text("print('main')\n")
@@ -114,6 +116,7 @@ def pulled(imaged, tmp_path_factory):  # noqa: F811
     finally:
         os.environ.pop("PULLED_REFERENCE", None)
         os.environ.pop("PULLED_DOCKERFILE", None)
+        os.environ.pop("PULLED_NO_PYTHON", None)
         registry.stop()
 
 
@@ -163,3 +166,8 @@ def test_a_function_runs_in_an_image_from_a_dockerfile(pulled):
         "run": "hi from RUN\n",  # the build argument overrode the ARG's default
         "hello": "hello from the registry",
     }
+
+
+def test_an_image_without_python_fails_its_calls_saying_so(pulled):
+    with pulled.app.run(), pytest.raises(exc.Error, match="has no Python at /usr/bin/python3"):
+        pulled.pythonless.remote()

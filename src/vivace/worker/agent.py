@@ -182,12 +182,19 @@ class Agent:
         config = ImageConfig()
         for step, layer in zip(image["steps"], image["layers"], strict=True):
             config.apply(step, layer.get("config"))
+        python = config.python or "/usr/bin/python3"
+        if not _in_some_layer(paths, python):
+            self.layer_cache.unpin(pinned)
+            raise exc.InvalidError(
+                f"image {image['image_id']} has no Python at {python}: functions need python3 in "
+                "/usr/local/bin or /usr/bin (Image.from_registry(..., add_python='3.12') adds one)"
+            )
         return ImageRootfs(
             image["image_id"],
             list(reversed(paths)),
             dict(config.env),
             config.workdir,
-            python=config.python or "/usr/bin/python3",
+            python=python,
         )
 
     def default_runtime(self) -> ContainerRuntime:
@@ -414,3 +421,8 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _in_some_layer(layers: list[Path], path: str) -> bool:
+    """Whether some layer has an entry at ``path`` (a file or a link to one: a stat of a few dirs)."""
+    return any(os.path.lexists(layer / path.lstrip("/")) for layer in layers)

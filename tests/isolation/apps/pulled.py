@@ -58,3 +58,14 @@ def dockerfile_probe():
         "run": read("/srv/work/run.txt"),
         "hello": read("/opt/app/hello.txt"),  # from the FROM image
     }
+
+
+# an image without Python: its function cannot start, and says why
+no_python = vivace.Image.from_registry(
+    os.environ.get("PULLED_NO_PYTHON", "127.0.0.1:5000/vivace-test/nopy:1")
+)
+
+
+@app.function(image=no_python)
+def pythonless():
+    return "unreachable"
