@@ -585,3 +585,35 @@ def test_overlayfs_honours_unpacked_whiteouts_and_opaque_dirs(tmp_path: Path) ->
     assert ".wh.keep" in names
     assert "dir/.wh..wh..opq" in names and "dir/again" in names
     assert not any(n.startswith("work") for n in names)
+
+
+def test_zstd_packing_round_trips_and_is_deterministic(tmp_path: Path) -> None:
+    require_root()
+    if shutil.which("zstd") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("zstd must be installed in CI: .ci/install-runtimes.sh")
+        pytest.skip("zstd is not installed")
+    make_upper(tmp_path / "upper")
+    first, second = io.BytesIO(), io.BytesIO()
+    digest = pack_layer(tmp_path / "upper", first, "zstd")
+    assert (
+        digest
+        == pack_layer(tmp_path / "upper", second, "zstd")
+        == hashlib.sha256(first.getvalue()).hexdigest()
+    )
+    assert first.getvalue()[:4] == b"\x28\xb5\x2f\xfd"  # zstd's magic
+    gz, _ = packed(tmp_path / "upper")
+    unpack_layer(io.BytesIO(first.getvalue()), tmp_path / "from-zstd")
+    unpack_layer(io.BytesIO(gz), tmp_path / "from-gzip")
+    assert _tree(tmp_path / "from-zstd") == _tree(tmp_path / "from-gzip")
+    with pytest.raises(ValueError, match="gzip or zstd"):
+        pack_layer(tmp_path / "upper", io.BytesIO(), "lz4")
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int, bytes]]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        data = p.read_bytes() if p.is_file() and not p.is_symlink() else b""
+        out[str(p.relative_to(root))] = (st.st_mode, st.st_uid, data)
+    return out

@@ -238,9 +238,9 @@ class ImageBuilder:
                 )
                 if kind == "add_python":
                     layer_config = {"python": "/usr/local/bin/python3"}
-            packed = work / "layer.tar.gz"
+            packed = work / "layer.tar"
             with packed.open("wb") as out:
-                digest = await asyncio.to_thread(layers.pack_layer, upper, out)
+                digest = await asyncio.to_thread(layers.pack_layer, upper, out, layers.fastest_compression())
             size = packed.stat().st_size
             blog(f"{label}: layer {digest[:12]} ({size / 1e6:.1f} MB)")
             await self.api.put_file(f"/v1/blobs/{digest}", packed)  # streamed: layers run to gigabytes

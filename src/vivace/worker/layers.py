@@ -383,8 +383,15 @@ def _feed(src: BinaryIO, sink: BinaryIO, failure: list[BaseException]) -> None:
 # ------------------------------------------------------------------------------------------ packing
 
 
-def pack_layer(upper: Path, out: BinaryIO) -> str:
-    """Write the overlay upper directory ``upper`` to ``out`` as a gzip'd OCI layer tar.
+def fastest_compression() -> str:
+    """``zstd`` where its tool is installed (packing a 77 MB tree: ~1.2 s against 3.8 s with gzip -1,
+    most of it Python's tar walk), else ``gzip``."""
+    return "zstd" if shutil.which("zstd") else "gzip"
+
+
+def pack_layer(upper: Path, out: BinaryIO, compression: str = "gzip") -> str:
+    """Write the overlay upper directory ``upper`` to ``out`` as a compressed OCI layer tar
+    (``compression``: ``gzip`` or ``zstd``; :func:`unpack_layer` reads both).
 
     The tar is deterministic (entries sorted by name, numeric owners without names, mtimes in whole
     seconds, gzip header time 0): the same tree gives the same bytes. Overlay whiteouts become
@@ -396,16 +403,63 @@ def pack_layer(upper: Path, out: BinaryIO) -> str:
             ``redirect_dir=off,metacopy=off``), or cannot be read.
     """
     sink = _HashingWriter(out)
+    if compression == "zstd":
+        with _zstd_writer(sink) as raw:
+            _pack_tree(upper, raw, "w|")  # a pipe: tarfile's stream mode (no seeks)
+        return sink.hexdigest()
+    if compression != "gzip":
+        raise ValueError(f"compression must be gzip or zstd, not {compression!r}")
     # level 1: packing is on every build's critical path (a 77 MB Debian base packs in 3.7 s at level 1
     # against 9.6 s at level 6) and the result is ~15% larger, which a local blob store barely notices
-    with (
-        gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=1) as gz,
-        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
+    with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0, compresslevel=1) as gz:
+        _pack_tree(upper, gz, "w")
+    return sink.hexdigest()
+
+
+def _pack_tree(upper: Path, raw: BinaryIO | gzip.GzipFile, mode: str) -> None:
+    with tarfile.open(fileobj=raw, mode=mode, format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
         links: dict[tuple[int, int], str] = {}
         for rel, st in _walk(str(upper), ""):
             _pack_entry(tar, os.path.join(str(upper), rel), rel, st, links)
-    return sink.hexdigest()
+
+
+@contextlib.contextmanager
+def _zstd_writer(sink: _HashingWriter) -> Iterator[BinaryIO]:
+    """A pipe into ``zstd -1`` whose output a thread copies to ``sink``."""
+    exe = shutil.which("zstd")
+    if exe is None:
+        raise LayerError("zstd compression needs the `zstd` command (apt-get install zstd)")
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            [exe, "-1", "-q", "-c"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        failure: list[BaseException] = []
+
+        def drain() -> None:
+            try:
+                while chunk := proc.stdout.read(_CHUNK):  # type: ignore[union-attr]
+                    sink.write(chunk)
+            except BaseException as e:
+                failure.append(e)
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        try:
+            yield proc.stdin  # type: ignore[misc]
+            proc.stdin.close()
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            reader.join()
+            proc.stdout.close()
+            code = proc.wait()
+        if failure:
+            raise LayerError(f"writing the layer failed: {failure[0]}") from failure[0]
+        if code != 0:
+            err.seek(0)
+            raise LayerError(f"zstd failed: {err.read().decode(errors='replace').strip()}")
 
 
 def _walk(root: str, rel: str) -> Iterator[tuple[str, os.stat_result]]:
