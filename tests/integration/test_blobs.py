@@ -66,6 +66,7 @@ def test_a_body_that_does_not_hash_to_its_address_is_refused_and_leaves_nothing(
 def test_the_control_plane_deletes_layer_blobs_no_image_uses(cluster, tmp_path):
     data = os.urandom(4096)
     digest = cluster.plane.blobs.put(data)
+    os.utime(cluster.plane.blobs.path(digest), (0, 0))  # uploaded long ago
     cluster.plane.store.write_sync(
         lambda tx: tx.execute(
             "INSERT INTO layers (key, digest, size, created_at) VALUES (?, ?, ?, 0)", ("f" * 64, digest, 4096)
@@ -79,3 +80,16 @@ def test_the_control_plane_deletes_layer_blobs_no_image_uses(cluster, tmp_path):
         )
         == []
     )
+
+
+def test_a_blob_uploaded_again_while_it_is_collected_stays(cluster):
+    import time
+
+    blobs = cluster.plane.blobs
+    digest = blobs.put(os.urandom(1024))
+    os.utime(blobs.path(digest), (0, 0))
+    collection_started = time.time() - 1
+    blobs.touch(digest)  # a rebuild uploads the same layer after the collection chose it
+    assert blobs.delete(digest, unless_used_since=collection_started) is False
+    assert blobs.exists(digest)
+    assert blobs.delete(digest) is True and not blobs.exists(digest)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from vivace.protocol.calls import MAX_INLINE_PAYLOAD, OutputStatus
@@ -143,12 +144,15 @@ class ControlPlane:
         """Forget unused images and their layers; delete the layer blobs nothing else uses."""
         from vivace.server.services import images
 
+        started = time.time() - 1.0  # file times are coarse: an upload in the same second counts as new
         digests = await self.store.write(images.collect)
-        for digest in digests:
-            await asyncio.to_thread(self.blobs.delete, digest)
-        if digests:
-            log.info("image collection: deleted %d layer blob(s) no image uses", len(digests))
-        return digests
+        deleted = []
+        for digest in digests:  # unless uploaded again meanwhile (a rebuild of the same layer)
+            if await asyncio.to_thread(self.blobs.delete, digest, started):
+                deleted.append(digest)
+        if deleted:
+            log.info("image collection: deleted %d layer blob(s) no image uses", len(deleted))
+        return deleted
 
     async def stop_app(self, app_id: str, reason: str) -> None:
         def op(tx: Any) -> list[str]:

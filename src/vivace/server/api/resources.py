@@ -306,6 +306,7 @@ async def put_blob(request: Request) -> Response:
         if blobs.exists(sha):  # content-addressed: the same bytes are there already
             async for _ in request.stream():
                 pass
+            blobs.touch(sha)  # a collection that chose it meanwhile leaves it alone
             size = blobs.size(sha)
         else:
             size = await blobs.put_stream(request.stream(), sha, MAX_BLOB)

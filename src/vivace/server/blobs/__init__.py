@@ -96,9 +96,22 @@ class LocalBlobStore:
         except FileNotFoundError:
             return None
 
-    def delete(self, sha: str) -> None:
+    def delete(self, sha: str, unless_used_since: float | None = None) -> bool:
+        """Delete blob ``sha``; with ``unless_used_since``, only if nobody uploaded it again (which
+        :meth:`touch` records) since that time. Returns whether it was deleted."""
+        path = self._path(sha)
+        try:
+            if unless_used_since is not None and path.stat().st_mtime >= unless_used_since:
+                return False
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def touch(self, sha: str) -> None:
+        """Mark the blob just used (an upload of content that was already here)."""
         with contextlib.suppress(FileNotFoundError):
-            self._path(sha).unlink()
+            os.utime(self._path(sha))
 
     def exists(self, sha: str) -> bool:
         return self._path(sha).exists()
