@@ -86,10 +86,28 @@ COLD_AIMS = (
 )
 
 
+def _start_table(cold: Mapping[str, Any], peers: Mapping[str, str]) -> list[str]:
+    """A table of start times, each row beside the crun floor's and docker's medians."""
+    head = ["What starts", "Version", "p50 (ms)", "p90 (ms)", "min (ms)", "vs crun floor", "vs docker"]
+    lines = [_row(head), _row(["---"] * len(head))]
+    floor, docker = cold.get("crun", {}).get("p50_ms"), cold.get("docker", {}).get("p50_ms")
+    for name, label in peers.items():
+        r = cold.get(name)
+        if r is None:
+            continue
+        if "p50_ms" not in r:
+            lines.append(_row([label, _status(r), "—", "—", "—", "—", "—"]))
+            continue
+        cells = [label, str(r.get("version", "")), _fmt_ms(r["p50_ms"]), _fmt_ms(r["p90_ms"]),
+                 _fmt_ms(r["min_ms"])]  # fmt: skip
+        cells += [f"{r['p50_ms'] / x:.2f}x" if x else "—" for x in (floor, docker)]
+        lines.append(_row(cells))
+    return lines
+
+
 def _coldstart_section(cold: Mapping[str, Any]) -> list[str]:
     from benchmarks.coldstart import PEERS as COLD_PEERS
 
-    head = ["What starts", "Version", "p50 (ms)", "p90 (ms)", "min (ms)", "vs crun floor", "vs docker"]
     lines = [
         "## Cold start: zero containers to the first result",
         "",
@@ -101,26 +119,8 @@ def _coldstart_section(cold: Mapping[str, Any]) -> list[str]:
         "container from nothing; pool-assisted hands the function to one of the worker's warm containers. "
         "Median of the starts after one untimed start; lower is better.",
         "",
-        _row(head),
-        _row(["---"] * len(head)),
+        *_start_table(cold, COLD_PEERS),
     ]
-    floor, docker = cold.get("crun", {}).get("p50_ms"), cold.get("docker", {}).get("p50_ms")
-    for name, label in COLD_PEERS.items():
-        r = cold.get(name)
-        if r is None:
-            continue
-        if "p50_ms" not in r:
-            lines.append(_row([label, _status(r), "—", "—", "—", "—", "—"]))
-            continue
-        cells = [
-            label,
-            str(r.get("version", "")),
-            _fmt_ms(r["p50_ms"]),
-            _fmt_ms(r["p90_ms"]),
-            _fmt_ms(r["min_ms"]),
-        ]
-        cells += [f"{r['p50_ms'] / x:.2f}x" if x else "—" for x in (floor, docker)]
-        lines.append(_row(cells))
     lines += ["", "Aims:"]
     for name, base, limit, text in COLD_AIMS:
         a, b = cold.get(name, {}).get("p50_ms"), cold.get(base, {}).get("p50_ms")
@@ -182,21 +182,7 @@ def _images_section(img: Mapping[str, Any]) -> list[str]:
         lines += [f"Not measured completely: {_status(img)}.", ""]
     cold = img.get("coldstart", {})
     if cold:
-        head = ["What starts", "Version", "p50 (ms)", "p90 (ms)", "min (ms)", "vs crun floor", "vs docker"]
-        lines += [_row(head), _row(["---"] * len(head))]
-        floor, docker = cold.get("crun", {}).get("p50_ms"), cold.get("docker", {}).get("p50_ms")
-        for name, label in COLD_PEERS.items():
-            r = cold.get(name)
-            if r is None:
-                continue
-            if "p50_ms" not in r:
-                lines.append(_row([label, _status(r), "—", "—", "—", "—", "—"]))
-                continue
-            cells = [label, str(r.get("version", "")), _fmt_ms(r["p50_ms"]), _fmt_ms(r["p90_ms"]),
-                     _fmt_ms(r["min_ms"])]  # fmt: skip
-            cells += [f"{r['p50_ms'] / x:.2f}x" if x else "—" for x in (floor, docker)]
-            lines.append(_row(cells))
-        lines.append("")
+        lines += [*_start_table(cold, COLD_PEERS), ""]
     rebuild, pip = img.get("rebuild"), img.get("pip") or {}
     if rebuild or pip:
         head = ["What", "n", "p50 (ms)", "p90 (ms)", "min-max (ms)"]

@@ -13,7 +13,7 @@ import contextlib
 import json as jsonlib
 import socket
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, BinaryIO
 from urllib.parse import urlencode, urlsplit
 
@@ -162,12 +162,7 @@ class HttpClient:
             resp, _ = await self._read_response(conn, method)
             return resp
 
-        try:
-            return await asyncio.wait_for(exchange(), timeout)
-        except TimeoutError:
-            raise TimeoutError(f"no answer from {self.host}:{self.port} within {timeout:g} s") from None
-        finally:
-            conn.close()
+        return await self._bounded(conn, exchange(), timeout)
 
     async def fetch_to(self, path: str, dest: BinaryIO, *, timeout: float = 600.0) -> Response:
         """GET ``path``; a successful body goes to ``dest`` in chunks (the response's ``content`` is
@@ -190,8 +185,12 @@ class HttpClient:
                 left -= len(chunk)
             return Response(status, headers, b"")
 
+        return await self._bounded(conn, exchange(), timeout)
+
+    async def _bounded(self, conn: _Conn, exchange: Awaitable[Response], timeout: float) -> Response:
+        """Run a whole exchange on its own connection within ``timeout``, closing the connection after."""
         try:
-            return await asyncio.wait_for(exchange(), timeout)
+            return await asyncio.wait_for(exchange, timeout)
         except TimeoutError:
             raise TimeoutError(f"no answer from {self.host}:{self.port} within {timeout:g} s") from None
         finally:
