@@ -29,7 +29,8 @@ def imaged(tmp_path_factory):
     conf.write_text("baked in\n")
     attached = home / "attached.txt"
     attached.write_text("attached v1")
-    env = {"VIVACE_BASE_CACHE": BASE_CACHE}
+    # the worker's registry credentials (docker login's format), written by the tests that need them
+    env = {"VIVACE_BASE_CACHE": BASE_CACHE, "VIVACE_REGISTRY_AUTH": str(home / "registry-auth.json")}
     old = {k: os.environ.get(k) for k in ("IMAGED_HOST_FILE", "IMAGED_CONF", "IMAGED_ATTACHED")}
     os.environ.update(IMAGED_HOST_FILE=str(host_file), IMAGED_CONF=str(conf), IMAGED_ATTACHED=str(attached))
     try:
@@ -39,6 +40,7 @@ def imaged(tmp_path_factory):
         ):
             module = _load("imaged")
             module.cluster, module.attached = cluster, attached
+            module.registry_auth = home / "registry-auth.json"
             yield module
     finally:
         for k, v in old.items():

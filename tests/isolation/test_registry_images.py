@@ -171,3 +171,44 @@ def test_a_function_runs_in_an_image_from_a_dockerfile(pulled):
 def test_an_image_without_python_fails_its_calls_saying_so(pulled):
     with pulled.app.run(), pytest.raises(exc.Error, match="has no Python at /usr/bin/python3"):
         pulled.pythonless.remote()
+
+
+def test_a_private_registry_is_pulled_with_the_workers_credentials(pulled, imaged, tmp_path):  # noqa: F811
+    import base64
+    import json
+
+    from .conftest import require_runtime
+
+    require_runtime("crun")
+    htpasswd = subprocess.run(
+        ["htpasswd", "-Bbn", "alice", "s3cret-pw"], capture_output=True, text=True, check=True
+    )
+    root = tmp_path / "private"
+    root.mkdir()
+    (root / "htpasswd").write_text(htpasswd.stdout)
+    registry = Registry(
+        root, auth={"htpasswd": {"realm": "vivace-test", "path": str(root / "htpasswd")}}
+    ).start()
+    try:
+        token = "Basic " + base64.b64encode(b"alice:s3cret-pw").decode()
+        Pusher(registry.url, token).image(
+            "team/app", "1", [pulled.base, layer([file("private.txt", b"ours")])]
+        )
+        image = vivace.Image.from_registry(f"{registry.host}/team/app:1")
+        with pytest.raises(exc.ImageBuildError, match="authentication required"):
+            image.build()  # the worker has no credentials for it yet
+        imaged.registry_auth.write_text(
+            json.dumps({"auths": {registry.host: {"auth": base64.b64encode(b"alice:s3cret-pw").decode()}}})
+        )
+        image.build()  # built again (a failed image is retried), now with the worker's credentials
+        lines = imaged.cluster.plane.store.write_sync(
+            lambda tx: [
+                r[0]
+                for r in tx.fetchall("SELECT line FROM build_logs WHERE image_id = ?", (image.object_id,))
+            ]
+        )
+        assert any("with the worker's credentials" in line for line in lines), lines
+        assert not any("s3cret-pw" in line for line in lines)
+    finally:
+        imaged.registry_auth.unlink(missing_ok=True)
+        registry.stop()

@@ -1,6 +1,7 @@
 """Image specs: ids are content hashes of the chain; every bad argument is an InvalidError."""
 
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -231,3 +232,43 @@ def test_run_function_is_a_step_with_its_pickle_uploaded_beside_it():
         base.run_function(_weights, args=(threading.Lock(),))
     with pytest.raises(InvalidError, match="unknown parameter"):
         base.run_function(_weights, colour="red")
+
+
+def test_worker_registry_credentials_come_from_a_docker_style_file(tmp_path):
+    import base64
+    import json
+
+    from vivace.worker.registry import DOCKER_HUB, RegistryError, credentials_file, credentials_for
+
+    path = tmp_path / "config.json"
+    assert credentials_for("ghcr.io", path) is None  # no file: anonymous
+    path.write_text(
+        json.dumps(
+            {
+                "auths": {
+                    "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hub:pw1").decode()},
+                    "ghcr.io": {"username": "gh", "password": "pw2"},
+                    "127.0.0.1:5000": {"auth": base64.b64encode(b"alice:s3:cret").decode()},
+                    "helper.example": {},
+                    "broken.example": {"auth": "%%%"},
+                }
+            }
+        )
+    )
+    assert credentials_for(DOCKER_HUB, path) == ("hub", "pw1")
+    assert credentials_for("ghcr.io", path) == ("gh", "pw2")
+    assert credentials_for("127.0.0.1:5000", path) == ("alice", "s3:cret")
+    assert credentials_for("quay.io", path) is None
+    with pytest.raises(RegistryError, match="credential helper"):
+        credentials_for("helper.example", path)
+    with pytest.raises(RegistryError, match="malformed") as err:
+        credentials_for("broken.example", path)
+    assert "%%%" not in str(err.value)
+    path.write_text("{not json")
+    with pytest.raises(RegistryError, match="cannot be read"):
+        credentials_for("ghcr.io", path)
+    assert credentials_file({"VIVACE_REGISTRY_AUTH": "/etc/vivace/auth.json"}) == Path(
+        "/etc/vivace/auth.json"
+    )
+    assert credentials_file({"DOCKER_CONFIG": "/cfg", "HOME": "/root"}) == Path("/cfg/config.json")
+    assert credentials_file({"HOME": "/home/w"}) == Path("/home/w/.docker/config.json")

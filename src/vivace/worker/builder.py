@@ -272,8 +272,13 @@ class ImageBuilder:
         workers fetch from the blob store without asking the registry. Returns the image's config."""
         from vivace.worker import registry
 
-        blog(f"{label}: pulling {reference} ({registry.host_platform()})")
-        pulled = await registry.pull_async(reference, self.pulls, platform=registry.host_platform())
+        source = registry.credentials_file()
+        auth = registry.credentials_for(registry.parse_reference(reference).registry, source)
+        with_auth = f" with the worker's credentials from {source}" if auth else ""
+        blog(f"{label}: pulling {reference} ({registry.host_platform()}){with_auth}")
+        pulled = await registry.pull_async(
+            reference, self.pulls, auth=auth, platform=registry.host_platform()
+        )
         blog(
             f"{label}: {pulled.reference}@{pulled.manifest_digest[:19]}: {len(pulled.layers)} layer(s), "
             f"{len(pulled.downloaded)} downloaded"

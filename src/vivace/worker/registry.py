@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +49,8 @@ __all__ = [
     "PulledImage",
     "Reference",
     "RegistryError",
+    "credentials_file",
+    "credentials_for",
     "host_platform",
     "parse_reference",
     "pull",
@@ -246,6 +248,53 @@ async def pull_async(
     return await asyncio.to_thread(
         pull, reference, layers_dir, auth=auth, platform=platform, insecure=insecure
     )
+
+
+def credentials_file(env: Mapping[str, str] | None = None) -> Path:
+    """Where the worker's registry credentials are: ``$VIVACE_REGISTRY_AUTH``, else Docker's own
+    ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json`` (what ``docker login`` writes)."""
+    env = os.environ if env is None else env
+    if env.get("VIVACE_REGISTRY_AUTH"):
+        return Path(env["VIVACE_REGISTRY_AUTH"])
+    if env.get("DOCKER_CONFIG"):
+        return Path(env["DOCKER_CONFIG"]) / "config.json"
+    return Path(env.get("HOME") or Path.home()) / ".docker" / "config.json"
+
+
+def credentials_for(registry: str, path: Path) -> tuple[str, str] | None:
+    """``(user, password)`` for ``registry`` from a Docker-style config file (``auths`` entries with
+    ``auth`` = base64 of ``user:password``, or ``username`` and ``password``), or None.
+
+    Raises RegistryError when the file exists but cannot be read as one (never showing its content)."""
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise RegistryError(f"registry credentials in {path} cannot be read: {type(err).__name__}") from None
+    auths = doc.get("auths") if isinstance(doc, dict) else None
+    if not isinstance(auths, dict):
+        return None
+    for key, entry in auths.items():
+        host = urllib.parse.urlsplit(key if "://" in key else f"//{key}").netloc
+        if (DOCKER_HUB if host in _HUB_ALIASES else host) != registry or not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("auth"), str):
+            try:
+                user, sep, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                raise RegistryError(f"the credentials for {registry} in {path} are malformed") from None
+            if sep:
+                return user, password
+        if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
+            return entry["username"], entry["password"]
+        if not entry:  # `docker login` with a credential helper leaves an empty entry
+            raise RegistryError(
+                f"the credentials for {registry} are kept by a credential helper (credsStore in {path}), "
+                "which the worker does not run: write them to a file named by VIVACE_REGISTRY_AUTH"
+            )
+        raise RegistryError(f"the credentials for {registry} in {path} are malformed")
+    return None
 
 
 def host_platform() -> str:
