@@ -17,7 +17,6 @@ import os
 import secrets
 import sys
 import tarfile
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -397,12 +396,8 @@ class Image:
                 image = image.entrypoint(op.value)
             elif op.kind == "cmd":
                 image = image.cmd(op.value)
-            elif op.kind == "user":
-                warnings.warn(
-                    f"{source} line {op.line}: USER {op.value} is ignored: functions run as root inside "
-                    "their container's own user namespace (an unprivileged user on the host)",
-                    stacklevel=3,
-                )
+            elif op.kind == "user":  # later RUN steps and the functions run as that user
+                image = image._add({"kind": "user", "name": op.value}, False)
         return image
 
     def run_function(

@@ -37,7 +37,10 @@ ENV APP_HOME=/srv/app \\
     MODE=test
 COPY app/ ${APP_HOME}/
 WORKDIR /srv/work
-RUN echo "$GREETING from RUN" > run.txt
+RUN echo "$GREETING from RUN" > run.txt && echo "appuser:x:1500:1500::/home/appuser:/bin/sh" >> /etc/passwd \\
+    && echo "appuser:x:1500:" >> /etc/group && mkdir -p /home/appuser && chown 1500:1500 /home/appuser
+USER appuser
+RUN id -un > /home/appuser/whoami
 CMD ["python3", "main.py"]
 """
 
@@ -165,6 +168,9 @@ def test_a_function_runs_in_an_image_from_a_dockerfile(pulled):
         "secret_copied": False,
         "run": "hi from RUN\n",  # the build argument overrode the ARG's default
         "hello": "hello from the registry",
+        "uid": 1500,  # USER: the function runs as appuser, as the RUN after it did
+        "whoami": "appuser\n",
+        "home": "/home/appuser",
     }
 
 

@@ -201,8 +201,12 @@ def test_a_dockerfile_becomes_one_step_per_instruction(tmp_path):
         image.dockerfile_commands("FROM debian")
     with pytest.raises(InvalidError, match="cannot read the Dockerfile"):
         Image.from_dockerfile(tmp_path / "missing")
-    with pytest.warns(UserWarning, match="USER nobody is ignored"):
-        image.dockerfile_commands("USER nobody")
+    assert image.dockerfile_commands("USER nobody:nogroup").steps()[-1] == {
+        "kind": "user",
+        "name": "nobody:nogroup",
+    }
+    with pytest.raises(InvalidError, match="user"):
+        image.dockerfile_commands("USER bad/name")
 
 
 def _weights(name):
@@ -272,3 +276,24 @@ def test_worker_registry_credentials_come_from_a_docker_style_file(tmp_path):
     )
     assert credentials_file({"DOCKER_CONFIG": "/cfg", "HOME": "/root"}) == Path("/cfg/config.json")
     assert credentials_file({"HOME": "/home/w"}) == Path("/home/w/.docker/config.json")
+
+
+def test_user_names_resolve_from_the_images_own_files(tmp_path):
+    from vivace.exception import ImageBuildError
+    from vivace.worker.builder import resolve_user
+
+    lower, upper = tmp_path / "lower", tmp_path / "upper"
+    (lower / "etc").mkdir(parents=True)
+    (lower / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\nold:x:500:500::/home/old:/bin/sh\n")
+    (upper / "etc").mkdir(parents=True)
+    (upper / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n")
+    (upper / "etc/group").write_text("root:x:0:\napp:x:1000:\nstaff:x:50:app\n")
+    layers = [upper, lower]  # top first: the upper's passwd is the one the container sees
+    assert resolve_user("root", layers) is None and resolve_user("", layers) is None
+    assert resolve_user("app", layers) == (1000, 1000, "/home/app")
+    assert resolve_user("app:staff", layers) == (1000, 50, "/home/app")
+    assert resolve_user("1234:99", layers) == (1234, 99, "/")
+    with pytest.raises(ImageBuildError, match="no user 'old'"):
+        resolve_user("old", layers)
+    with pytest.raises(ImageBuildError, match="no group 'wheel'"):
+        resolve_user("app:wheel", layers)

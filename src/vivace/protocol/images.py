@@ -22,6 +22,7 @@ APT_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9-]+)?(=[A-Za-z0-9.+~:_-]
 # shell metacharacter that could end the argument (the worker also quotes every argument)
 PIP_REQUIREMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-\[\], <>=!~*:/@+'\";()]*")
 PYTHON_VERSION = re.compile(r"3\.[0-9]{1,2}(\.[0-9]{1,2})?")
+USER_SPEC = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,63})?")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 DIGEST = re.compile(r"[0-9a-f]{64}")
 
@@ -39,11 +40,12 @@ STEP_FIELDS: Dict[str, Any] = {
     "workdir": ({"path"}, set()),
     "entrypoint": ({"argv"}, set()),
     "cmd": ({"argv"}, set()),
+    "user": ({"name"}, set()),
     "add_files": ({"digest", "remote"}, {"copy"}),
     "force_build": ({"nonce"}, set()),
 }
 BASE_KINDS = {"debian_slim", "from_registry"}
-METADATA_KINDS = {"env", "workdir", "entrypoint", "cmd"}  # no files: the layer is empty
+METADATA_KINDS = {"env", "workdir", "entrypoint", "cmd", "user"}  # no files: the layer is empty
 
 
 class StepError(ValueError):
@@ -189,6 +191,11 @@ def _files(step: Dict[str, Any]) -> None:
         raise StepError("copy must be true or false")
 
 
+def _user(step: Dict[str, Any]) -> None:
+    if not isinstance(step["name"], str) or not USER_SPEC.fullmatch(step["name"]):
+        raise StepError(f"name must be a user (or uid), optionally :group, got {step['name']!r}")
+
+
 def _function(step: Dict[str, Any]) -> None:
     if not isinstance(step["digest"], str) or not DIGEST.fullmatch(step["digest"]):
         raise StepError("digest must be the hex sha256 of the pickled function")
@@ -207,6 +214,7 @@ _CHECKS = {
     "from_registry": _registry,
     "add_python": _add_python,
     "run_function": _function,
+    "user": _user,
     "apt_install": _apt,
     "pip_install": _pip,
     "uv_pip_install": _pip,

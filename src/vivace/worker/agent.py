@@ -168,7 +168,7 @@ class Agent:
 
     async def _image_rootfs(self, image: dict[str, Any]) -> ImageRootfs:
         """The image's layers in this worker's cache (fetched from the blob store when missing)."""
-        from vivace.worker.builder import ImageConfig
+        from vivace.worker.builder import ImageConfig, resolve_user
 
         wanted = [(layer["key"], layer["digest"]) for layer in image["layers"]]
         wanted += [(f"files-{d}", d) for d in image.get("mounts") or []]  # add_local_*(copy=False): on top
@@ -189,12 +189,18 @@ class Agent:
                 f"image {image['image_id']} has no Python at {python}: functions need python3 in "
                 "/usr/local/bin or /usr/bin (Image.from_registry(..., add_python='3.12') adds one)"
             )
+        try:
+            user = await asyncio.to_thread(resolve_user, config.user, list(reversed(paths)))
+        except exc.ImageBuildError as err:
+            self.layer_cache.unpin(pinned)
+            raise exc.InvalidError(f"image {image['image_id']}: {err}") from None
         return ImageRootfs(
             image["image_id"],
             list(reversed(paths)),
             dict(config.env),
             config.workdir,
             python=python,
+            user=user,
         )
 
     def default_runtime(self) -> ContainerRuntime:

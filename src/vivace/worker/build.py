@@ -372,6 +372,7 @@ def run_step(
     userns: bool | None = None,
     timeout: float | None = None,
     binds: list[tuple[str, Path]] = (),  # type: ignore[assignment]
+    user: tuple[int, int, str] | None = None,
 ) -> None:
     """Run ``commands`` (each ``/bin/sh -c``, in order, stopping at the first failure) in a build
     container over ``lowers`` (read-only, top first) with ``upper`` (empty or missing) as its writable
@@ -404,7 +405,7 @@ def run_step(
     tail = _Tail(log)
     with _BuildContainer(rt, key, use_userns) as box:
         box.mount(lowers, upper, uv_cache)
-        box.configure(env, workdir, limits, network, netns, uv, host_env, list(binds))
+        box.configure(env, workdir, limits, network, netns, uv, host_env, list(binds), user)
         for command in commands:
             tail.append(f"$ {command}")
             code = box.run(command, tail.append, timeout)
@@ -528,6 +529,7 @@ class _BuildContainer:
         uv: Path | None,
         host_env: Mapping[str, str],
         extra: list[tuple[str, Path]] = (),  # type: ignore[assignment]
+        user: tuple[int, int, str] | None = None,
     ) -> None:
         self.cgroup = ContainerCgroup(self.rt.cgroups, f"vivace/{self.key}/build-{self.id}")
         self._stack.callback(self.cgroup.remove)
@@ -571,7 +573,9 @@ class _BuildContainer:
             rlimit_nofile=_nofile_limit(), resolv_conf=resolv, hostname="vivace-build", userns=self.userns,
             root_path=str(self.scratch / "root"),
         )  # fmt: skip
-        self.config = _build_config(config, build_env, workdir, binds)
+        if user is not None:  # Dockerfile USER: the step runs as that user, with no capabilities
+            build_env["HOME"] = user[2]
+        self.config = _build_config(config, build_env, workdir, binds, user)
         self.stubs = _missing_mount_points(self.scratch / "root", self.config["mounts"])
         (self.scratch / "bundle").mkdir()
 
@@ -598,7 +602,11 @@ class _BuildContainer:
 
 
 def _build_config(
-    config: dict[str, Any], env: Mapping[str, str], workdir: str, binds: list[tuple[str, Path, bool]]
+    config: dict[str, Any],
+    env: Mapping[str, str],
+    workdir: str,
+    binds: list[tuple[str, Path, bool]],
+    user: tuple[int, int, str] | None = None,
 ) -> dict[str, Any]:
     """A function container's config made a build container's: no vivace socket or runtime, a tmpfs at
     ``/run`` (before anything that may be bound under it) with the build-only binds, the step's process."""
@@ -612,6 +620,11 @@ def _build_config(
     caps = {k: list(BUILD_CAPABILITIES) for k in ("bounding", "effective", "permitted")}
     env_list = [f"{k}={v}" for k, v in env.items()]
     process = {**config["process"], "env": env_list, "cwd": workdir, "capabilities": caps}
+    if user is not None:
+        process["user"] = {"uid": user[0], "gid": user[1]}
+        process["capabilities"] = {
+            k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")
+        }
     return {**config, "mounts": mounts, "process": process}
 
 

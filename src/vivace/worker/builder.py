@@ -221,6 +221,7 @@ class ImageBuilder:
                     bundle = await asyncio.to_thread(images.runtime_bundle, self.layers.parent)
                     binds = [(build.FUNCTION_IN_CONTAINER, payload), (build.RUNTIME_IN_BUILD, bundle)]
                 commands = build.commands_for(step)
+                user = await asyncio.to_thread(resolve_user, config.user, lowers)
                 await asyncio.to_thread(
                     build.run_step,
                     list(lowers),
@@ -235,6 +236,7 @@ class ImageBuilder:
                     uv_cache=self.uv_cache,
                     timeout=STEP_TIMEOUT,
                     binds=binds,
+                    user=user,
                 )
                 if kind == "add_python":
                     layer_config = {"python": "/usr/local/bin/python3"}
@@ -362,6 +364,8 @@ class ImageConfig:
             self.entrypoint = list(step["argv"])
         elif kind == "cmd":
             self.cmd = list(step["argv"])
+        elif kind == "user":
+            self.user = step["name"]
 
     def build_env(self) -> dict[str, str]:
         return dict(self.env)
@@ -466,3 +470,35 @@ def squash(layer_dirs: list[Path], dest: Path) -> None:
         )  # fmt: skip
         if proc.returncode != 0:
             raise exc.ImageBuildError(f"could not merge the image's layers: {proc.stderr.strip()[-2000:]}")
+
+
+def resolve_user(spec: str, layers: list[Path]) -> tuple[int, int, str] | None:
+    """``USER`` (``name``, ``uid``, ``name:group``, ``uid:gid``) as (uid, gid, home) from the image's own
+    ``/etc/passwd`` and ``/etc/group`` (the topmost layer that has each); None for root.
+
+    Raises ImageBuildError for a name the image does not know."""
+    if spec in ("", "root", "0", "0:0", "root:root"):
+        return None
+    name, _, group = spec.partition(":")
+    passwd = _image_table(layers, "etc/passwd")
+    entry = next((e for e in passwd if name in (e[0], e[2])), None)
+    if entry is None and not name.isdigit():
+        raise exc.ImageBuildError(f"USER {spec}: the image's /etc/passwd has no user {name!r}")
+    uid = int(entry[2]) if entry else int(name)
+    gid = int(entry[3]) if entry else uid
+    home = entry[5] if entry and len(entry) > 5 and entry[5] else "/"
+    if group:
+        found = next((e for e in _image_table(layers, "etc/group") if group in (e[0], e[2])), None)
+        if found is None and not group.isdigit():
+            raise exc.ImageBuildError(f"USER {spec}: the image's /etc/group has no group {group!r}")
+        gid = int(found[2]) if found else int(group)
+    return uid, gid, home
+
+
+def _image_table(layers: list[Path], rel: str) -> list[list[str]]:
+    for layer in layers:  # top first: the first that has the file wins, as in the container
+        path = layer / rel
+        if path.is_file() and not path.is_symlink():
+            rows = [line.split(":") for line in path.read_text(errors="replace").splitlines()]
+            return [r for r in rows if len(r) >= 4 and r[2].isdigit()]
+    return []

@@ -57,6 +57,9 @@ def dockerfile_probe():
         "secret_copied": os.path.exists("/srv/app/secret.key"),  # .dockerignore'd
         "run": read("/srv/work/run.txt"),
         "hello": read("/opt/app/hello.txt"),  # from the FROM image
+        "uid": os.getuid(),
+        "whoami": read("/home/appuser/whoami"),
+        "home": os.environ.get("HOME"),
     }
 
 

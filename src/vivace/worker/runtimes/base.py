@@ -58,6 +58,7 @@ class ImageRootfs:
     env: dict[str, str] = field(default_factory=dict)
     workdir: str = "/"
     python: str = "/usr/bin/python3"  # the interpreter the runtime runs under
+    user: tuple[int, int, str] | None = None  # Dockerfile/registry USER: (uid, gid, home); None: root
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,12 @@ _BOOT = (
 )
 
 
+def _cwd(image: ImageRootfs | None) -> str:
+    if image is not None and image.workdir != "/":
+        return image.workdir
+    return image.user[2] if image is not None and image.user else "/root"
+
+
 def image_args(image: ImageRootfs) -> list[str]:
     return [image.python, "-c", _BOOT.format(mount=images.RUNTIME_MOUNT)]
 
@@ -149,6 +155,9 @@ def oci_config(
     }
     if warm:
         env["VIVACE_WARM"] = "1"
+    user = image.user if image is not None else None
+    if user is not None:
+        env["HOME"] = user[2]
     if gpu is not None:  # gpus.oci_gpu_config: exactly the assigned GPUs, the driver's files
         env.update(gpu["env"])
         env["PATH"] = PATH + ":" + gpus.DRIVER_BIN_DIR
@@ -205,12 +214,12 @@ def oci_config(
         "ociVersion": "1.0.2",
         "process": {
             "terminal": False,
-            "user": {"uid": 0, "gid": 0},
+            "user": {"uid": user[0], "gid": user[1]} if user else {"uid": 0, "gid": 0},
             "args": ["/usr/local/bin/python3", "-m", "vivace.runtime"]
             if image is None
             else image_args(image),
             "env": [f"{k}={v}" for k, v in env.items() if k != "PYTHONPATH" or v],
-            "cwd": "/root" if image is None or image.workdir == "/" else image.workdir,
+            "cwd": _cwd(image),
             "capabilities": {k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": rlimit_nofile, "soft": rlimit_nofile}],
             "noNewPrivileges": True,
@@ -631,7 +640,7 @@ def image_key(image: ImageRootfs | None) -> tuple[str, ...] | None:
     if image is None:
         return None
     env = tuple(f"{k}={v}" for k, v in sorted(image.env.items()))
-    return (image.image_id, image.python, image.workdir, *map(str, image.layers), *env)
+    return (image.image_id, image.python, image.workdir, str(image.user), *map(str, image.layers), *env)
 
 
 class WarmPool:
