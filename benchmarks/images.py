@@ -44,6 +44,7 @@ IMPORT_ONE = ["/usr/bin/python3", "-c", "import numpy, pandas; print(1)"]
 TAG = "vivace-images:heavy"
 
 COLD_PEERS: dict[str, str] = {
+    "process": "a fresh `python3 -c 'import numpy, pandas'` on the host: no container (the same packages)",
     "crun": "`crun run` of `python3 -c 'import numpy, pandas'`, root already mounted (floor)",
     "docker": "`docker run --rm --network none IMG python3 -c 'import numpy, pandas'`",
     "podman": "`podman run --rm --network none IMG python3 -c 'import numpy, pandas'`",
@@ -85,6 +86,8 @@ def run(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
             _merge_root(cluster, app, rootfs)
             uv_cache = cluster.home / "worker" / "images" / "uv-cache"
             out["pip"]["uv"] = _uv_offline(uv_cache, work / "uv", max(3, n // 3))
+            log(f"images: fresh processes ({n})")
+            out["coldstart"]["process"] = _peer(lambda: _fresh_process(uv_cache, work / "site", n))
         with _cluster(work / "pool", warm_pool=1) as (cluster, app):
             log(f"images: pool-assisted starts ({n})")
             app.image.build()
@@ -236,6 +239,23 @@ def _uv_offline(cache: Path, work: Path, n: int) -> dict[str, Any]:
         shutil.rmtree(target, ignore_errors=True)
     version = subprocess.run([str(uv), "--version"], capture_output=True, text=True).stdout.strip()
     return {"status": "ok", "version": version, **latency_summary(samples)}
+
+
+def _fresh_process(cache: Path, site: Path, n: int) -> tuple[str, list[float]]:
+    """The imports alone: this machine's Python (the image's minor) with the same packages, no container."""
+    from vivace.worker.build import find_uv
+
+    uv = find_uv()
+    assert uv is not None
+    subprocess.run(
+        [str(uv), "pip", "install", "--offline", "--compile-bytecode", "--cache-dir", str(cache),
+         "--python", sys.executable, "--target", str(site), *_app().PACKAGES],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    argv = [sys.executable, "-c", "import numpy, pandas; print(1)"]
+    samples = [coldstart._time_start(argv, env=env) for _ in range(n + 1)][1:]
+    return f"Python {sys.version.split()[0]}", samples
 
 
 def _merge_root(cluster: Any, app: Any, dest: Path) -> None:
