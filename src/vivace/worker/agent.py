@@ -29,7 +29,7 @@ from vivace.worker.runtimes import FUNCTION_DEFAULTS, ContainerRuntime, RuntimeC
 from vivace.worker.runtimes.base import ImageRootfs
 from vivace.worker.runtimes.oci import mounted_under, unmount
 from vivace.worker.sources import SourceCache
-from vivace.worker.supervisor import ContainerSupervisor
+from vivace.worker.supervisor import ContainerSupervisor, socket_path_for
 
 log = logging.getLogger("vivace.worker")
 
@@ -242,7 +242,7 @@ class Agent:
             unmount(m)
         if cdir.exists():
             for d in cdir.iterdir():
-                shutil.rmtree(d, ignore_errors=True)
+                remove_container_files(d)
         return previous
 
     async def _register(self, previous: str | None) -> None:
@@ -432,3 +432,12 @@ def _is_loopback(host: str) -> bool:
 def _in_some_layer(layers: list[Path], path: str) -> bool:
     """Whether some layer has an entry at ``path`` (a file or a link to one: a stat of a few dirs)."""
     return any(os.path.lexists(layer / path.lstrip("/")) for layer in layers)
+
+
+def remove_container_files(cdir: Path) -> None:
+    """A dead container's directory, and its socket's directory where that had to live elsewhere (a
+    short path under the temporary directory, when the worker's directory is deep)."""
+    shutil.rmtree(cdir, ignore_errors=True)
+    sock = socket_path_for(cdir, cdir.name).parent
+    if sock != cdir / "sock":
+        shutil.rmtree(sock, ignore_errors=True)
