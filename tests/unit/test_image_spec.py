@@ -160,7 +160,7 @@ def test_the_interpreter_is_found_through_the_images_own_symlinks(tmp_path):
 
 
 def test_add_python_installs_a_managed_interpreter_on_path():
-    from vivace.worker.build import commands_for
+    from vivace.worker.step_commands import commands_for
 
     install, link = commands_for({"kind": "add_python", "python_version": "3.12"})
     assert "python install --no-bin 3.12" in install and "UV_PYTHON_DOWNLOADS=automatic" in install

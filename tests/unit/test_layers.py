@@ -589,10 +589,7 @@ def test_overlayfs_honours_unpacked_whiteouts_and_opaque_dirs(tmp_path: Path) ->
 
 def test_zstd_packing_round_trips_and_is_deterministic(tmp_path: Path) -> None:
     require_root()
-    if shutil.which("zstd") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("zstd must be installed in CI: .ci/install-runtimes.sh")
-        pytest.skip("zstd is not installed")
+    require_zstd()
     make_upper(tmp_path / "upper")
     first, second = io.BytesIO(), io.BytesIO()
     digest = pack_layer(tmp_path / "upper", first, "zstd")

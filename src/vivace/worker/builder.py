@@ -192,7 +192,7 @@ class ImageBuilder:
     ) -> tuple[Path, dict[str, Any] | None]:
         """Build one layer, store it, move it into the cache: its directory and what it sets besides
         files (a registry image's config, the interpreter a base provides)."""
-        from vivace.worker import build, layers
+        from vivace.worker import build, layers, step_commands
 
         work = Path(tempfile.mkdtemp(prefix="layer-", dir=self.scratch))
         upper = work / "upper"
@@ -219,8 +219,11 @@ class ImageBuilder:
 
                     payload = await self._download(step["digest"], work / "function.pkl")
                     bundle = await asyncio.to_thread(images.runtime_bundle, self.layers.parent)
-                    binds = [(build.FUNCTION_IN_CONTAINER, payload), (build.RUNTIME_IN_BUILD, bundle)]
-                commands = build.commands_for(step)
+                    binds = [
+                        (step_commands.FUNCTION_IN_CONTAINER, payload),
+                        (step_commands.RUNTIME_IN_BUILD, bundle),
+                    ]
+                commands = step_commands.commands_for(step)
                 user = await asyncio.to_thread(resolve_user, config.user, lowers)
                 await asyncio.to_thread(
                     build.run_step,

@@ -10,16 +10,17 @@ image = vivace.Image.from_registry(REFERENCE).run_commands("echo built on top > 
 app = vivace.App("pulled", image=image)
 
 
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 @app.function()
 def probe():
     import sys
-
-    def read(path):
-        try:
-            with open(path) as f:
-                return f.read()
-        except OSError:
-            return None
 
     return {
         "hello": read("/opt/app/hello.txt"),
@@ -43,13 +44,6 @@ docker_image = vivace.Image.from_dockerfile(
 
 @app.function(image=docker_image)
 def dockerfile_probe():
-    def read(path):
-        try:
-            with open(path) as f:
-                return f.read()
-        except OSError:
-            return None
-
     return {
         "cwd": os.getcwd(),
         "mode": os.environ.get("MODE"),
