@@ -442,3 +442,21 @@ def test_a_function_whose_containers_cannot_start_keeps_no_warm_containers(h: An
     assert h.containers() == []  # min_containers is not kept up for a broken function
     h.call(fid, n=1)
     assert len(h.containers()) == 1  # a new input still gets a container (to fail it with the traceback)
+
+
+def test_a_deep_backlog_waits_on_a_bounded_number_of_unplaced_containers(h: Any) -> None:
+    from vivace.server.services.containers import MAX_UNPLACED
+
+    fid = h.function()  # no max_containers: the backlog alone decides how many it wants
+    h.call(fid, n=MAX_UNPLACED + 40)
+    first = h.w(containers.autoscale)
+    assert len(first.created) == MAX_UNPLACED and first.capped
+    # none placed yet (no worker): no more rows, however deep the queue
+    again = h.w(containers.autoscale)
+    assert again.created == [] and again.capped
+    live = "SELECT COUNT(*) FROM containers WHERE function_id = ? AND state = 'pending'"
+    assert h.one(live, (fid,)) == MAX_UNPLACED
+    h.worker()  # room for all of them (64 cores, 0.125 each)
+    assert len(h.w(containers.schedule)) == MAX_UNPLACED
+    rest = h.w(containers.autoscale)
+    assert len(rest.created) == 40 and not rest.capped

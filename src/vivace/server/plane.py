@@ -99,6 +99,8 @@ class ControlPlane:
         placed = await self.store.write(containers.schedule)
         if res.created or res.stopping or placed:
             self.workers_changed()
+        if res.capped and placed:
+            self.notifier.wake("autoscale")  # room for more unplaced containers: go on scaling out
         failed = await self.store.write(_fail_unplaceable)
         if failed:
             self.outputs_changed(failed)

@@ -23,12 +23,18 @@ from vivace.server.store.base import Tx
 LIVE = "('pending', 'assigned', 'running')"
 
 MAX_START_FAILURES = 3  # containers in a row that exit before starting: then the function is broken
+MAX_UNPLACED = 256
+"""Containers of one function waiting for a worker, at most. A deep backlog (a million queued inputs and
+no ``max_containers``) would otherwise become as many container rows in one tick, and every later tick
+would read them all; the autoscaler adds more as these are placed."""
 
 
 @dataclass
 class AutoscaleResult:
     created: list[str]
     stopping: list[str]
+    capped: bool = False
+    """Some function wanted more containers than ``MAX_UNPLACED`` allowed: tick again once placed."""
 
 
 def autoscale(tx: Tx) -> AutoscaleResult:
@@ -40,7 +46,7 @@ def autoscale(tx: Tx) -> AutoscaleResult:
         spec = json.loads(spec_json)
         broken = int(start_failures) >= MAX_START_FAILURES  # keep no warm containers of a broken function
         rows = tx.fetchall(
-            f"SELECT id, held, last_active_at FROM containers WHERE function_id = ? AND state IN {LIVE}",
+            f"SELECT id, held, last_active_at, state FROM containers WHERE function_id = ? AND state IN {LIVE}",
             (fid,),
         )
         snap = Snapshot(
@@ -56,7 +62,10 @@ def autoscale(tx: Tx) -> AutoscaleResult:
             idle=tuple(IdleContainer(r[0], float(r[2])) for r in rows if r[1] == 0),
         )
         p = plan(snap, tx.now)
-        for _ in range(p.start):
+        room = max(0, MAX_UNPLACED - sum(1 for r in rows if r[3] == "pending"))
+        if p.start > room:
+            result.capped = True
+        for _ in range(min(p.start, room)):
             result.created.append(_create(tx, fid, app_id, spec))
         for cid in p.stop:
             request_stop(tx, cid, "scaled down")
