@@ -28,6 +28,13 @@ def write_charts(results: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
             path = out_dir / f"{bench.name}.png"
             _bar_chart(bench, rows, path, results["machine"])
             written[bench.name] = path
+    if (results.get("autoscale") or {}).get("peers"):
+        from benchmarks import autoscale
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "autoscale.png"
+        if autoscale.chart(results["autoscale"], path, results["machine"]):
+            written["autoscale"] = path
     return written
 
 

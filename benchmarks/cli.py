@@ -6,11 +6,12 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import coldstart, driver, images
+from benchmarks import autoscale, coldstart, driver, images, repro, scale
 from benchmarks.charts import write_charts
 from benchmarks.config import FULL, QUICK, RunConfig
 from benchmarks.machine import machine_info
@@ -18,8 +19,13 @@ from benchmarks.registry import BENCHMARKS, PEERS
 from benchmarks.report import render_markdown
 
 SCHEMA = 1
-COLDSTART = "coldstart"
-IMAGES = "images"
+SECTIONS: dict[str, Callable[[RunConfig, Callable[[str], None]], dict[str, Any]]] = {
+    "coldstart": coldstart.run,
+    "images": images.run,
+    "autoscale": autoscale.run,
+    "scale": scale.run,
+}
+"""Benchmarks that drive Vivace and its peers themselves, each writing one section of the results."""
 RESULTS = driver.REPO_ROOT / "benchmarks" / "results" / "latest.json"
 DOCS = driver.REPO_ROOT / "docs" / "benchmarks.md"
 CHARTS = driver.REPO_ROOT / "docs" / "benchmarks"
@@ -29,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         peers = _pick(args.only, [p.name for p in PEERS], "peer")
-        benches = _pick(args.bench, [b.name for b in BENCHMARKS] + [COLDSTART, IMAGES], "benchmark")
+        benches = _pick(args.bench, [b.name for b in BENCHMARKS] + list(SECTIONS), "benchmark")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -37,34 +43,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = json.loads(args.results.read_text())
     else:
         config = _config(args)
-        call_benches = [b for b in benches if b not in (COLDSTART, IMAGES)]
+        call_benches = [b for b in benches if b not in SECTIONS]
+        sections: dict[str, Any] = {}
+        started = time.monotonic()
         try:
             peer_results = driver.run_all(peers, call_benches, config, args.verbose) if call_benches else {}
-            cold = coldstart.run(config, _say) if COLDSTART in benches else None
-            imaged = images.run(config, _say) if IMAGES in benches else None
+            for name in benches:
+                if name in SECTIONS:
+                    sections[name] = SECTIONS[name](config, _say)
         except KeyboardInterrupt:
             print("[bench] interrupted; the peer in progress was stopped, nothing written", file=sys.stderr)
             return 130
         results = _document(config, benches, peer_results)
-        if args.merge and not call_benches and args.results.exists():
-            # keep the other sections of the last run; replace only what ran now
-            results = json.loads(args.results.read_text())
-        if cold is not None:
-            results["coldstart"] = cold
-        if imaged is not None:
-            results["images"] = imaged
+        results["wall_s"] = round(time.monotonic() - started, 1)
+        previous = json.loads(args.results.read_text()) if args.results.exists() else None
+        if args.merge and previous is not None:
+            results = _merge(previous, results, bool(call_benches), list(sections))
+        results.update(sections)
+        if previous is not None:
+            results["reproducibility"] = repro.compare(previous, results)
         _write_atomic(args.results, json.dumps(results, indent=2) + "\n")
-        print(f"[bench] wrote {_show(args.results)}", file=sys.stderr)
+        print(
+            f"[bench] wrote {_show(args.results)} ({results['wall_s']:.0f} s of measuring)", file=sys.stderr
+        )
     write_docs(results, args.docs, args.charts)
     print(_summary(results))
-    failed = [n for n, r in results["peers"].items() if r["status"] in ("error", "timeout")]
-    failed += [n for n, r in results.get("coldstart", {}).items() if r["status"] == "error"]
-    imaged_results = results.get("images") or {}
-    failed += ["images"] if imaged_results.get("status") == "error" else []
-    failed += [
-        f"images/{n}" for n, r in imaged_results.get("coldstart", {}).items() if r["status"] == "error"
-    ]
+    failed = _failures(results)
+    if failed:
+        print(f"[bench] failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _merge(previous: dict[str, Any], now: dict[str, Any], ran_calls: bool, ran: list[str]) -> dict[str, Any]:
+    """``now`` with what it did not measure taken from ``previous``: the peers' round trips and
+    throughput when no call benchmark ran, and every section that did not run."""
+    merged = dict(now) if ran_calls else {**previous, "wall_s": now["wall_s"]}
+    for name in SECTIONS:
+        if name in ran:
+            merged.pop(name, None)  # this run's figures replace it
+        elif name in previous:
+            merged[name] = previous[name]
+    return merged
+
+
+def _failures(results: dict[str, Any]) -> list[str]:
+    failed = [n for n, r in results["peers"].items() if r["status"] in ("error", "timeout")]
+    failed += [f"coldstart/{n}" for n, r in results.get("coldstart", {}).items() if r["status"] == "error"]
+    imaged = results.get("images") or {}
+    failed += ["images"] if imaged.get("status") == "error" else []
+    failed += [f"images/{n}" for n, r in imaged.get("coldstart", {}).items() if r["status"] == "error"]
+    auto = (results.get("autoscale") or {}).get("peers", {})
+    failed += [f"autoscale/{n}" for n, r in auto.items() if r.get("status") in ("error", "timeout")]
+    failed += ["scale"] if (results.get("scale") or {}).get("status") == "error" else []
+    return failed
 
 
 def write_docs(results: dict[str, Any], md_path: Path, chart_dir: Path) -> None:
@@ -84,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="comma-separated peers: " + ",".join(x.name for x in PEERS))
     p.add_argument(
         "--bench",
-        help="comma-separated benchmarks: " + ",".join([*(b.name for b in BENCHMARKS), COLDSTART, IMAGES]),
+        help="comma-separated benchmarks: " + ",".join([*(b.name for b in BENCHMARKS), *SECTIONS]),
     )
     p.add_argument("--calls", type=int, help="timed calls for the latency benchmark")
     p.add_argument("--inputs", type=int, help="inputs per throughput repetition")
@@ -99,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--merge",
         action="store_true",
-        help="with only coldstart/images chosen: replace those sections of --results, keep the rest",
+        help="keep what this run does not measure from the last --results (peers, other sections)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="show the peers' own output")
     return p
@@ -155,6 +186,22 @@ def _summary(results: dict[str, Any]) -> str:
     for name, r in (results.get("images") or {}).get("coldstart", {}).items():
         text = f"numpy+pandas cold start p50 {r['p50_ms']:.1f} ms" if "p50_ms" in r else r["status"]
         lines.append(f"{'images/' + name:>16}: {text}")
+    for name, r in (results.get("autoscale") or {}).get("peers", {}).items():
+        reached = r.get("to_target_s")
+        text = (
+            r.get("status", "?")
+            if r.get("status") != "ok"
+            else (
+                f"20 running after {reached:.2f} s"
+                if reached is not None
+                else "never 20 running in every burst"
+            )
+        )
+        lines.append(f"{'autoscale/' + name:>16}: {text}")
+    sc = results.get("scale") or {}
+    if sc:
+        text = f"{sc['inputs']:,} queued at {sc['per_s']:,.0f}/s" if "per_s" in sc else sc.get("status", "?")
+        lines.append(f"{'scale':>16}: {text}")
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ class Unavailable(Exception):
 
 
 def samples_for(config: RunConfig) -> int:
-    return 8 if config.mode == "quick" else 25
+    return 6 if config.mode == "quick" else 25
 
 
 def run(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
@@ -169,14 +169,25 @@ def _crun(rootfs: Path, work: Path, n: int, argv: list[str] = PRINT_ONE) -> tupl
 def _docker(
     rootfs: Path, work: Path, n: int, argv: list[str] = PRINT_ONE, tag: str = "vivace-coldstart:base"
 ) -> tuple[str, list[float]]:
+    with dockerd(work) as (docker, env):
+        _import(rootfs, [docker, "import", "-", tag], env)
+        run = [docker, "run", "--rm", "--network", "none", tag, *argv]
+        samples = [_time_start(run, env=env) for _ in range(n + 1)][1:]
+        return f"{docker_version(docker, env)} (runc)", samples
+
+
+@contextlib.contextmanager
+def dockerd(work: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A Docker engine of its own for the block: data in ``work``, no iptables, no bridge; yields the
+    ``docker`` binary and the environment that points it at this engine. Stopped and unmounted after."""
     _need_root("dockerd")
-    docker, dockerd = _which("docker"), _which("dockerd")
+    docker, dockerd_bin = _which("docker"), _which("dockerd")
     work.mkdir(parents=True)
     sock = work / "docker.sock"
     env = {**os.environ, "DOCKER_HOST": f"unix://{sock}"}
     log = (work / "dockerd.log").open("wb")
     daemon = subprocess.Popen(
-        [dockerd, "--iptables=false", "--ip6tables=false", "--bridge=none",
+        [dockerd_bin, "--iptables=false", "--ip6tables=false", "--bridge=none",
          "--data-root", str(work / "data"), "--exec-root", str(work / "exec"),
          "--pidfile", str(work / "docker.pid"), "-H", f"unix://{sock}"],
         stdout=subprocess.DEVNULL, stderr=log, start_new_session=True,
@@ -185,13 +196,7 @@ def _docker(
         _wait(
             lambda: subprocess.run([docker, "info"], env=env, capture_output=True).returncode == 0, "dockerd"
         )
-        _import(rootfs, [docker, "import", "-", tag], env)
-        run = [docker, "run", "--rm", "--network", "none", tag, *argv]
-        samples = [_time_start(run, env=env) for _ in range(n + 1)][1:]
-        out = subprocess.run([docker, "version", "--format", "{{.Server.Version}}"], env=env,
-                             capture_output=True, text=True).stdout.strip()  # fmt: skip
-        version = out or "unknown"
-        return f"{version} (runc)", samples
+        yield docker, env
     finally:
         daemon.terminate()
         try:
@@ -203,9 +208,26 @@ def _docker(
         _unmount_all(work)
 
 
+def docker_version(docker: str, env: dict[str, str]) -> str:
+    out = subprocess.run([docker, "version", "--format", "{{.Server.Version}}"], env=env,
+                         capture_output=True, text=True).stdout.strip()  # fmt: skip
+    return out or "unknown"
+
+
 def _podman(
     rootfs: Path, work: Path, n: int, argv: list[str] = PRINT_ONE, tag: str = "vivace-coldstart:base"
 ) -> tuple[str, list[float]]:
+    with podman_store(work) as (base, runtime, preexec):
+        _import(rootfs, [*base, "import", "-", tag], dict(os.environ))
+        run = [*base, "--runtime", runtime, "run", "--rm", "--network", "none", *LIMITS, tag, *argv]
+        samples = [_time_start(run, preexec_fn=preexec) for _ in range(n + 1)][1:]
+        return f"{_version([base[0], '--version']).split()[-1]} ({runtime})", samples
+
+
+@contextlib.contextmanager
+def podman_store(work: Path) -> Iterator[tuple[list[str], str, Callable[[], None] | None]]:
+    """Rootful podman with its storage in ``work`` for the block: yields the argv prefix, the OCI
+    runtime it should use and the ``preexec_fn`` that runtime needs here; the storage is reset after."""
     _need_root("podman (rootful)")
     podman = _which("podman")
     work.mkdir(parents=True)
@@ -216,10 +238,7 @@ def _podman(
     if shutil.which("crun") is None:
         preexec, runtime = None, "runc"
     try:
-        _import(rootfs, [*base, "import", "-", tag], dict(os.environ))
-        run = [*base, "--runtime", runtime, "run", "--rm", "--network", "none", *LIMITS, tag, *argv]
-        samples = [_time_start(run, preexec_fn=preexec) for _ in range(n + 1)][1:]
-        return f"{_version([podman, '--version']).split()[-1]} ({runtime})", samples
+        yield base, runtime, preexec
     finally:
         with contextlib.suppress(Exception):
             subprocess.run([*base, "system", "reset", "--force"], capture_output=True, timeout=60)
@@ -249,35 +268,21 @@ def _vivace(work: Path, n: int, *, warm_pool: int) -> tuple[str, list[float]]:
     _need_root("Vivace's crun runtime")
     _which("crun")
     import vivace
-    from vivace import _sync
-    from vivace._sdk import connection
-    from vivace.testing.cluster import LocalCluster
+    from benchmarks.cluster import local_cluster, timed_remote
 
     work.mkdir(parents=True)
-    with LocalCluster(work, runtimes=["crun"], warm_pool=warm_pool) as cluster:
-        os.environ.update(cluster.client_env())
-        _sync.run_sync(connection.reset_client())
-        try:
-            sys.modules.pop("benchmarks.coldstart_app", None)
-            app_module: Any = importlib.import_module("benchmarks.coldstart_app")
-            samples = []
-            for i in range(n + 1):  # the first start also fetches the source: untimed
-                _wait(
-                    lambda: _settled(work / "worker", work / "worker.log", warm_pool),
-                    "the previous container to go and the pool to refill",
-                )
-                with app_module.app.run():
-                    start = time.perf_counter()
-                    result = app_module.trivial.remote(1)
-                    elapsed = time.perf_counter() - start
-                if result != 1:
-                    raise RuntimeError(f"f.remote(1) returned {result!r}")
-                if i:
-                    samples.append(elapsed)
-        finally:
-            for k in cluster.client_env():
-                os.environ.pop(k, None)
-            _sync.run_sync(connection.reset_client())
+    with local_cluster(work, warm_pool=warm_pool):
+        sys.modules.pop("benchmarks.coldstart_app", None)
+        app_module: Any = importlib.import_module("benchmarks.coldstart_app")
+        samples = []
+        for i in range(n + 1):  # the first start also fetches the source: untimed
+            _wait(
+                lambda: _settled(work / "worker", work / "worker.log", warm_pool),
+                "the previous container to go and the pool to refill",
+            )
+            elapsed = timed_remote(app_module.app, app_module.trivial)
+            if i:
+                samples.append(elapsed)
     return str(getattr(vivace, "__version__", "unknown")), samples
 
 

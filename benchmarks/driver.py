@@ -65,6 +65,14 @@ def run_peer_process(
 ) -> dict[str, Any]:
     """Run ``benchmarks.peer_runner`` for one peer and parse the JSON it prints."""
     cmd = [sys.executable, "-m", "benchmarks.peer_runner", name, ",".join(bench_names), config.to_json()]
+    return run_json_process(cmd, timeout, verbose, extra_env)
+
+
+def run_json_process(
+    cmd: list[str], timeout: float, verbose: bool, extra_env: dict[str, str]
+) -> dict[str, Any]:
+    """Run ``cmd`` in a session of its own, end whatever is left of that session afterwards, and parse
+    the one JSON document it prints on stdout; failures become ``status`` values."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
             cmd,
@@ -133,6 +141,9 @@ def _peer_env(extra: dict[str, str]) -> dict[str, str]:
     # Workers of every peer import the trivial function by module name, as Vivace containers do.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reports to the outside
+    # Under `uv run`, Ray would start its workers through `uv run` again, in a directory of its own
+    # (a new, empty environment); they must run the driver's own interpreter, as every other peer's do.
+    env.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     env.update(extra)
     return env
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import coldstart
+from benchmarks.cluster import local_cluster, timed_remote
 from benchmarks.coldstart import Unavailable
 from benchmarks.config import RunConfig
 from benchmarks.stats import latency_summary
@@ -54,7 +55,7 @@ COLD_PEERS: dict[str, str] = {
 
 
 def samples_for(config: RunConfig) -> int:
-    return 5 if config.mode == "quick" else 15
+    return 4 if config.mode == "quick" else 15
 
 
 def run(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
@@ -72,7 +73,9 @@ def run(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
         for tool in ("crun", "debootstrap"):
             coldstart._which(tool)
         rootfs = work / "rootfs"
-        with _cluster(work / "cold", warm_pool=0) as (cluster, app):
+        layers = 2 if config.mode == "quick" else 5
+        # one home for both clusters, one after the other: the second finds the image built
+        with _cluster(work / "cluster", warm_pool=0) as (cluster, app):
             log("images: building the numpy+pandas image (untimed)")
             t0 = time.perf_counter()
             app.image.build()
@@ -82,13 +85,15 @@ def run(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
             log("images: cached rebuilds")
             out["rebuild"] = _rebuilds(app, 4 * n)
             log("images: warm pip layer")
-            out["pip"] = _pip_layers(cluster, app, max(3, n // 3))
-            _merge_root(cluster, app, rootfs)
+            out["pip"] = _pip_layers(cluster, app, layers)
+            _merge_root(cluster, app.image, rootfs)
+            base_rootfs = work / "base-rootfs"
+            _merge_root(cluster, app.base, base_rootfs)
             uv_cache = cluster.home / "worker" / "images" / "uv-cache"
-            out["pip"]["uv"] = _uv_offline(uv_cache, work / "uv", max(3, n // 3))
+            out["pip"]["uv"] = _uv_offline(uv_cache, work / "uv", layers)
             log(f"images: fresh processes ({n})")
             out["coldstart"]["process"] = _peer(lambda: _fresh_process(uv_cache, work / "site", n))
-        with _cluster(work / "pool", warm_pool=1) as (cluster, app):
+        with _cluster(work / "cluster", warm_pool=1) as (cluster, app):
             log(f"images: pool-assisted starts ({n})")
             app.image.build()
             out["coldstart"]["vivace-pool"] = _starts(cluster, app, n, pool=True)
@@ -99,6 +104,8 @@ def run(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
             out["coldstart"][name] = _peer(
                 lambda m=measure, k=kw, w=work / name: m(rootfs, w, n, IMPORT_ONE, **k)
             )
+        log(f"images: docker build and podman build ({layers} pip layers each)")
+        out["engine_builds"] = _engine_builds(base_rootfs, work / "builds", layers)
     except Unavailable as err:
         out["status"] = "not installed"
         out["error"] = str(err)
@@ -130,9 +137,6 @@ def _app() -> Any:
 
 @contextlib.contextmanager
 def _cluster(home: Path, *, warm_pool: int) -> Iterator[tuple[Any, Any]]:
-    from vivace import _sync
-    from vivace._sdk import connection
-    from vivace.testing.cluster import LocalCluster
     from vivace.worker.build import find_uv
 
     uv = find_uv()
@@ -141,16 +145,8 @@ def _cluster(home: Path, *, warm_pool: int) -> Iterator[tuple[Any, Any]]:
     env = {"VIVACE_UV": str(uv)}
     if os.environ.get("VIVACE_BASE_CACHE"):
         env["VIVACE_BASE_CACHE"] = os.environ["VIVACE_BASE_CACHE"]
-    home.mkdir(parents=True)
-    with LocalCluster(home, runtimes=["crun"], warm_pool=warm_pool, worker_env=env) as cluster:
-        os.environ.update(cluster.client_env())
-        _sync.run_sync(connection.reset_client())
-        try:
-            yield cluster, _app()
-        finally:
-            for k in cluster.client_env():
-                os.environ.pop(k, None)
-            _sync.run_sync(connection.reset_client())
+    with local_cluster(home, warm_pool=warm_pool, worker_env=env) as cluster:
+        yield cluster, _app()
 
 
 def _starts(cluster: Any, app: Any, n: int, *, pool: bool) -> dict[str, Any]:
@@ -161,12 +157,7 @@ def _starts(cluster: Any, app: Any, n: int, *, pool: bool) -> dict[str, Any]:
     for i in range(n + 1):
         wanted = image_id if pool and i else None
         coldstart._wait(lambda w=wanted: _settled(cluster, w), "the worker to settle", 120)
-        with app.app.run():
-            start = time.perf_counter()
-            result = app.heavy.remote(1)
-            elapsed = time.perf_counter() - start
-        if result != 1:
-            raise RuntimeError(f"f.remote(1) returned {result!r}")
+        elapsed = timed_remote(app.app, app.heavy)
         if i:
             samples.append(elapsed)
     import vivace
@@ -258,12 +249,31 @@ def _fresh_process(cache: Path, site: Path, n: int) -> tuple[str, list[float]]:
     return f"Python {sys.version.split()[0]}", samples
 
 
-def _merge_root(cluster: Any, app: Any, dest: Path) -> None:
-    """The image's layers merged into one directory: what docker and podman import."""
+def _engine_builds(base_rootfs: Path, work: Path, n: int) -> dict[str, Any]:
+    from benchmarks import images_build
+    from vivace.worker.build import find_uv
+
+    uv = find_uv()
+    assert uv is not None
+    ctx = images_build.context(work, uv, _app().PACKAGES)
+    out = {}
+    for name, build in (("docker", images_build.docker_build), ("podman", images_build.podman_build)):
+        try:
+            out[name] = build(base_rootfs, ctx, work / name, n)
+        except Unavailable as err:
+            out[name] = {"status": "not installed", "error": str(err)}
+        except Exception as err:
+            out[name] = {"status": "error", "error": f"{type(err).__name__}: {err}"}
+    return out
+
+
+def _merge_root(cluster: Any, image: Any, dest: Path) -> None:
+    """An image's layers (built on the cluster's worker) merged into one directory: what docker and
+    podman import."""
     from vivace.protocol import images as proto
     from vivace.worker.builder import squash
 
     layers = cluster.home / "worker" / "images" / "layers"
-    dirs = [layers / key for key in proto.layer_keys(app.image.steps())]
+    dirs = [layers / key for key in proto.layer_keys(image.steps())]
     dest.mkdir()
     squash(dirs, dest)

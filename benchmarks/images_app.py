@@ -5,7 +5,8 @@ import vivace
 
 PACKAGES = ("numpy==2.*", "pandas==2.*")
 
-image = vivace.Image.debian_slim("3.11").pip_install(*PACKAGES)
+base = vivace.Image.debian_slim("3.11")
+image = base.pip_install(*PACKAGES)
 app = vivace.App("bench-images", image=image)
 
 with image.imports():

@@ -53,3 +53,39 @@ def throughput_summary(inputs: int, durations_s: Sequence[float]) -> dict[str, A
         "runs_per_s": rates,
         "runs_s": list(durations_s),
     }
+
+
+def ramp_summary(submitted: float, starts: Sequence[tuple[str, float, float]], target: int) -> dict[str, Any]:
+    """How fast a burst got ``target`` workers: ``starts`` holds one ``(worker, start, end)`` per input
+    (wall-clock seconds, the same clock as ``submitted``, the moment the burst was submitted).
+
+    A worker counts as running from the start of its first input. ``curve`` is the number of workers
+    running after each new one, as ``[seconds since submitted, count]`` pairs.
+    """
+    if not starts:
+        raise ValueError("ramp of no inputs")
+    first: dict[str, float] = {}
+    for worker, start, _end in starts:
+        first[worker] = min(start, first.get(worker, start))
+    ordered = sorted(first.values())
+    curve = [[round(t - submitted, 4), i + 1] for i, t in enumerate(ordered)]
+    return {
+        "inputs": len(starts),
+        "workers": len(ordered),
+        "target": target,
+        "first_start_s": ordered[0] - submitted,
+        "to_target_s": ordered[target - 1] - submitted if len(ordered) >= target else None,
+        "makespan_s": max(end for _w, _s, end in starts) - submitted,
+        "max_concurrent": _max_overlap([(s, e) for _w, s, e in starts]),
+        "curve": curve,
+    }
+
+
+def _max_overlap(intervals: Sequence[tuple[float, float]]) -> int:
+    """Most intervals open at one instant (an interval is open on ``[start, end)``)."""
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    best = open_now = 0
+    for _t, delta in events:
+        open_now += delta
+        best = max(best, open_now)
+    return best
