@@ -134,8 +134,8 @@ def _fmt(seconds: float | None) -> str:
     return "never" if seconds is None else f"{seconds:.2f} s"
 
 
-def render(auto: Mapping[str, Any], chart: str | None) -> list[str]:
-    """The docs section."""
+def render(auto: Mapping[str, Any], chart: str | None, cores: int) -> list[str]:
+    """The docs section; ``cores``: the machine's."""
     lines = [
         "## Autoscaling reaction: a burst from zero",
         "",
@@ -145,7 +145,10 @@ def render(auto: Mapping[str, Any], chart: str | None) -> list[str]:
         f"the burst was submitted, median of {auto['repetitions']} burst(s) with min-max. "
         f"*All done* has an ideal of {auto['inputs'] // auto['max_containers']} s. Ray is for reference: "
         "a fresh local Ray cluster per burst (its start-up not timed), tasks or actors asking for the same "
-        "cores. Lower is better." + (f" Measured {auto['measured_at']}." if auto.get("measured_at") else ""),
+        "cores. Ray's tasks have no cap of their own: at "
+        f"{auto['cpu']} cores each, up to {int(cores / auto['cpu'])} may run at once on {cores} cores, "
+        "hence more than 20 at the end; Ray Data's pool is capped at 20 actors. Lower is better."
+        + (f" Measured {auto['measured_at']}." if auto.get("measured_at") else ""),
         "",
     ]
     head = ["What runs", "Version", "first input started", f"{auto['max_containers']} running",
@@ -179,7 +182,7 @@ def _spread(r: Mapping[str, Any], key: str) -> str:
 
 
 def chart(auto: Mapping[str, Any], path: Path, machine: Mapping[str, Any]) -> bool:
-    """Containers (or Ray workers) running over time, the median burst of each peer; False if nothing
+    """Inputs running at once over time, the median burst (by makespan) of each peer; False if nothing
     to draw."""
     import matplotlib.pyplot as plt
 
@@ -190,7 +193,7 @@ def chart(auto: Mapping[str, Any], path: Path, machine: Mapping[str, Any]) -> bo
         if r.get("status") != "ok":
             continue
         runs = sorted(r["runs"], key=lambda x: x["makespan_s"])
-        curve = runs[len(runs) // 2]["curve"]
+        curve = runs[len(runs) // 2]["running"]
         xs = [0.0] + [t for t, _ in curve]
         ys = [0] + [c for _, c in curve]
         ax.step(xs, ys, where="post", label=label.split(" `")[0] + (" tasks" if name == "ray-tasks" else ""))
@@ -200,7 +203,7 @@ def chart(auto: Mapping[str, Any], path: Path, machine: Mapping[str, Any]) -> bo
         return False
     ax.axhline(auto["max_containers"], color="grey", linewidth=0.8, linestyle=":")
     ax.set_xlabel("seconds after the burst was submitted")
-    ax.set_ylabel("containers / workers started")
+    ax.set_ylabel("inputs running")
     ax.set_title(
         f"Autoscaling reaction: {auto['inputs']} one-second inputs, at most {auto['max_containers']}\n"
         f"{machine['cpu_count']} CPUs, Python {machine['python']}"

@@ -45,23 +45,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = _config(args)
         call_benches = [b for b in benches if b not in SECTIONS]
         sections: dict[str, Any] = {}
+        walls: dict[str, float] = {}
         started = time.monotonic()
         try:
             peer_results = driver.run_all(peers, call_benches, config, args.verbose) if call_benches else {}
             for name in benches:
                 if name in SECTIONS:
+                    began = time.monotonic()
                     sections[name] = SECTIONS[name](config, _say)
+                    walls[name] = round(time.monotonic() - began, 1)
+                    _say(f"{name}: done in {walls[name]:.0f} s")
         except KeyboardInterrupt:
             print("[bench] interrupted; the peer in progress was stopped, nothing written", file=sys.stderr)
             return 130
         results = _document(config, benches, peer_results)
         results["wall_s"] = round(time.monotonic() - started, 1)
+        results["section_wall_s"] = walls
         previous = json.loads(args.results.read_text()) if args.results.exists() else None
+        fresh = {**results, **sections}  # what this invocation measured: the run-to-run table's subject
         if args.merge and previous is not None:
             results = _merge(previous, results, bool(call_benches), list(sections))
         results.update(sections)
         if previous is not None:
-            results["reproducibility"] = repro.compare(previous, results)
+            results["reproducibility"] = repro.compare(previous, fresh)
         _write_atomic(args.results, json.dumps(results, indent=2) + "\n")
         print(
             f"[bench] wrote {_show(args.results)} ({results['wall_s']:.0f} s of measuring)", file=sys.stderr
@@ -78,6 +84,7 @@ def _merge(previous: dict[str, Any], now: dict[str, Any], ran_calls: bool, ran: 
     """``now`` with what it did not measure taken from ``previous``: the peers' round trips and
     throughput when no call benchmark ran, and every section that did not run."""
     merged = dict(now) if ran_calls else {**previous, "wall_s": now["wall_s"]}
+    merged["section_wall_s"] = {**previous.get("section_wall_s", {}), **now.get("section_wall_s", {})}
     for name in SECTIONS:
         if name in ran:
             merged.pop(name, None)  # this run's figures replace it

@@ -126,6 +126,7 @@ BENCHMARKS: tuple[Benchmark, ...] = (
             Column("p50 (ms)", _ms("p50_ms")),
             Column("p99 (ms)", _ms("p99_ms")),
             Column("mean ± stdev (ms)", _mean_stdev),
+            Column("min-max (ms)", lambda f: f"{_fmt_ms(f['min_ms'])}-{_fmt_ms(f['max_ms'])}"),
         ),
         ratio_key="p50_ms",
         higher_is_better=False,

@@ -26,7 +26,9 @@ def render_markdown(results: Mapping[str, Any], charts: Mapping[str, str] | None
     if results.get("autoscale"):
         from benchmarks import autoscale
 
-        parts += autoscale.render(results["autoscale"], charts.get("autoscale"))
+        parts += autoscale.render(
+            results["autoscale"], charts.get("autoscale"), results["machine"]["cpu_count"]
+        )
     if results.get("scale"):
         from benchmarks import scale
 
@@ -44,10 +46,12 @@ def _intro(results: Mapping[str, Any]) -> list[str]:
         f"{peer(n).label}: {r.get('version') or r['status']}" for n, r in results["peers"].items()
     )
     lines = [
-        "Vivace side by side with Ray, Dask distributed and, as the floor, `multiprocessing.Pool`. Every "
-        "figure on this page comes from **one run on one machine**: each peer ran in its own subprocess, one "
-        "after the other, with the same counts and the same trivial function `f(x) = x`, so what is "
-        "measured is each system's own overhead.",
+        "Vivace side by side with the systems users would pick instead: Ray, Dask distributed and, as the "
+        "floor, `multiprocessing.Pool` for calls; `crun`, `docker` and `podman` for starting containers; "
+        "`uv`, `docker build` and `podman build` for images; Ray for autoscaling. Every figure on this page "
+        "comes from **one run on one machine**, one peer after the other, with the same work, counts and "
+        "settings for each (stated in each section), so what is measured is each system's own overhead. "
+        "Nothing here is asserted by a test; the harness's own logic is (`tests/unit/test_benchmark_harness.py`).",
         "",
         f"- Machine: {m['cpu_count']} CPUs ({m.get('cpu_model') or 'unknown model'}), "
         f"{m.get('memory_gib')} GiB, {m['platform']}",
@@ -57,6 +61,11 @@ def _intro(results: Mapping[str, Any]) -> list[str]:
         f"{c['inputs']:,} inputs x {c['repetitions']} repetition(s) after a {c['warmup_inputs']:,}-input "
         "warm-up",
     ]
+    if results.get("wall_s"):
+        walls = ", ".join(f"{k} {v:.0f} s" for k, v in (results.get("section_wall_s") or {}).items())
+        lines.append(
+            f"- Took {results['wall_s'] / 60:.1f} minutes of measuring" + (f" ({walls})" if walls else "")
+        )
     details = results["peers"].get("vivace", {}).get("details")
     if details:
         lines.append("- Vivace daemon: " + ", ".join(f"{k} `{v}`" for k, v in details.items()))

@@ -60,7 +60,8 @@ def ramp_summary(submitted: float, starts: Sequence[tuple[str, float, float]], t
     (wall-clock seconds, the same clock as ``submitted``, the moment the burst was submitted).
 
     A worker counts as running from the start of its first input. ``curve`` is the number of workers
-    running after each new one, as ``[seconds since submitted, count]`` pairs.
+    started after each new one and ``running`` the number of inputs running after each start or end,
+    both as ``[seconds since submitted, count]`` pairs.
     """
     if not starts:
         raise ValueError("ramp of no inputs")
@@ -68,6 +69,7 @@ def ramp_summary(submitted: float, starts: Sequence[tuple[str, float, float]], t
     for worker, start, _end in starts:
         first[worker] = min(start, first.get(worker, start))
     ordered = sorted(first.values())
+    running = _running([(s, e) for _w, s, e in starts])
     curve = [[round(t - submitted, 4), i + 1] for i, t in enumerate(ordered)]
     return {
         "inputs": len(starts),
@@ -76,16 +78,18 @@ def ramp_summary(submitted: float, starts: Sequence[tuple[str, float, float]], t
         "first_start_s": ordered[0] - submitted,
         "to_target_s": ordered[target - 1] - submitted if len(ordered) >= target else None,
         "makespan_s": max(end for _w, _s, end in starts) - submitted,
-        "max_concurrent": _max_overlap([(s, e) for _w, s, e in starts]),
+        "max_concurrent": max(count for _t, count in running),
         "curve": curve,
+        "running": [[round(t - submitted, 4), count] for t, count in running],
     }
 
 
-def _max_overlap(intervals: Sequence[tuple[float, float]]) -> int:
-    """Most intervals open at one instant (an interval is open on ``[start, end)``)."""
+def _running(intervals: Sequence[tuple[float, float]]) -> list[tuple[float, int]]:
+    """How many intervals are open after each start or end (an interval is open on ``[start, end)``)."""
     events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    best = open_now = 0
-    for _t, delta in events:
+    out: list[tuple[float, int]] = []
+    open_now = 0
+    for t, delta in events:
         open_now += delta
-        best = max(best, open_now)
-    return best
+        out.append((t, open_now))
+    return out

@@ -27,6 +27,7 @@ def test_ramp_counts_each_worker_from_its_first_input() -> None:
     assert r["curve"] == [[0.5, 1], [1.0, 2], [2.0, 3]]
     # a ends at 11.5 as its next input starts: never three at once (intervals are half-open)
     assert r["max_concurrent"] == 2
+    assert r["running"][0] == [0.5, 1] and r["running"][-1] == [3.0, 0]
 
 
 def test_a_ramp_that_never_reaches_its_target_says_so() -> None:
