@@ -55,7 +55,7 @@ COLD_PEERS: dict[str, str] = {
 
 
 def samples_for(config: RunConfig) -> int:
-    return 4 if config.mode == "quick" else 15
+    return 3 if config.mode == "quick" else 15
 
 
 def run(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def run(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
         for tool in ("crun", "debootstrap"):
             coldstart._which(tool)
         rootfs = work / "rootfs"
-        layers = 2 if config.mode == "quick" else 5
+        layers = 1 if config.mode == "quick" else 5
         # one home for both clusters, one after the other: the second finds the image built
         with _cluster(work / "cluster", warm_pool=0) as (cluster, app):
             log("images: building the numpy+pandas image (untimed)")
