@@ -12,6 +12,8 @@ INPUT = "in"
 CONTAINER = "ta"
 WORKER = "wk"
 TOKEN = "tk"
+DICT = "di"
+QUEUE = "qu"
 
 KINDS = {
     APP: "app",
@@ -19,6 +21,8 @@ KINDS = {
     FUNCTION_CALL: "function call",
     CONTAINER: "container",
     WORKER: "worker",
+    DICT: "dict",
+    QUEUE: "queue",
 }
 
 

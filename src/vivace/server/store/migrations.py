@@ -99,6 +99,27 @@ MIGRATIONS: list[list[str]] = [
         # what a layer sets besides files (a registry image's env, workdir, interpreter): JSON or NULL
         "ALTER TABLE layers ADD COLUMN config TEXT",
     ],
+    [
+        # storage objects (Dict, Queue; later Volume, Secret): named (deployed) or ephemeral (no name,
+        # kept while its client heartbeats)
+        """CREATE TABLE objects (
+            id TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT, created_at {DOUBLE} NOT NULL,
+            heartbeat_at {DOUBLE})""",
+        "CREATE UNIQUE INDEX objects_name ON objects(kind, name)",
+        # a Dict's entries, keyed by the sha256 of the key's pickle
+        """CREATE TABLE dict_entries (
+            dict_id TEXT NOT NULL, key_hash TEXT NOT NULL, k {BLOB} NOT NULL, v {BLOB} NOT NULL,
+            updated_at {DOUBLE} NOT NULL, PRIMARY KEY (dict_id, key_hash))""",
+        # a Queue's items, first in first out per partition ('' is the default one)
+        """CREATE TABLE queue_items (
+            seq {SERIAL}, queue_id TEXT NOT NULL, part TEXT NOT NULL, v {BLOB} NOT NULL,
+            created_at {DOUBLE} NOT NULL)""",
+        "CREATE INDEX queue_items_next ON queue_items(queue_id, part, seq)",
+        # each partition lives until ttl seconds after its last put
+        """CREATE TABLE queue_partitions (
+            queue_id TEXT NOT NULL, part TEXT NOT NULL, expires_at {DOUBLE} NOT NULL,
+            PRIMARY KEY (queue_id, part))""",
+    ],
 ]
 
 
