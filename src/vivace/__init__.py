@@ -8,20 +8,24 @@ from vivace._version import __version__
 from vivace.app import App
 from vivace.cls import Cls, Obj, parameter
 from vivace.decorators import batched, concurrent, enter, exit, method
+from vivace.dict import Dict
 from vivace.exception import Error
 from vivace.function import Function, FunctionCall
 from vivace.image import Image
+from vivace.queue import Queue
 from vivace.retries import Retries
 from vivace.runtime_api import current_function_call_id, current_input_id, is_local
 
 __all__ = [
     "App",
     "Cls",
+    "Dict",
     "Error",
     "Function",
     "FunctionCall",
     "Image",
     "Obj",
+    "Queue",
     "Retries",
     "__version__",
     "batched",

@@ -54,7 +54,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from vivace.cli import apps, images, runs, server
+    from vivace.cli import apps, images, runs, server, storage
 
     for cmd in (
         runs.run,
@@ -64,6 +64,8 @@ def _register() -> None:
         apps.container,
         apps.token,
         images.image,
+        storage.dict_group,
+        storage.queue_group,
         server.server,
         server.worker,
         server.doctor,

@@ -17,6 +17,8 @@ from vivace.server.store import Store, open_store
 
 log = logging.getLogger("vivace.server")
 IMAGE_GC_INTERVAL = 3600.0  # seconds between collections of unused images and layers
+STORAGE_GC_INTERVAL = 60.0  # seconds between collections of lapsed ephemeral objects and expired partitions
+EPHEMERAL_TIMEOUT = 300.0  # an ephemeral Dict or Queue whose client was silent this long is deleted
 
 
 class ControlPlane:
@@ -41,7 +43,7 @@ class ControlPlane:
         await self.start_loops()
 
     async def start_loops(self) -> None:
-        for loop in (self._autoscale_loop, self._reap_loop, self._image_gc_loop):
+        for loop in (self._autoscale_loop, self._reap_loop, self._image_gc_loop, self._storage_gc_loop):
             self._tasks.append(asyncio.create_task(loop()))
 
     async def stop(self) -> None:
@@ -141,6 +143,26 @@ class ControlPlane:
                 await self.collect_images()
             except Exception:
                 log.exception("image collection failed")
+
+    async def _storage_gc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STORAGE_GC_INTERVAL)
+            try:
+                await self.collect_storage()
+            except Exception:
+                log.exception("storage collection failed")
+
+    async def collect_storage(self) -> tuple[list[str], int]:
+        """Delete ephemeral Dicts and Queues whose client stopped heartbeating, and expired partitions."""
+        from vivace.server.services import storage
+
+        gone = await self.store.write(lambda tx: storage.collect_ephemeral(tx, EPHEMERAL_TIMEOUT))
+        expired = await self.store.write(storage.expire_partitions)
+        if gone or expired:
+            log.info(
+                "storage collection: %d ephemeral object(s), %d expired partition(s)", len(gone), expired
+            )
+        return gone, expired
 
     async def collect_images(self) -> list[str]:
         """Forget unused images and their layers; delete the layer blobs nothing else uses."""

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from vivace._version import __version__
-from vivace.server.api import calls, images, resources, workers
+from vivace.server.api import calls, images, resources, storage, workers
 from vivace.server.api.common import route
 from vivace.server.errors import ApiError, NotFound
 from vivace.server.plane import ControlPlane
@@ -193,6 +193,79 @@ ROUTES: list[tuple[str, str, Any, str | None, str, str]] = [
         "Hand in outputs and lease the next inputs for a container",
     ),
     ("POST", "/v1/logs", workers.put_logs, "json", "json", "Store a batch of log lines (worker token)"),
+    # storage objects (Dict, Queue): by name or ephemeral, contents as binary frames
+    (
+        "POST",
+        "/v1/objects/{kind}/lookup",
+        storage.lookup_object,
+        "json",
+        "json",
+        "Find (or create) a named Dict or Queue",
+    ),
+    (
+        "POST",
+        "/v1/objects/{kind}/ephemeral",
+        storage.create_ephemeral,
+        None,
+        "json",
+        "Create an ephemeral Dict or Queue",
+    ),
+    ("POST", "/v1/objects/{kind}", storage.create_object, "json", "json", "Create a named Dict or Queue"),
+    ("GET", "/v1/objects/{kind}", storage.list_objects, None, "json", "List named Dicts or Queues"),
+    (
+        "DELETE",
+        "/v1/objects/{kind}/{name}",
+        storage.delete_object,
+        None,
+        "json",
+        "Delete a named Dict or Queue and its contents",
+    ),
+    (
+        "DELETE",
+        "/v1/ephemeral/{object_id}",
+        storage.delete_ephemeral,
+        None,
+        "json",
+        "Delete an ephemeral object and its contents",
+    ),
+    (
+        "POST",
+        "/v1/ephemeral/{object_id}/heartbeat",
+        storage.heartbeat_object,
+        None,
+        "json",
+        "Keep an ephemeral object alive",
+    ),
+    (
+        "POST",
+        "/v1/dicts/{object_id}/put",
+        storage.dict_put,
+        FRAMES,
+        "json",
+        "Put entries (key and value frames in pairs)",
+    ),
+    ("POST", "/v1/dicts/{object_id}/get", storage.dict_get, FRAMES, FRAMES, "Get (or pop) one entry"),
+    ("GET", "/v1/dicts/{object_id}/len", storage.dict_len, None, "json", "Number of entries"),
+    ("POST", "/v1/dicts/{object_id}/items", storage.dict_items, FRAMES, FRAMES, "A page of entries"),
+    ("POST", "/v1/dicts/{object_id}/clear", storage.dict_clear, None, "json", "Remove every entry"),
+    ("POST", "/v1/queues/{object_id}/put", storage.queue_put, FRAMES, "json", "Append items to a partition"),
+    (
+        "POST",
+        "/v1/queues/{object_id}/get",
+        storage.queue_get,
+        "json",
+        FRAMES,
+        "Take (or peek at) items; long-polls with wait",
+    ),
+    ("POST", "/v1/queues/{object_id}/len", storage.queue_len, "json", "json", "Number of items"),
+    (
+        "POST",
+        "/v1/queues/{object_id}/clear",
+        storage.queue_clear,
+        "json",
+        "json",
+        "Remove a partition's items or all",
+    ),
 ]
 
 

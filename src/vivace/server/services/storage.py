@@ -83,6 +83,12 @@ def heartbeat(tx: Tx, object_id: str) -> None:
         raise NotFound(f"ephemeral object {object_id} not found (it expired or was deleted)")
 
 
+def delete_ephemeral(tx: Tx, object_id: str) -> None:
+    if tx.scalar("SELECT id FROM objects WHERE id = ? AND name IS NULL", (object_id,)) is None:
+        raise NotFound(f"ephemeral object {object_id} not found")
+    _drop(tx, object_id)
+
+
 def get(tx: Tx, kind: str, object_id: str) -> None:
     """Raise ``NotFound`` unless ``object_id`` is a live ``kind``."""
     if tx.scalar("SELECT kind FROM objects WHERE id = ?", (object_id,)) != kind:
