@@ -139,13 +139,13 @@ def test_queue_is_fifo_per_partition_and_get_removes(h: Any) -> None:
 def test_an_expired_partition_reads_empty_and_is_purged(h: Any) -> None:
     qid = _queue(h)
     h.w(lambda tx: storage.queue_put(tx, qid, [b"old"], partition="p", ttl=60))
-    h.sql("UPDATE queue_partitions SET expires_at = 0")  # its TTL ran out
+    h.w(lambda tx: tx.execute("UPDATE queue_partitions SET expires_at = 0"))  # its TTL ran out
     assert h.w(lambda tx: storage.queue_len(tx, qid, total=True)) == 0
     assert h.w(lambda tx: storage.queue_get(tx, qid, 1, "p")) == []
     h.w(lambda tx: storage.queue_put(tx, qid, [b"new"], partition="p"))
     assert h.w(lambda tx: storage.queue_get(tx, qid, 5, "p")) == [b"new"]  # the old item never comes back
     h.w(lambda tx: storage.queue_put(tx, qid, [b"again"], partition="q2", ttl=60))
-    h.sql("UPDATE queue_partitions SET expires_at = 0")
+    h.w(lambda tx: tx.execute("UPDATE queue_partitions SET expires_at = 0"))
     assert h.w(storage.expire_partitions) == 2
     assert h.one("SELECT COUNT(*) FROM queue_items") == 0
 
