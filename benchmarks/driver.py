@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,7 +73,17 @@ def run_json_process(
     cmd: list[str], timeout: float, verbose: bool, extra_env: dict[str, str]
 ) -> dict[str, Any]:
     """Run ``cmd`` in a session of its own, end whatever is left of that session afterwards, and parse
-    the one JSON document it prints on stdout; failures become ``status`` values."""
+    the one JSON document it prints on stdout; failures become ``status`` values. Ray's session files
+    and Dask's scratch space go to a directory of the run's own, removed afterwards."""
+    scratch = tempfile.mkdtemp(prefix="bench-")
+    extra_env = {"RAY_TMPDIR": scratch, "DASK_TEMPORARY_DIRECTORY": scratch, **extra_env}
+    try:
+        return _run_json(cmd, timeout, verbose, extra_env)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_json(cmd: list[str], timeout: float, verbose: bool, extra_env: dict[str, str]) -> dict[str, Any]:
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
             cmd,
