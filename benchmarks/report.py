@@ -33,6 +33,10 @@ def render_markdown(results: Mapping[str, Any], charts: Mapping[str, str] | None
         from benchmarks import scale
 
         parts += scale.render(results["scale"])
+    if results.get("storage"):
+        from benchmarks import storage
+
+        parts += storage.render(results["storage"])
     if results.get("reproducibility"):
         from benchmarks import repro
 

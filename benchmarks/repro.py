@@ -39,6 +39,11 @@ def _headlines(r: Mapping[str, Any]) -> Iterator[Headline]:
             lo, hi = fig["to_target_s_min"], fig["to_target_s_max"]
             noise = (hi - lo) / 2 / fig["to_target_s"] if len(fig.get("runs", ())) > 1 else None
             yield f"autoscale to {fig['runs'][0]['target']} running, {name} (s)", fig["to_target_s"], noise
+    for name, fig in ((r.get("storage") or {}).get("peers") or {}).items():
+        if fig.get("status") == "ok":
+            for op in ("dict_get", "queue_put"):
+                spread = (fig[f"{op}_max"] - fig[f"{op}_min"]) / 2 / fig[op] if len(fig["runs"]) > 1 else None
+                yield f"{op} per second, {name}", fig[op], spread
     sc = r.get("scale") or {}
     if "per_s" in sc:
         yield f"spawn_map of {sc['inputs']:,} (inputs/s)", sc["per_s"], None

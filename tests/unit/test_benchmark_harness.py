@@ -119,7 +119,7 @@ def test_merge_keeps_what_this_run_did_not_measure() -> None:
     merged = cli._merge(previous, now, ran_calls=False, ran=["coldstart"])
     assert merged["peers"] == previous["peers"] and merged["scale"] == previous["scale"]
     assert "coldstart" not in merged  # this run's replaces it
-    assert merged["wall_s"] == 3.0
+    assert merged["wall_s"] == 3.0  # the previous run recorded no time
     assert cli._merge(previous, now, ran_calls=True, ran=[])["peers"] == now["peers"]
 
 
@@ -153,12 +153,23 @@ def test_the_page_renders_every_section_and_says_why_a_peer_has_no_figures() -> 
         "store_bytes": 300_000,
         "app_stop_s": 0.1,
     }
+    ops = {op: 100.0 for op in ("dict_put", "dict_get", "queue_put", "queue_get")}
+    spread = {f"{op}_{end}": 100.0 for op in ops for end in ("min", "max")}
+    results["storage"] = {
+        "n": 10,
+        "repetitions": 1,
+        "peers": {
+            "vivace-client": {"status": "ok", "version": "0.1", "runs": [ops], **ops, **spread},
+            "redis": {"status": "not installed", "error": "redis-server is not installed"},
+        },
+    }
     results["reproducibility"] = {"compared": False, "reason": "the previous run was on another machine"}
     page = render_markdown(results)
     assert "## Autoscaling reaction" in page and "| 1.90 s |" in page  # the 20th container at 1.9 s
     assert "not installed" in page
     assert "## Control plane scale" in page and "2,000 inputs/s" in page and "300 bytes per input" in page
     assert "Not compared: the previous run was on another machine." in page
+    assert "## Storage" in page and "not installed: redis-server is not installed" in page
     assert scale.render({"inputs": 10, "status": "error", "error": "boom"})[-2].startswith("Not measured")
 
 
