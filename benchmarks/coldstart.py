@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from benchmarks import procs
 from benchmarks.config import RunConfig
 from benchmarks.stats import latency_summary
 
@@ -198,12 +199,7 @@ def dockerd(work: Path) -> Iterator[tuple[str, dict[str, str]]]:
         )
         yield docker, env
     finally:
-        daemon.terminate()
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
+        procs.stop(daemon)
         log.close()
         _unmount_all(work)
 

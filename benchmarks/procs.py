@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -74,3 +75,13 @@ def _stats() -> list[tuple[int, list[str]]]:
         except (OSError, IndexError, ValueError):
             continue
     return out
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 30.0) -> None:
+    """SIGTERM a child, then SIGKILL it if it is still there after ``grace`` seconds; reap it."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

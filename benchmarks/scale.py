@@ -168,12 +168,7 @@ def _store_bytes(home: Path) -> int:
 
 
 def _stop(server: subprocess.Popen[bytes]) -> None:
-    server.terminate()
-    try:
-        server.wait(30)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
+    procs.stop(server)
     if procs.have_proc():
         procs.terminate(lambda: procs.session_members(server.pid))
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from benchmarks import coldstart
+from benchmarks import coldstart, procs
 from benchmarks.config import RunConfig
 from benchmarks.markdown import row
 from benchmarks.storage_ops import RedisDict, RedisQueue, run_ops
@@ -147,12 +147,7 @@ def _redis_server(binary: str, work: Path) -> Iterator[int]:
             time.sleep(0.05)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        procs.stop(proc, 10)
 
 
 def render(st: Mapping[str, Any]) -> list[str]:
