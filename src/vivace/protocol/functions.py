@@ -82,6 +82,11 @@ class FunctionSpec:
     image_mounts: List[str] = field(default_factory=list)
     # the container's writable layer is a filesystem of this many MiB (None: the worker's disk)
     ephemeral_disk: Optional[int] = None
+    # secrets whose values the worker adds to the container's environment (ids st-..., in order: a later
+    # one wins a key both set); the values travel only to workers starting this function's containers
+    secrets: List[str] = field(default_factory=list)
+    # volumes mounted in its containers: absolute path -> {"id": "vo-...", "read_only": bool}
+    volumes: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -156,6 +161,8 @@ class FunctionSpec:
             raise SpecError("image_mounts must be hex sha256 digests")
         if self.ephemeral_disk is not None:
             _check_int(self.ephemeral_disk, "ephemeral_disk", 1, 3 << 20)
+        _check_secrets(self.secrets)
+        _check_volumes(self.volumes)
         if self.image_mounts and self.image_id is None:
             raise SpecError("image_mounts attach files over an image: image_id is required")
         r = self.retries
@@ -189,6 +196,56 @@ def _check_methods(spec: "FunctionSpec") -> None:
             or not isinstance(info["is_generator"], bool)
         ):
             raise SpecError(f"method {name!r} must be described as {{'is_generator': bool}}")
+
+
+MAX_SECRETS = 64
+MAX_VOLUMES = 32
+SECRET_ID = re.compile(r"st-[0-9A-Za-z]{1,64}")
+VOLUME_ID = re.compile(r"vo-[0-9A-Za-z]{1,64}")
+# where a volume may not be mounted: the runtime's own paths and the system's
+RESERVED_MOUNTS = ("/", "/proc", "/sys", "/dev", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64",
+                   "/src", "/run", "/tmp", "/var", "/boot")  # fmt: skip
+
+
+def _check_secrets(value: Any) -> None:
+    if not isinstance(value, list) or len(value) > MAX_SECRETS:
+        raise SpecError(f"secrets must be a list of at most {MAX_SECRETS} secret ids")
+    if not all(isinstance(s, str) and SECRET_ID.fullmatch(s) for s in value):
+        raise SpecError("secrets must be secret ids (st-...)")
+
+
+def mount_path_problem(path: Any) -> Optional[str]:
+    """Why ``path`` cannot be a volume's mount point in a container, or None."""
+    if not isinstance(path, str) or not path.startswith("/") or len(path) > 256:
+        return f"a volume's mount point must be an absolute path, got {path!r}"
+    parts = path.strip("/").split("/")
+    if any(p in ("", ".", "..") for p in parts) or "\0" in path:
+        return f"a volume's mount point must be a normalised absolute path, got {path!r}"
+    top = "/" + parts[0]
+    if path in RESERVED_MOUNTS or (top in RESERVED_MOUNTS and top not in ("/tmp", "/var", "/run")):
+        return f"a volume cannot be mounted at {path!r}: the container's own files live there"
+    return None
+
+
+def _check_volumes(value: Any) -> None:
+    if not isinstance(value, dict) or len(value) > MAX_VOLUMES:
+        raise SpecError(f"volumes must map at most {MAX_VOLUMES} mount points to volumes")
+    paths = sorted(value)
+    for path in paths:
+        problem = mount_path_problem(path)
+        if problem:
+            raise SpecError(problem)
+        ref = value[path]
+        if (
+            not isinstance(ref, dict)
+            or set(ref) != {"id", "read_only"}
+            or not (isinstance(ref["id"], str) and VOLUME_ID.fullmatch(ref["id"]))
+            or not isinstance(ref["read_only"], bool)
+        ):
+            raise SpecError(f"volume at {path}: must be {{'id': 'vo-...', 'read_only': bool}}")
+    for a, b in zip(paths, paths[1:]):
+        if b.startswith(a.rstrip("/") + "/"):
+            raise SpecError(f"volume mount points cannot nest: {a} and {b}")
 
 
 def _check_params(value: Any) -> None:

@@ -14,6 +14,8 @@ WORKER = "wk"
 TOKEN = "tk"
 DICT = "di"
 QUEUE = "qu"
+VOLUME = "vo"
+SECRET = "st"
 
 KINDS = {
     APP: "app",
@@ -23,6 +25,8 @@ KINDS = {
     WORKER: "worker",
     DICT: "dict",
     QUEUE: "queue",
+    VOLUME: "volume",
+    SECRET: "secret",
 }
 
 

@@ -23,7 +23,7 @@ from vivace.protocol import objects as limits
 from vivace.server.errors import Conflict, Invalid, NotFound, TooLarge
 from vivace.server.store.base import Tx
 
-KINDS = {"dict": ids.DICT, "queue": ids.QUEUE}
+KINDS = {"dict": ids.DICT, "queue": ids.QUEUE, "volume": ids.VOLUME, "secret": ids.SECRET}
 DEFAULT_PARTITION = ""
 
 
@@ -114,6 +114,9 @@ def _drop(tx: Tx, object_id: str) -> None:
     tx.execute("DELETE FROM dict_entries WHERE dict_id = ?", (object_id,))
     tx.execute("DELETE FROM queue_items WHERE queue_id = ?", (object_id,))
     tx.execute("DELETE FROM queue_partitions WHERE queue_id = ?", (object_id,))
+    tx.execute("DELETE FROM volume_files WHERE volume_id = ?", (object_id,))
+    tx.execute("DELETE FROM volumes WHERE volume_id = ?", (object_id,))
+    tx.execute("DELETE FROM secrets WHERE object_id = ?", (object_id,))
     tx.execute("DELETE FROM objects WHERE id = ?", (object_id,))
 
 

@@ -120,6 +120,23 @@ MIGRATIONS: list[list[str]] = [
             queue_id TEXT NOT NULL, part TEXT NOT NULL, expires_at {DOUBLE} NOT NULL,
             PRIMARY KEY (queue_id, part))""",
     ],
+    [
+        # a Secret's values: a JSON object sealed with AES-256-GCM under the server's key (never stored in
+        # the clear); inline secrets (from_dict, from_dotenv, ...) belong to an app (app_id) and are shared
+        # by its redeploys while their values' keyed digest matches
+        """CREATE TABLE secrets (
+            object_id TEXT PRIMARY KEY, app_id TEXT, digest TEXT, sealed {BLOB} NOT NULL,
+            created_at {DOUBLE} NOT NULL)""",
+        "CREATE INDEX secrets_app ON secrets(app_id, digest)",
+        # a Volume's committed state: its version (bumped by each commit) and one row per path; a file's
+        # content is a blob named by its sha256 in the blob store, a directory has digest ''
+        """CREATE TABLE volumes (
+            volume_id TEXT PRIMARY KEY, version {BIGINT} NOT NULL, updated_at {DOUBLE} NOT NULL)""",
+        """CREATE TABLE volume_files (
+            volume_id TEXT NOT NULL, path TEXT NOT NULL, digest TEXT NOT NULL, size {BIGINT} NOT NULL,
+            mode INTEGER NOT NULL, mtime {DOUBLE} NOT NULL, version {BIGINT} NOT NULL,
+            PRIMARY KEY (volume_id, path))""",
+    ],
 ]
 
 
