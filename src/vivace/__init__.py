@@ -15,6 +15,7 @@ from vivace.image import Image
 from vivace.queue import Queue
 from vivace.retries import Retries
 from vivace.runtime_api import current_function_call_id, current_input_id, is_local
+from vivace.volume import Volume
 
 __all__ = [
     "App",
@@ -27,6 +28,7 @@ __all__ = [
     "Obj",
     "Queue",
     "Retries",
+    "Volume",
     "__version__",
     "batched",
     "concurrent",

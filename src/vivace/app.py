@@ -57,8 +57,8 @@ class App:
         if name is not None and not isinstance(name, str):
             raise exc.InvalidError(f"App name must be a string, got {type(name).__name__}")
         self.image = _image_arg(image)
-        params.check_not_yet("secrets", secrets)
-        params.check_not_yet("volumes", volumes)
+        self.secrets = params.secrets(secrets)  # defaults for every function of the app
+        self.volumes = params.volumes(volumes)
         self.name = name
         self.tags = dict(tags or {})
         self.include_source = params.flag("include_source", include_source)
@@ -140,6 +140,7 @@ class App:
             spec = self._spec(f, fname, settings, is_generator=gen, **fields)
             fn = Function(self, f, spec)
             fn._image = _image_arg(image)
+            fn._storage = {"secrets": settings["secrets"], "volumes": settings["volumes"]}
             self.registered_functions[fname] = fn
             return fn
 
@@ -217,6 +218,7 @@ class App:
             spec = self._spec(user_cls, cname, settings, is_class=True, methods=methods, **fields)
             fn = Function(self, user_cls, spec)
             fn._image = _image_arg(image)
+            fn._storage = {"secrets": settings["secrets"], "volumes": settings["volumes"]}
             self.registered_functions[cname] = fn
             self.registered_classes[cname] = cls = Cls(self, user_cls, fn)
             return cls
@@ -232,7 +234,9 @@ class App:
             raise exc.InvalidError(f"app already has a function named {fname!r}")
         if "#" in fname:
             raise exc.InvalidError(f"function names cannot contain '#': {fname!r}")
-        spec_fields = {k: v for k, v in s.items() if k != "enable_memory_snapshot"}
+        spec_fields = {
+            k: v for k, v in s.items() if k not in ("enable_memory_snapshot", "secrets", "volumes")
+        }
         return FunctionSpec(
             name=fname, module=obj.__module__, qualname=obj.__qualname__, **spec_fields, **fields
         )
@@ -320,6 +324,12 @@ class App:
         image = fn._image or self.image
         if image is not None:  # built by _build_images
             spec = _replace(spec, image_id=uploaded[f"image:{id(image)}"], image_mounts=image.mounts())
+        secret_ids, mounts = await resolve_storage(
+            self.app_id,
+            [*self.secrets, *fn._storage["secrets"]],
+            {**self.volumes, **fn._storage["volumes"]},
+        )
+        spec = _replace(spec, secrets=secret_ids, volumes=mounts)
         blobs: list[bytes] = []
         if spec.serialized:
             from vivace._sdk.serialization import serialize
@@ -425,6 +435,19 @@ async def _lookup_app(name: str, create_if_missing: bool) -> App:
     return app
 
 
+async def resolve_storage(
+    app_id: str | None, secrets: list[Any], volumes: dict[str, Any]
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Secret and Volume objects as the ids a function spec names (looked up or created now)."""
+    ids: list[str] = []
+    for secret in secrets:
+        sid = await secret._resolve_for(app_id)
+        if sid not in ids:
+            ids.append(sid)
+    mounts = {path: await vol._mount_ref() for path, vol in sorted(volumes.items())}
+    return ids, mounts
+
+
 def _image_arg(image: Any) -> Any:
     from vivace.image import Image
 
@@ -435,7 +458,7 @@ def _image_arg(image: Any) -> Any:
 
 def _settings(p: dict[str, Any]) -> dict[str, Any]:
     """Validate the parameters ``@app.function()`` and ``@app.cls()`` share; return spec fields."""
-    for key in ("secrets", "volumes", "cloud", "region", "nonpreemptible"):
+    for key in ("cloud", "region", "nonpreemptible"):
         params.check_not_yet(key, p[key])
     cpu_req, cpu_lim = params.cpu(p["cpu"])
     mem_req, mem_lim = params.memory(p["memory"])
@@ -462,6 +485,9 @@ def _settings(p: dict[str, Any]) -> dict[str, Any]:
         "block_network": p["block_network"],
         "restrict_modal_access": p["restrict_modal_access"],
         "env": params.env(p["env"]),
+        # objects, not spec fields: the app resolves them to ids when it registers the function
+        "secrets": params.secrets(p["secrets"]),
+        "volumes": params.volumes(p["volumes"]),
         "enable_memory_snapshot": p["enable_memory_snapshot"],
         "ephemeral_disk": params.ephemeral_disk(p["ephemeral_disk"]),
         **params.autoscaler(

@@ -234,7 +234,7 @@ class Obj:
         if variant is None:
             self._service = base
         else:  # one handle per parameter and option set: its variant is created once per app run
-            key = json.dumps(variant, sort_keys=True)
+            key = json.dumps(variant, sort_keys=True, default=lambda o: f"object:{id(o)}")
             if key not in cls._services:
                 cls._services[key] = Function(base._app, None, None, base=base, variant=variant)
             self._service = cls._services[key]

@@ -51,6 +51,8 @@ class Function:
         self._lookup = lookup  # (app name, function name): resolved on first use
         self._local = local  # for a method: returns the local instance whose method .local() runs
         self._image: Any = None  # the Image its containers start from (None: the app's, or the base)
+        # Secret and Volume objects (the spec names their ids once the app registers the function)
+        self._storage: dict[str, Any] = {"secrets": [], "volumes": {}}
         self._name: str = (
             spec.name if spec is not None else (lookup[1] if lookup else base._name if base else "?")
         )
@@ -90,6 +92,16 @@ class Function:
         run_sync(self._resolve())
         return self
 
+    def _app_id(self) -> str | None:
+        """The id of the app this handle belongs to, where known (its run, or the serving container's)."""
+        if self._app is not None and self._app.app_id is not None:
+            return self._app.app_id
+        if not runtime_api.is_local():
+            from vivace.runtime import context
+
+            return context.app_id or None
+        return None
+
     def _hydrate(self, function_id: str) -> None:
         self._function_id = function_id
 
@@ -101,7 +113,9 @@ class Function:
                 return base_id
             if base_id not in self._variant_ids:
                 data = await (await get_client()).post_json(
-                    f"/v1/functions/{base_id}/variants", self._variant, retry_for=10
+                    f"/v1/functions/{base_id}/variants",
+                    await _variant_body(self._variant, self._app_id()),
+                    retry_for=10,
                 )
                 self._variant_ids[base_id] = (data["function_id"], FunctionSpec.from_dict(data["spec"]))
             fid, spec = self._variant_ids[base_id]
@@ -362,6 +376,22 @@ class Function:
             if not isinstance(value, str) or not value:
                 raise exc.InvalidError(f"Function.from_name: {what} must be a non-empty string")
         return Function(None, None, None, lookup=(app_name, name))
+
+
+async def _variant_body(variant: dict[str, Any], app_id: str | None) -> dict[str, Any]:
+    """A variant's options with its Secret and Volume objects resolved to ids."""
+    options = variant.get("options") or {}
+    if "secrets" not in options and "volumes" not in options:
+        return variant
+    from vivace.app import resolve_storage
+
+    ids, mounts = await resolve_storage(app_id, options.get("secrets", []), options.get("volumes", {}))
+    resolved = {**options}
+    if "secrets" in options:
+        resolved["secrets"] = ids
+    if "volumes" in options:
+        resolved["volumes"] = mounts
+    return {**variant, "options": resolved}
 
 
 def _in_container_lookup(fn: Function) -> dict[str, str] | None:

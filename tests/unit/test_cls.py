@@ -226,8 +226,10 @@ def test_with_options_validates_like_app_function():
         fn.with_options(cpu=-1)
     with pytest.raises(InvalidError, match="unknown"):
         fn.with_options(colour="red")
-    with pytest.raises(vivace.exception.NotImplementedYetError):
+    with pytest.raises(InvalidError, match="vivace.Volume"):
         fn.with_options(volumes={"/x": object()})
+    with pytest.raises(InvalidError, match="vivace.Secret"):
+        fn.with_options(secrets=["not a secret"])
 
 
 def base_spec(**kw):

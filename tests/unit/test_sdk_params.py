@@ -65,8 +65,6 @@ def test_bad_parameters_are_typed_errors(kw, match):
 @pytest.mark.parametrize(
     "kw",
     [
-        {"volumes": {"/d": object()}},
-        {"secrets": [object()]},
         {"schedule": object()},
         {"cloud": "aws"},
         {"region": "us"},
@@ -76,6 +74,26 @@ def test_bad_parameters_are_typed_errors(kw, match):
 def test_later_features_fail_clearly(kw):
     with pytest.raises(exc.NotImplementedYetError, match="not have yet"):
         decorate(**kw)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"volumes": {"/d": object()}}, "must be a vivace.Volume"),
+        ({"volumes": ["/d"]}, "dict of mount point"),
+        ({"volumes": {"data": vivace.Volume.from_name("v")}}, "absolute path"),
+        ({"volumes": {"/usr/lib/x": vivace.Volume.from_name("v")}}, "cannot be mounted"),
+        ({"volumes": {"/a/../b": vivace.Volume.from_name("v")}}, "normalised"),
+        ({"volumes": {"/d": vivace.Volume.from_name("v"), "/d/e": vivace.Volume.from_name("w")}}, "nest"),
+        ({"secrets": [object()]}, "list of vivace.Secret"),
+        ({"secrets": {"A": "b"}}, "list of vivace.Secret"),
+    ],
+)
+def test_bad_secrets_and_volumes_are_typed_errors(kw, match):
+    with pytest.raises(exc.InvalidError, match=match):
+        decorate(**kw)
+    with pytest.raises(exc.InvalidError, match=match):
+        vivace.App("t", **kw)
 
 
 def test_memory_snapshot_warns_once():

@@ -6,6 +6,7 @@ being silently ignored.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import warnings
@@ -24,8 +25,6 @@ RENAMED = {
 
 # parameter -> (feature, value that means "not used")
 NOT_YET: dict[str, tuple[str, Any]] = {
-    "volumes": ("Volumes (storage primitives)", None),
-    "secrets": ("Secrets (storage primitives)", None),
     "schedule": ("schedules (web endpoints and schedules)", None),
     "cloud": ("cloud placement (cluster mode)", None),
     "region": ("region placement (cluster mode)", None),
@@ -184,6 +183,46 @@ def env(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+def secrets(value: Any) -> list[Any]:
+    """``secrets=``: a list of ``vivace.Secret`` (resolved to ids when the app is registered)."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes, dict)) or not isinstance(value, (list, tuple)):
+        raise InvalidError(f"secrets must be a list of vivace.Secret, got {type(value).__name__}")
+    for item in value:
+        if not hasattr(item, "_resolve_for"):
+            raise InvalidError(f"secrets must be a list of vivace.Secret, got a {type(item).__name__}")
+    return list(value)
+
+
+def volumes(value: Any) -> dict[str, Any]:
+    """``volumes=``: mount point -> ``vivace.Volume`` (or ``vol.read_only()``)."""
+    from pathlib import PurePosixPath
+
+    from vivace.protocol.functions import mount_path_problem
+
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidError(
+            f"volumes must be a dict of mount point to vivace.Volume, got {type(value).__name__}"
+        )
+    out: dict[str, Any] = {}
+    for path, vol in value.items():
+        key = str(path) if isinstance(path, PurePosixPath) else path
+        problem = mount_path_problem(key)
+        if problem:
+            raise InvalidError(problem)
+        if not hasattr(vol, "_mount_ref"):
+            raise InvalidError(f"volumes[{key!r}] must be a vivace.Volume, got a {type(vol).__name__}")
+        out[key] = vol
+    points = sorted(out)
+    for a, b in itertools.pairwise(points):
+        if b.startswith(a.rstrip("/") + "/"):
+            raise InvalidError(f"volume mount points cannot nest: {a} and {b}")
+    return out
+
+
 def autoscaler(
     min_containers: Any, max_containers: Any, buffer_containers: Any, scaledown_window: Any
 ) -> dict[str, Any]:
@@ -228,7 +267,7 @@ def warn_snapshot(function_name: str) -> None:
         )
 
 
-# with_options() keys -> what they change; secrets, volumes, region and cloud need later features
+# with_options() keys -> what they change; region and cloud need later features
 OPTION_KEYS = (
     "cpu",
     "memory",
@@ -252,9 +291,13 @@ def spec_options(options: dict[str, Any], where: str) -> dict[str, Any]:
     unknown = {k: v for k, v in options.items() if k not in OPTION_KEYS}
     reject_unknown(unknown, where)
     out: dict[str, Any] = {}
-    for key in ("secrets", "volumes", "region", "cloud"):
+    for key in ("region", "cloud"):
         if key in options:
             check_not_yet(key, options[key])
+    if options.get("secrets") is not None:
+        out["secrets"] = secrets(options["secrets"])  # objects: the handle resolves them to ids
+    if options.get("volumes") is not None:
+        out["volumes"] = volumes(options["volumes"])
     if options.get("cpu") is not None:
         out["cpu"], out["cpu_limit"] = cpu(options["cpu"])
     if options.get("memory") is not None:

@@ -168,8 +168,16 @@ class ControlPlane:
         """Forget unused images and their layers; delete the layer blobs nothing else uses."""
         from vivace.server.services import images
 
+        from vivace.server.services import volumes
+
         started = time.time() - 1.0  # file times are coarse: an upload in the same second counts as new
-        digests = await self.store.write(images.collect)
+
+        def op(tx: Any) -> list[str]:  # a volume file with the same bytes as a layer keeps the blob
+            found = images.collect(tx)
+            kept = volumes.digests_in_use(tx, found)
+            return [d for d in found if d not in kept]
+
+        digests = await self.store.write(op)
         deleted = []
         for digest in digests:  # unless uploaded again meanwhile (a rebuild of the same layer)
             if await asyncio.to_thread(self.blobs.delete, digest, started):

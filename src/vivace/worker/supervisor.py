@@ -27,7 +27,9 @@ from vivace.worker.runtimes.base import (
     ContainerSpec,
     ExitStatus,
     ImageRootfs,
+    VolumeBind,
 )
+from vivace.worker.volumes import VolumeMount
 
 log = logging.getLogger("vivace.worker")
 STOP_GRACE = 5.0
@@ -70,6 +72,7 @@ class ContainerSupervisor:
         logs: LogShipper,
         gpus: list[Gpu] | None = None,
         image: ImageRootfs | None = None,
+        volume_cache: Path | None = None,
     ) -> None:
         self.id: str = assignment["container_id"]
         self.app_id: str = assignment["app_id"]
@@ -95,7 +98,13 @@ class ContainerSupervisor:
             gpus=list(gpus or []),
             image=image,
             ephemeral_disk=self.fspec.get("ephemeral_disk"),
+            mounts=[
+                VolumeBind(workdir / "volumes" / str(n), path, bool(ref["read_only"]))
+                for n, (path, ref) in enumerate(sorted((self.fspec.get("volumes") or {}).items()))
+            ],
         )
+        self.volume_cache = volume_cache or workdir.parent.parent / "volume-cache"
+        self.volumes: dict[str, VolumeMount] = {}  # volume id -> its mount (one mount per volume)
         self.handle: ContainerHandle | None = None
         self.cancel: set[int] = set()
         self.current: int | None = None
@@ -114,8 +123,11 @@ class ContainerSupervisor:
         self._server = UnixHttpServer(str(self.spec.socket_path), self._handle)
         await self._server.start()
         try:
+            await self._mount_volumes()
             self.handle = await self.runtime.start(self.spec)
         except BaseException:
+            for mount in self.volumes.values():  # never started: nothing of its to commit
+                shutil.rmtree(mount.root, ignore_errors=True)
             await self._server.close()
             raise
         (self.spec.workdir / "pid").write_text(str(self.handle.pid))
@@ -134,6 +146,7 @@ class ContainerSupervisor:
             await asyncio.wait_for(asyncio.gather(*pumps), 2)
         if self._server is not None:
             await self._server.close()
+        await self._unmount_volumes()
         shutil.rmtree(self.spec.workdir, ignore_errors=True)
         shutil.rmtree(self.spec.socket_path.parent, ignore_errors=True)
         if self.stop_reason is not None:  # we asked it to stop: however it ended, that is why
@@ -186,6 +199,60 @@ class ContainerSupervisor:
                 line.decode("utf-8", "replace").rstrip("\n"),
             )
 
+    # -- volumes ---------------------------------------------------------------------------------
+    async def _mount_volumes(self) -> None:
+        """Assemble each volume's directory from its latest version (before the container starts)."""
+        if not self.spec.mounts:
+            return
+        if not self.runtime.capabilities.volumes:
+            raise RuntimeError(
+                f"the {self.runtime.name!r} runtime cannot mount volumes; run the worker with crun, runc "
+                "or runsc (vivace worker --runtime)"
+            )
+        owner_of = getattr(self.runtime, "volume_owner", None)
+        owner = owner_of(self.spec) if owner_of is not None else None
+        refs = sorted((self.fspec.get("volumes") or {}).items())
+        for bind, (_, ref) in zip(self.spec.mounts, refs, strict=True):
+            mount = VolumeMount(
+                self.api,
+                ref["id"],
+                bind.source,
+                read_only=bind.read_only,
+                cache=self.volume_cache,
+                owner=owner,
+            )
+            self.volumes[ref["id"]] = mount
+            await mount.prepare()
+
+    async def _unmount_volumes(self) -> None:
+        """The container has exited: commit what it wrote to each writable volume."""
+        for vid, mount in self.volumes.items():
+            try:
+                await mount.close()
+            except Exception as err:  # the volume keeps its last committed version
+                log.error("container %s: could not commit volume %s on exit: %s", self.id, vid, err)
+                self.logs.add(
+                    self.app_id,
+                    self.function_id,
+                    self.id,
+                    None,
+                    "system",
+                    f"could not commit volume {vid} when the container exited: {err}",
+                )
+
+    async def _volume_request(self, vid: str, action: str) -> HttpResponse | None:
+        """``Volume.commit()``/``reload()`` from the container, for a volume mounted here (else None)."""
+        mount = self.volumes.get(vid)
+        if mount is None:
+            return None
+        try:
+            version = await (mount.commit() if action == "commit" else mount.reload())
+        except exc.Error as err:
+            return HttpResponse(getattr(err, "status", None) or 502, str(err).encode(), "text/plain")
+        except OSError as err:
+            return HttpResponse(500, f"volume {vid}: {err}".encode(), "text/plain")
+        return HttpResponse(200, json.dumps({"version": version}).encode(), "application/json")
+
     # -- the container socket --------------------------------------------------------------------
     async def _handle(self, req: HttpRequest) -> HttpResponse:
         if req.path == "/exchange" and req.method == "POST":
@@ -210,6 +277,12 @@ class ContainerSupervisor:
             return HttpResponse(200, json.dumps(info).encode(), "application/json")
         if req.path == "/definition" and req.method == "GET":
             return HttpResponse(200, self.definition or b"")
+        if req.path.startswith("/api/v1/volumes/") and req.method == "POST":
+            parts = req.path.split("/")  # ['', 'api', 'v1', 'volumes', <id>, 'mount', <action>]
+            if len(parts) == 7 and parts[5] == "mount" and parts[6] in ("commit", "reload"):
+                answer = await self._volume_request(parts[4], parts[6])
+                if answer is not None:
+                    return answer
         if req.path.startswith("/api/v1/"):
             return await self._forward(req)
         return HttpResponse(404, b"not found", "text/plain")

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from vivace._version import __version__
-from vivace.server.api import calls, images, resources, storage, workers
+from vivace.server.api import calls, images, resources, storage, volumes, workers
 from vivace.server.api.common import route
 from vivace.server.errors import ApiError, NotFound
 from vivace.server.plane import ControlPlane
@@ -193,7 +193,18 @@ ROUTES: list[tuple[str, str, Any, str | None, str, str]] = [
         "Hand in outputs and lease the next inputs for a container",
     ),
     ("POST", "/v1/logs", workers.put_logs, "json", "json", "Store a batch of log lines (worker token)"),
-    # storage objects (Dict, Queue): by name or ephemeral, contents as binary frames
+    # volumes: listings and commits (content moves as blobs)
+    ("GET", "/v1/volumes/{object_id}/entries", volumes.list_entries, None, "json", "List a volume's files"),
+    ("POST", "/v1/volumes/{object_id}/commit", volumes.commit, "json", "json", "Change a volume's files"),
+    (
+        "POST",
+        "/v1/volumes/{object_id}/mount/{action}",
+        volumes.mount_only,
+        "json",
+        "json",
+        "Commit or reload a mounted volume (answered by the container's worker)",
+    ),
+    # storage objects (Dict, Queue, Volume, Secret): by name or ephemeral, contents as binary frames
     (
         "POST",
         "/v1/objects/{kind}/lookup",

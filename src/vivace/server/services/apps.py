@@ -135,6 +135,8 @@ VARIANT_OPTIONS = frozenset(
         "target_inputs",
         "batch_max_size",
         "batch_wait_ms",
+        "secrets",
+        "volumes",
     }
 )
 
@@ -151,6 +153,10 @@ def variant_spec(base: FunctionSpec, params: dict[str, Any] | None, options: dic
     data = base.to_dict()
     if "env" in options:
         options = {**options, "env": {**base.env, **options["env"]}}
+    if "secrets" in options:  # added to the function's own (a later secret wins a key both set)
+        options = {**options, "secrets": [*base.secrets, *(s for s in options["secrets"] if s not in base.secrets)]}
+    if "volumes" in options:
+        options = {**options, "volumes": {**base.volumes, **options["volumes"]}}
     data.update(options)
     if data["batch_max_size"] and not base.batch_max_size:
         raise SpecError(f"{base.name} has no @batched function or method to batch")

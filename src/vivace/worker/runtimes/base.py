@@ -26,6 +26,7 @@ class Capabilities:
     network_isolation: bool
     gpu: bool = False
     network_block: bool | None = None  # can give a container loopback only; None: as network_isolation
+    volumes: bool = False  # can bind-mount volume directories at any path in the container
 
     @property
     def can_block_network(self) -> bool:
@@ -47,6 +48,16 @@ class ContainerSpec:
     gpus: list[Gpu] = field(default_factory=list)  # the worker's GPUs this container is given
     image: ImageRootfs | None = None  # None: the worker's base root filesystem
     ephemeral_disk: int | None = None  # MiB: the writable layer is a filesystem of this size
+    mounts: list[VolumeBind] = field(default_factory=list)  # volumes, assembled by the worker
+
+
+@dataclass(frozen=True)
+class VolumeBind:
+    """A directory of the worker's bind-mounted into the container (a volume's mount)."""
+
+    source: Path
+    destination: str
+    read_only: bool = False
 
 
 @dataclass(frozen=True)

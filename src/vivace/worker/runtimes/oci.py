@@ -179,6 +179,11 @@ def oci_config(
             {"destination": "/src", "type": "bind", "source": str(spec.source_dir),
              "options": ["rbind", "ro", "nosuid", "nodev"]}
         )  # fmt: skip
+    for bind in spec.mounts:  # volumes: directories the worker assembled
+        mounts.append(
+            {"destination": bind.destination, "type": "bind", "source": str(bind.source),
+             "options": ["rbind", "ro" if bind.read_only else "rw", "nosuid", "nodev"]}
+        )  # fmt: skip
     if resolv_conf is not None:
         mounts.append(
             {"destination": "/etc/resolv.conf", "type": "bind", "source": str(resolv_conf),
@@ -300,7 +305,13 @@ class OciRuntime:
     """One OCI runtime binary (crun, runc or runsc) behind the ``ContainerRuntime`` port."""
 
     capabilities = Capabilities(
-        isolation=True, cpu_limit=True, memory_limit=True, pids_limit=True, network_isolation=True, gpu=True
+        isolation=True,
+        cpu_limit=True,
+        memory_limit=True,
+        pids_limit=True,
+        network_isolation=True,
+        gpu=True,
+        volumes=True,
     )
 
     def __init__(
@@ -332,6 +343,14 @@ class OciRuntime:
         # user namespaces: crun and runc, as root, where idmapped mounts work (prepare() finds out)
         self.userns = False
         self.userns_problem: str | None = "not tried yet"
+
+    def volume_owner(self, spec: ContainerSpec) -> tuple[int, int] | None:
+        """Who a volume's files must belong to on the host for the container's user to own them."""
+        user = spec.image.user if spec.image is not None else None
+        uid, gid = (user[0], user[1]) if user else (0, 0)
+        if self.userns:
+            return idmap.HOST_BASE + uid, idmap.HOST_BASE + gid
+        return (uid, gid) if user else None
 
     # -- preparation -----------------------------------------------------------------------------
     def prepare(self) -> None:

@@ -78,6 +78,8 @@ class WarmPool:
             return None  # devices are fixed when a container is created
         if spec.ephemeral_disk:
             return None  # a warm container's writable layer is on the worker's disk
+        if spec.mounts:
+            return None  # volumes are bind-mounted when a container is created
         key = image_key(spec.image)
         if spec.image is not None and key is not None and self.size > 0:
             self._remember(key, spec.image)

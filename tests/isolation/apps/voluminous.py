@@ -1,0 +1,44 @@
+"""Functions that mount one volume read-write and read-only (tests/isolation/test_volumes.py)."""
+
+import os
+
+import vivace
+
+app = vivace.App("voluminous")
+vol = vivace.Volume.from_name("iso-volume", create_if_missing=True)
+
+
+@app.function(volumes={"/data": vol}, scaledown_window=2)
+def write(path, text, commit=True):
+    """Write ``text`` to ``/data/path``; commit unless told not to (exit commits anyway)."""
+    full = os.path.join("/data", path)
+    os.makedirs(os.path.dirname(full), exist_ok=True)
+    with open(full, "w") as f:
+        f.write(text)
+    if commit:
+        vol.commit()
+    return sorted(os.listdir("/data"))
+
+
+@app.function(volumes={"/mnt/vol": vol})
+def read(path, reload=True):
+    """The text at ``path`` in the volume (None if absent), after a reload; and who owns the mount."""
+    if reload:
+        vol.reload()
+    full = os.path.join("/mnt/vol", path)
+    st = os.stat("/mnt/vol")
+    text = open(full).read() if os.path.exists(full) else None
+    return {"text": text, "uid": st.st_uid, "writable": os.access("/mnt/vol", os.W_OK)}
+
+
+@app.function(volumes={"/ro": vol.read_only()})
+def read_only(path):
+    """Read ``path`` through a read-only mount, then try to write beside it."""
+    text = open(os.path.join("/ro", path)).read()
+    try:
+        with open("/ro/intruder.txt", "w") as f:
+            f.write("no")
+        outcome = "written"
+    except OSError as err:
+        outcome = os.strerror(err.errno or 0)
+    return {"text": text, "write": outcome}
