@@ -114,10 +114,10 @@ class Volume(StorageObject):
             raise IsADirectoryError(f"{p!r} is a directory in {self!r}")
         return entry
 
-    async def _download(self, path: Any, dest: Path) -> int:
+    async def _download(self, path: Any, dest: Path, progress: Callable[[int], None] | None = None) -> int:
         entry = await self._file(path)
         api = await get_client()
-        await api.download(f"/v1/blobs/{entry['digest']}", dest)
+        await api.download(f"/v1/blobs/{entry['digest']}", dest, progress=progress)
         return int(entry["size"])
 
     async def _read_file(self, path: Any) -> AsyncIterator[bytes]:
@@ -190,11 +190,11 @@ class Volume(StorageObject):
         del recursive  # directories are always copied whole, as Modal does
         await self._commit_ops(ops)
 
-    def batch_upload(self, force: bool = False) -> VolumeUpload:
+    def batch_upload(self, force: bool = False, *, progress: Progress | None = None) -> VolumeUpload:
         """``with vol.batch_upload() as b: b.put_file(...); b.put_directory(...)``: uploaded and committed
         as one version when the block ends (nothing is committed if it raises). Without ``force``, a file
         that already exists is a ``FileExistsError``."""
-        return VolumeUpload(self, force)
+        return VolumeUpload(self, force, progress)
 
     # -- a mount (inside a container) ----------------------------------------------------------------
     async def _mount_call(self, action: str) -> None:
@@ -213,8 +213,8 @@ class Volume(StorageObject):
         await self._mount_call("reload")
 
 
-Progress = Callable[[str, int], None]
-"""Called as ``progress(remote_path, bytes_done)`` while a batch upload sends content."""
+Progress = Callable[[int], None]
+"""Called with each number of bytes a batch upload sends (content already stored counts at once)."""
 
 
 class VolumeUpload:
@@ -261,6 +261,10 @@ class VolumeUpload:
                 rel = f.relative_to(src).as_posix()
                 self._files.append((f, f"{remote}/{rel}" if remote else rel, None))
 
+    def total_bytes(self) -> int:
+        """What the files given so far add up to (file objects count once read)."""
+        return sum(src.stat().st_size for src, _, _ in self._files if isinstance(src, Path))
+
     def __enter__(self) -> VolumeUpload:
         return self
 
@@ -289,10 +293,10 @@ class VolumeUpload:
                 digest = await asyncio.to_thread(_sha256, src)
                 try:
                     await api.request("HEAD", f"/v1/blobs/{digest}")
+                    if self.progress is not None:
+                        self.progress(st.st_size)
                 except exc.NotFoundError:
-                    await api.put_file(f"/v1/blobs/{digest}", src)
-                if self.progress is not None:
-                    self.progress(remote, st.st_size)
+                    await api.put_file(f"/v1/blobs/{digest}", src, progress=self.progress)
                 ops.append(
                     {
                         "op": "put",

@@ -110,30 +110,68 @@ class ApiClient:
             delay = min(delay * 2, 2.0)
 
     async def put_file(
-        self, path: str, src: Path, *, timeout: float = 3600.0, retry_for: float = 60.0
+        self,
+        path: str,
+        src: Path,
+        *,
+        timeout: float = 3600.0,
+        retry_for: float = 60.0,
+        progress: Callable[[int], None] | None = None,
     ) -> Any:
         """PUT the file ``src`` as the body, streamed; retried from the start while the server cannot be
-        reached or is restarting. Returns the JSON answer."""
+        reached or is restarting. Returns the JSON answer. ``progress(n)`` is called as n more bytes go
+        (a retry starts over: it is called with the negative of what went before)."""
         return await self._streaming(
-            lambda: self._put_file_once(path, src, timeout), f"upload {src.name}", retry_for
+            lambda: self._put_file_once(path, src, timeout, progress), f"upload {src.name}", retry_for
         )
 
-    async def _put_file_once(self, path: str, src: Path, timeout: float) -> Response:
+    async def _put_file_once(
+        self, path: str, src: Path, timeout: float, progress: Callable[[int], None] | None
+    ) -> Response:
         with src.open("rb") as f:
             size = os.fstat(f.fileno()).st_size
-            return await self._http.send_file(
-                "PUT", path, f, size, headers={"content-type": "application/octet-stream"}, timeout=timeout
-            )
+            body = f if progress is None else _Counting(f, progress)
+            try:
+                resp = await self._http.send_file(
+                    "PUT",
+                    path,
+                    body,
+                    size,
+                    headers={"content-type": "application/octet-stream"},
+                    timeout=timeout,
+                )
+            except BaseException:
+                if progress is not None:
+                    progress(-body.count)  # type: ignore[union-attr]
+                raise
+            if progress is not None and resp.status_code >= 400:
+                progress(-body.count)  # type: ignore[union-attr]
+            return resp
 
     async def download(
-        self, path: str, dest: Path, *, timeout: float = 3600.0, retry_for: float = 60.0
+        self,
+        path: str,
+        dest: Path,
+        *,
+        timeout: float = 3600.0,
+        retry_for: float = 60.0,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         """GET ``path`` into the file ``dest`` (created or truncated), streamed; retried like
-        :meth:`put_file`."""
+        :meth:`put_file` (``progress`` as there)."""
 
         async def once() -> Response:
             with dest.open("wb") as f:
-                return await self._http.fetch_to(path, f, timeout=timeout)
+                sink = f if progress is None else _Counting(f, progress)
+                try:
+                    resp = await self._http.fetch_to(path, sink, timeout=timeout)  # type: ignore[arg-type]
+                except BaseException:
+                    if progress is not None:
+                        progress(-sink.count)  # type: ignore[union-attr]
+                    raise
+                if progress is not None and resp.status_code >= 400:
+                    progress(-sink.count)  # type: ignore[union-attr]
+                return resp
 
         await self._streaming(once, f"download {path}", retry_for)
 
@@ -171,6 +209,28 @@ class ApiClient:
             return frames.decode(resp.content)
         except frames.FrameError as err:
             raise exc.ServiceError(f"the server sent a malformed response: {err}") from None
+
+
+class _Counting:
+    """A file whose reads and writes report their sizes (for progress bars)."""
+
+    def __init__(self, f: Any, report: Callable[[int], None]) -> None:
+        self._f, self._report, self.count = f, report, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        self.count += len(data)
+        self._report(len(data))
+        return data
+
+    def write(self, data: bytes) -> int:
+        n = self._f.write(data)
+        self.count += len(data)
+        self._report(len(data))
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
 
 
 def _error_from(resp: Response) -> exc.Error:
