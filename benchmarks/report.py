@@ -37,6 +37,10 @@ def render_markdown(results: Mapping[str, Any], charts: Mapping[str, str] | None
         from benchmarks import storage
 
         parts += storage.render(results["storage"])
+    if results.get("volumes"):
+        from benchmarks import volumes
+
+        parts += volumes.render(results["volumes"])
     if results.get("reproducibility"):
         from benchmarks import repro
 

@@ -177,12 +177,16 @@ class HttpClient:
             if status >= 400 or "content-length" not in headers:
                 return Response(status, headers, await self._read_body(conn.reader, headers, "GET", status))
             left = int(headers["content-length"])
+            pending = bytearray()  # the socket gives what has arrived: write whole chunks to the file
             while left > 0:
                 chunk = await conn.reader.read(min(CHUNK, left))
                 if not chunk:
                     raise asyncio.IncompleteReadError(b"", left)
-                await asyncio.to_thread(dest.write, chunk)
+                pending += chunk
                 left -= len(chunk)
+                if len(pending) >= CHUNK or left == 0:
+                    await asyncio.to_thread(dest.write, bytes(pending))
+                    pending.clear()
             return Response(status, headers, b"")
 
         return await self._bounded(conn, exchange(), timeout)
