@@ -1,6 +1,7 @@
-"""Nothing acknowledged is lost: Dict and Queue writes survive ``kill -9`` of the control plane.
+"""Nothing acknowledged is lost: Dict, Queue and Volume writes survive ``kill -9`` of the control plane.
 
-A client process puts numbered items into a named Queue and a named Dict, recording each one only
+A client process puts numbered items into a named Queue and a named Dict (and every fourth one as a file
+uploaded to a named Volume), recording each one only
 after the put returned (acknowledged), while the test kills the server with SIGKILL and starts it
 again. Afterwards every acknowledged item is in the Queue and the Dict. A put in flight at the kill may
 have been committed before its answer was lost and then retried by the client, so at most the items in
@@ -19,16 +20,20 @@ import pytest
 from chaos_cluster import Cluster, wait_until
 
 CLIENT = """\
-import sys, vivace
+import io, sys, vivace
 n, acked_path = int(sys.argv[1]), sys.argv[2]
 q = vivace.Queue.from_name("chaos-q", create_if_missing=True)
 d = vivace.Dict.from_name("chaos-d", create_if_missing=True)
+v = vivace.Volume.from_name("chaos-v", create_if_missing=True)
 with open(acked_path, "a", buffering=1) as acked:
     for i in range(n):
         while True:
             try:
                 q.put(i)
                 d[i] = i * 2
+                if i % 4 == 0:
+                    with v.batch_upload(force=True) as batch:
+                        batch.put_file(io.BytesIO(b"file %d" % i), f"/files/{i}.txt")
                 break
             except vivace.exception.Error as err:  # the server is down for longer than the retries
                 print("retrying", i, err, file=sys.stderr, flush=True)
@@ -80,6 +85,8 @@ def test_kill9_of_the_control_plane_loses_no_acknowledged_storage_write(cluster:
         while batch := q.get_many(1000, block=False):
             got.extend(batch)
         entries = dict(d.items())
+        vol = vivace.Volume.from_name("chaos-v")
+        files = {e.path: b"".join(vol.read_file(e.path)) for e in vol.listdir("/files")}
     finally:
         for k in cluster.client_env():
             if k.startswith("VIVACE_"):
@@ -90,3 +97,4 @@ def test_kill9_of_the_control_plane_loses_no_acknowledged_storage_write(cluster:
     assert acknowledged <= set(got), sorted(acknowledged - set(got))[:10]
     assert len(got) - len(set(got)) <= 1, "more than the one put in flight at the kill came twice"
     assert entries == {i: i * 2 for i in range(N)}
+    assert files == {f"files/{i}.txt": b"file %d" % i for i in range(0, N, 4)}
