@@ -7,7 +7,7 @@ Queue as arguments, its calls going through its worker to the control plane. Red
 ``redis-server``, loopback TCP, ``appendonly yes``/``appendfsync everysec`` so that an acknowledged write
 survives a killed server, as Vivace's do) through redis-py, from this process, with the same pickled
 values. Redis is not reachable from a container (containers never reach the host's services), so it has
-no container row. Volumes (throughput of a 1 GiB file beside the local disk) come with Volumes.
+no container row. Volume throughput is ``benchmarks/volumes.py``.
 """
 
 from __future__ import annotations
@@ -158,8 +158,7 @@ def render(st: Mapping[str, Any]) -> list[str]:
         f"pickled; operations per second, median of {st['repetitions']} repetition(s) with min-max; "
         "higher is better. Vivace's store is SQLite (each write committed before it is acknowledged); "
         "Redis runs with `appendonly yes` and `appendfsync everysec`. A container reaches the control "
-        "plane through its worker; Redis is not reachable from containers, so it has no container row. "
-        "Volume throughput comes with Volumes."
+        "plane through its worker; Redis is not reachable from containers, so it has no container row."
         + (f" Measured {st['measured_at']}." if st.get("measured_at") else ""),
         "",
     ]

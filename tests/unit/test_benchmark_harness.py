@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from benchmarks import autoscale, cli, repro, scale
+from benchmarks import autoscale, cli, repro, scale, volumes
 from benchmarks.report import render_markdown
 from benchmarks.stats import latency_summary, ramp_summary
 
@@ -163,8 +163,27 @@ def test_the_page_renders_every_section_and_says_why_a_peer_has_no_figures() -> 
             "redis": {"status": "not installed", "error": "redis-server is not installed"},
         },
     }
+    rows = {
+        key: {
+            "seconds": [2.0],
+            "mib_s": rate,
+            "mib_s_min": rate,
+            "mib_s_max": rate,
+            "seconds_median": 1024 / rate,
+        }
+        for key, rate in zip(
+            volumes.ROWS, (1024.0, 4096.0, 256.0, 512.0, 1024.0, 256.0, 4096.0, 128.0), strict=True
+        )
+    }
+    results["volumes"] = {"mib": 1024, "repetitions": 1, "status": "ok", "rows": rows, "version": "0.1"}
     results["reproducibility"] = {"compared": False, "reason": "the previous run was on another machine"}
     page = render_markdown(results)
+    assert "## Storage: Volume throughput" in page
+    assert "| Client: `batch_upload` (hash, upload, commit) | 256 | 4.00 | 0.25x |" in page  # vs disk write
+    assert "| Client: `read_file` | 512 | 2.00 | 0.12x |" in page  # vs disk read
+    assert volumes.render({"mib": 1, "repetitions": 1, "status": "error", "error": "boom"})[-2].startswith(
+        "Not measured"
+    )
     assert "## Autoscaling reaction" in page and "| 1.90 s |" in page  # the 20th container at 1.9 s
     assert "not installed" in page
     assert "## Control plane scale" in page and "2,000 inputs/s" in page and "300 bytes per input" in page
