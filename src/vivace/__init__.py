@@ -15,6 +15,7 @@ from vivace.image import Image
 from vivace.queue import Queue
 from vivace.retries import Retries
 from vivace.runtime_api import current_function_call_id, current_input_id, is_local
+from vivace.secret import Secret
 from vivace.volume import Volume
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "Obj",
     "Queue",
     "Retries",
+    "Secret",
     "Volume",
     "__version__",
     "batched",

@@ -54,7 +54,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from vivace.cli import apps, images, runs, server, storage, volume
+    from vivace.cli import apps, images, runs, secret, server, storage, volume
 
     for cmd in (
         runs.run,
@@ -66,6 +66,7 @@ def _register() -> None:
         images.image,
         storage.dict_group,
         storage.queue_group,
+        secret.secret_group,
         volume.volume_group,
         server.server,
         server.worker,

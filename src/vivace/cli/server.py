@@ -27,12 +27,16 @@ def server(
         return
     try:
         from vivace.server.main import serve
+        from vivace.server.secretbox import SecretKeyError
     except ImportError as err:
         raise click.ClickException(
             f"the server needs its extra: pip install 'vivace[server]' ({err})"
         ) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    serve(host=host, port=port, home=home or vivace_home(), store_url=store, embedded=embedded)
+    try:
+        serve(host=host, port=port, home=home or vivace_home(), store_url=store, embedded=embedded)
+    except SecretKeyError as err:
+        raise click.ClickException(f"cannot start: {err}") from None
 
 
 @server.command("status")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 
@@ -12,3 +13,10 @@ class ServerConfig:
     worker_timeout: float = 30.0  # a worker that has not polled for this long is dead
     app_heartbeat_timeout: float = 20.0  # an ephemeral app whose client stopped heartbeating stops
     tick: float = 1.0  # the autoscaler and reaper run at least this often
+    # the key that seals secrets' values when VIVACE_SECRET_KEY is not set (default: secret.key in the
+    # server's home, the directory that holds blob_dir)
+    secret_key_file: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.secret_key_file:
+            self.secret_key_file = os.path.join(os.path.dirname(os.path.abspath(self.blob_dir)), "secret.key")

@@ -161,6 +161,7 @@ def _spawn_worker(
     url: str, creds: dict[str, str], home: Path, cpu: float | None, memory: int | None
 ) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
+    env.pop("VIVACE_SECRET_KEY", None)  # the worker gets values per container, never the key
     env["VIVACE_WORKER_TOKEN"] = f"{creds['worker_token_id']}:{creds['worker_token_secret']}"
     argv = [
         sys.executable,

@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from vivace.protocol.calls import MAX_INLINE_PAYLOAD, OutputStatus
 from vivace.server.blobs import LocalBlobStore
 from vivace.server.config import ServerConfig
 from vivace.server.notify import Notifier
+from vivace.server.secretbox import SecretBox, load_key
 from vivace.server.services import apps, calls, containers, workers
 from vivace.server.store import Store, open_store
 
@@ -26,6 +28,8 @@ class ControlPlane:
         self.config = config
         self.store = store or open_store(config.store_url)
         self.blobs = LocalBlobStore(config.blob_dir)
+        # seals secrets' values; a missing, malformed or world-readable key stops the start here
+        self.secretbox = SecretBox(load_key(Path(config.secret_key_file)))
         self.notifier = Notifier()
         self.channels: dict[str, Any] = {}  # worker id -> WorkerChannel
         self.token_cache: dict[str, tuple[str, str, float]] = {}
@@ -153,22 +157,26 @@ class ControlPlane:
                 log.exception("storage collection failed")
 
     async def collect_storage(self) -> tuple[list[str], int]:
-        """Delete ephemeral Dicts and Queues whose client stopped heartbeating, and expired partitions."""
-        from vivace.server.services import storage
+        """Delete ephemeral Dicts and Queues whose client stopped heartbeating, expired partitions, and
+        the inline secrets of stopped apps."""
+        from vivace.server.services import secrets, storage
 
         gone = await self.store.write(lambda tx: storage.collect_ephemeral(tx, EPHEMERAL_TIMEOUT))
         expired = await self.store.write(storage.expire_partitions)
-        if gone or expired:
+        inline = await self.store.write(secrets.collect_inline)
+        if gone or expired or inline:
             log.info(
-                "storage collection: %d ephemeral object(s), %d expired partition(s)", len(gone), expired
+                "storage collection: %d ephemeral object(s), %d expired partition(s), "
+                "%d inline secret(s) of stopped apps",
+                len(gone),
+                expired,
+                len(inline),
             )
         return gone, expired
 
     async def collect_images(self) -> list[str]:
         """Forget unused images and their layers; delete the layer blobs nothing else uses."""
-        from vivace.server.services import images
-
-        from vivace.server.services import volumes
+        from vivace.server.services import images, volumes
 
         started = time.time() - 1.0  # file times are coarse: an upload in the same second counts as new
 

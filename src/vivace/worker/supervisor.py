@@ -89,7 +89,8 @@ class ContainerSupervisor:
             workdir=workdir,
             socket_path=socket_path_for(workdir, self.id),
             source_dir=source_dir,
-            env=dict(self.fspec.get("env") or {}),
+            # a function's secrets (values sent in this assignment only) apply after its env=: they win
+            env={**(self.fspec.get("env") or {}), **(assignment.get("secret_env") or {})},
             cpu=self.fspec["cpu"],
             cpu_limit=self.fspec.get("cpu_limit"),
             memory=self.fspec["memory"],

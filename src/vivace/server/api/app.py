@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from vivace._version import __version__
-from vivace.server.api import calls, images, resources, storage, volumes, workers
+from vivace.server.api import calls, images, resources, secrets, storage, volumes, workers
 from vivace.server.api.common import route
 from vivace.server.errors import ApiError, NotFound
 from vivace.server.plane import ControlPlane
@@ -203,6 +203,24 @@ ROUTES: list[tuple[str, str, Any, str | None, str, str]] = [
         "json",
         "json",
         "Commit or reload a mounted volume (answered by the container's worker)",
+    ),
+    # secrets: values go in, only ids come out (list and delete: the /v1/objects/secret routes)
+    ("POST", "/v1/secrets", secrets.create_secret, "json", "json", "Create (or overwrite) a named secret"),
+    (
+        "POST",
+        "/v1/secrets/inline",
+        secrets.create_inline,
+        "json",
+        "json",
+        "An app's inline secret (reused while its values are the same)",
+    ),
+    (
+        "POST",
+        "/v1/secrets/lookup",
+        secrets.lookup_secret,
+        "json",
+        "json",
+        "Find a named secret, checking required keys",
     ),
     # storage objects (Dict, Queue, Volume, Secret): by name or ephemeral, contents as binary frames
     (

@@ -13,9 +13,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from vivace.protocol import ids
 from vivace.protocol import objects as limits
 from vivace.server.api.common import USERS, field, frame_body, frame_response, json_body, plane_of, route
-from vivace.server.errors import Invalid
+from vivace.server.errors import ApiError, Forbidden, Invalid
 from vivace.server.services import storage
 
 MAX_WAIT = 60.0
@@ -29,12 +30,24 @@ def _kind(request: Request) -> str:
     return kind
 
 
+def _not_secret(kind_or_id: str) -> None:
+    """A secret is never made here without values, nor ephemeral: it has routes of its own."""
+    if kind_or_id == "secret" or kind_or_id.startswith(f"{ids.SECRET}-"):
+        raise ApiError(
+            "secrets are created with their values through /v1/secrets (Secret.objects.create, "
+            "`vivace secret create`), and are never ephemeral",
+            code="secret_route",
+        )
+
+
 @route(kinds=USERS)
 async def lookup_object(request: Request) -> Response:
     kind = _kind(request)
     body = await json_body(request)
     name = field(body, "name", str)
     create = field(body, "create_if_missing", bool, False)
+    if create:
+        _not_secret(kind)
     oid, created = await plane_of(request).store.write(lambda tx: storage.lookup(tx, kind, name, create))
     return JSONResponse({"object_id": oid, "created": created})
 
@@ -42,6 +55,7 @@ async def lookup_object(request: Request) -> Response:
 @route(kinds=USERS)
 async def create_object(request: Request) -> Response:
     kind = _kind(request)
+    _not_secret(kind)
     name = field(await json_body(request), "name", str)
     oid = await plane_of(request).store.write(lambda tx: storage.create(tx, kind, name))
     return JSONResponse({"object_id": oid, "created": True})
@@ -50,6 +64,7 @@ async def create_object(request: Request) -> Response:
 @route(kinds=USERS)
 async def create_ephemeral(request: Request) -> Response:
     kind = _kind(request)
+    _not_secret(kind)
     oid = await plane_of(request).store.write(lambda tx: storage.create_ephemeral(tx, kind))
     return JSONResponse({"object_id": oid})
 
@@ -57,6 +72,7 @@ async def create_ephemeral(request: Request) -> Response:
 @route(kinds=USERS)
 async def heartbeat_object(request: Request) -> Response:
     oid = request.path_params["object_id"]
+    _not_secret(oid)
     await plane_of(request).store.write(lambda tx: storage.heartbeat(tx, oid))
     return JSONResponse({"ok": True})
 
@@ -64,6 +80,7 @@ async def heartbeat_object(request: Request) -> Response:
 @route(kinds=USERS)
 async def delete_ephemeral(request: Request) -> Response:
     oid = request.path_params["object_id"]
+    _not_secret(oid)
     await plane_of(request).store.write(lambda tx: storage.delete_ephemeral(tx, oid))
     return JSONResponse({"object_id": oid})
 
@@ -78,6 +95,8 @@ async def list_objects(request: Request) -> Response:
 @route(kinds=USERS)
 async def delete_object(request: Request) -> Response:
     kind, name = _kind(request), request.path_params["name"]
+    if kind == "secret" and getattr(request.state, "token_kind", None) == "container":
+        raise Forbidden("containers may not delete secrets")
     oid = await plane_of(request).store.write(lambda tx: storage.delete(tx, kind, name))
     return JSONResponse({"object_id": oid})
 

@@ -24,7 +24,7 @@ from vivace.server.api.common import (
 )
 from vivace.server.channel import WorkerChannel
 from vivace.server.errors import ApiError, Invalid, NotFound
-from vivace.server.services import logs, workers
+from vivace.server.services import logs, secrets, workers
 
 
 @route(kinds=("worker",))
@@ -105,9 +105,18 @@ async def poll(request: Request) -> Response:
         raise Invalid("'held' must list container ids and 'wait' be 0-30 seconds")
     plane = plane_of(request)
     deadline = time.monotonic() + wait
+
+    def op(tx: Any) -> tuple[workers.PollResult, dict[str, dict[str, str]], set[str]]:
+        res = workers.poll(tx, worker_id, held)
+        # secrets' values leave the server only here, inside the assignment of the container that uses them
+        envs, failed = secrets.attach_envs(tx, plane.secretbox, worker_id, res.start)
+        return res, envs, failed
+
     while True:
         ev = plane.notifier.event("workers")
-        res = await plane.store.write(lambda tx: workers.poll(tx, worker_id, held))
+        res, envs, failed = await plane.store.write(op)
+        if failed:
+            plane.requeued(failed)
         res.stop = [c for c in res.stop if c not in stopping]
         remaining = deadline - time.monotonic()
         if res.start or res.stop or remaining <= 0:
@@ -126,6 +135,8 @@ async def poll(request: Request) -> Response:
             "gpus": a.gpus,
             "image": a.image,
         }
+        if a.container_id in envs:
+            item["secret_env"] = envs[a.container_id]
         if a.definition is not None:
             item["definition"] = len(blobs)
             blobs.append(a.definition)
