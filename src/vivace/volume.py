@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
+from urllib.parse import quote
 
 from vivace import exception as exc
 from vivace._sdk.connection import get_client
@@ -107,18 +108,20 @@ class Volume(StorageObject):
 
     iterdir = twin(iterdir, _iterdir_aio)  # type: ignore[assignment]
 
-    async def _file(self, path: Any) -> dict[str, Any]:
+    async def _download(self, path: Any, dest: Path, progress: Callable[[int], None] | None = None) -> None:
         p = _path(path, root_ok=False)
-        (entry,) = [e for e in await self._entries(p, False) if e["path"] == p] or [None]
-        if entry is None or entry["type"] != "file":
-            raise IsADirectoryError(f"{p!r} is a directory in {self!r}")
-        return entry
-
-    async def _download(self, path: Any, dest: Path, progress: Callable[[int], None] | None = None) -> int:
-        entry = await self._file(path)
+        vid = await self._resolve()
         api = await get_client()
-        await api.download(f"/v1/blobs/{entry['digest']}", dest, progress=progress)
-        return int(entry["size"])
+        try:
+            await api.download(f"/v1/volumes/{vid}/file?path={quote(p)}", dest, progress=progress)
+        except exc.NotFoundError as err:
+            if getattr(err, "code", "") == "no_such_path":
+                raise FileNotFoundError(f"{p!r} does not exist in {self!r}") from None
+            raise
+        except exc.ConflictError as err:
+            if getattr(err, "code", "") == "is_a_directory":
+                raise IsADirectoryError(f"{p!r} is a directory in {self!r}") from None
+            raise
 
     async def _read_file(self, path: Any) -> AsyncIterator[bytes]:
         fd, name = tempfile.mkstemp(prefix="vivace-read-")

@@ -128,3 +128,43 @@ def test_cli_lists_uploads_downloads_copies_and_removes(cluster: Any, tmp_path: 
     assert missing.returncode != 0 and "does not exist" in missing.stderr
     assert _cli("volume", "delete", name, "--yes").returncode == 0
     assert name not in vivace.Volume.objects.list()
+
+
+def test_a_container_reads_volume_files_through_the_volume_never_blobs_by_digest(cluster: Any) -> None:
+    name = _name("scoped")
+    vol = vivace.Volume.from_name(name, create_if_missing=True)
+    with vol.batch_upload() as batch:
+        batch.put_file(io.BytesIO(b"volume content"), "/f.txt")
+    digest = hashlib.sha256(b"volume content").hexdigest()
+    app = vivace.App("volume-scope")
+
+    @app.function(serialized=True)
+    def probe(v: Any, digest: str) -> dict[str, Any]:
+        from vivace import exception as exc
+
+        out: dict[str, Any] = {"read": b"".join(v.read_file("f.txt"))}
+        try:
+            b"".join(vivace.Volume.from_id(v.object_id).read_file("missing.txt"))
+        except FileNotFoundError:
+            out["missing"] = "FileNotFoundError"
+        from vivace._sdk.connection import get_client
+        from vivace._sync import run_sync
+
+        async def raw_get() -> int:
+            api = await get_client()
+            try:
+                await api.request("GET", f"/v1/blobs/{digest}", retry_for=0)
+            except exc.PermissionDeniedError:
+                return 403
+            return 200
+
+        out["blob_get"] = run_sync(raw_get())
+        with v.batch_upload(force=True) as batch:  # uploads are allowed: content goes in by its digest
+            batch.put_file(io.BytesIO(b"from the container"), "/g.txt")
+        return out
+
+    with app.run():
+        seen = probe.remote(vol, digest)
+    assert seen == {"read": b"volume content", "missing": "FileNotFoundError", "blob_get": 403}
+    assert b"".join(vol.read_file("g.txt")) == b"from the container"
+    vivace.Volume.objects.delete(name)

@@ -114,6 +114,22 @@ def test_commit_outside_a_container_and_bad_paths_are_clear_errors(vols):
         list(vols.vol.read_file("/copies"))
 
 
+def test_links_planted_in_a_mount_never_reach_the_host(vols, tmp_path):
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    (canary / "secret.txt").write_text("host secret")
+    with vols.app.run():
+        seen = vols.plant_links.remote(str(canary))
+    # the worker replaced the link with the volume's directory inside the mount
+    assert seen == {"link_is_link": False, "planted": "planted"}
+    assert sorted(p.name for p in canary.iterdir()) == ["secret.txt"]  # nothing written on the host
+    assert (canary / "secret.txt").read_text() == "host secret"
+    paths = [e.path for e in vols.vol.listdir("/", recursive=True)]
+    assert "leak.txt" not in paths and "fifo" not in paths  # links and fifos are not volume content
+    assert _text(vols.vol, "link/planted.txt") == "planted"
+
+
+# last: after every test above has run containers with mounts
 def test_nothing_is_left_on_the_worker_after_the_containers_go(vols):
     containers = vols.cluster.home / "worker" / "containers"
     wait_for(lambda: not list(containers.glob("*/volumes/*")), "the mount directories to go", timeout=60)

@@ -8,6 +8,7 @@ seconds: a control plane that restarts loses no work and the caller sees no erro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -15,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from vivace import exception as exc
 from vivace._version import __version__
@@ -112,25 +113,32 @@ class ApiClient:
     async def put_file(
         self,
         path: str,
-        src: Path,
+        src: Path | BinaryIO,
         *,
         timeout: float = 3600.0,
         retry_for: float = 60.0,
         progress: Callable[[int], None] | None = None,
     ) -> Any:
-        """PUT the file ``src`` as the body, streamed; retried from the start while the server cannot be
-        reached or is restarting. Returns the JSON answer. ``progress(n)`` is called as n more bytes go
-        (a retry starts over: it is called with the negative of what went before)."""
+        """PUT the file ``src`` (a path, or an open binary file sent from its start) as the body,
+        streamed; retried from the start while the server cannot be reached or is restarting. Returns the
+        JSON answer. ``progress(n)`` is called as n more bytes go (a failed try reports the negative of
+        what it sent)."""
+        what = f"upload {src.name if isinstance(src, Path) else 'a file'}"
         return await self._streaming(
-            lambda: self._put_file_once(path, src, timeout, progress), f"upload {src.name}", retry_for
+            lambda: self._put_file_once(path, src, timeout, progress), what, retry_for
         )
 
     async def _put_file_once(
-        self, path: str, src: Path, timeout: float, progress: Callable[[int], None] | None
+        self, path: str, src: Path | BinaryIO, timeout: float, progress: Callable[[int], None] | None
     ) -> Response:
-        with src.open("rb") as f:
+        with contextlib.ExitStack() as stack:
+            if isinstance(src, Path):
+                f: BinaryIO = stack.enter_context(src.open("rb"))
+            else:
+                f = src
+                f.seek(0)
             size = os.fstat(f.fileno()).st_size
-            body = f if progress is None else _Counting(f, progress)
+            body: Any = f if progress is None else _Counting(f, progress)
             try:
                 resp = await self._http.send_file(
                     "PUT",
@@ -142,10 +150,10 @@ class ApiClient:
                 )
             except BaseException:
                 if progress is not None:
-                    progress(-body.count)  # type: ignore[union-attr]
+                    progress(-body.count)
                 raise
             if progress is not None and resp.status_code >= 400:
-                progress(-body.count)  # type: ignore[union-attr]
+                progress(-body.count)
             return resp
 
     async def download(
@@ -218,13 +226,13 @@ class _Counting:
         self._f, self._report, self.count = f, report, 0
 
     def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
+        data: bytes = self._f.read(n)
         self.count += len(data)
         self._report(len(data))
         return data
 
     def write(self, data: bytes) -> int:
-        n = self._f.write(data)
+        n: int = self._f.write(data)
         self.count += len(data)
         self._report(len(data))
         return n

@@ -10,6 +10,11 @@ directory to the latest version.
 File content is cached per worker by digest (``<worker>/volume-cache``): a read-only mount hard-links the
 cached files (the bind mount is read-only, so nothing can change them); a writable one gets copies.
 Cached files no mount links are pruned when the cache grows past its limit.
+
+The worker runs as root and a running container can change its mount at any moment, so every access to
+a mount's files goes through directory file descriptors, one component at a time, never following a
+symbolic link (``O_NOFOLLOW``, ``os.fwalk``, ``dir_fd=``): a link or a directory swapped for one can
+neither make the worker write outside the mount nor make it upload a host file into the volume.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 import shutil
 import stat
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +83,8 @@ class VolumeMount:
     # -- assemble ------------------------------------------------------------------------------------
     async def prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self._own(self.root)
+        if self.owner is not None:
+            os.chown(self.root, *self.owner)
         await self._sync_to_latest()
 
     async def _manifest(self) -> tuple[int, list[dict[str, Any]]]:
@@ -89,48 +96,103 @@ class VolumeMount:
     async def _sync_to_latest(self) -> None:
         version, entries = await self._manifest()
         remote = {e["path"]: e for e in entries}
-        # gone from the volume: files first, then directories deepest first
+        # gone from the volume: deepest first (a directory's files before it)
         for path in sorted((p for p in self.seen if p not in remote), key=lambda p: -p.count("/")):
-            target = self.root / path
-            with contextlib.suppress(FileNotFoundError, OSError):
-                if target.is_dir() and not target.is_symlink():
-                    shutil.rmtree(target)
-                else:
-                    target.unlink()
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self._remove, path)
             self.seen.pop(path, None)
-        for path, e in sorted(remote.items()):
+        for path, e in sorted(remote.items()):  # a directory sorts before what is in it
             old = self.seen.get(path)
             if e["type"] == DIRECTORY:
-                target = self.root / path
-                if target.exists() and not target.is_dir():
-                    target.unlink()
-                target.mkdir(mode=e["mode"] or 0o755, exist_ok=True)
-                self._own(target)
-                self.seen[path] = self._stat(path, DIRECTORY, None)
+                if old is None or old.kind != DIRECTORY:
+                    await asyncio.to_thread(self._make_dir, path, e["mode"] or 0o755)
+                    self.seen[path] = _Seen(DIRECTORY, None, 0, 0, e["mode"] or 0o755)
             elif old is None or old.digest != e["digest"] or old.mode != e["mode"]:
-                await self._place(path, e)
+                cached = await self._cached(e["digest"])
+                self.seen[path] = await asyncio.to_thread(self._place, path, e, cached)
         self.version = version
 
-    async def _place(self, path: str, e: dict[str, Any]) -> None:
-        cached = await self._cached(e["digest"])
-        target = self.root / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        if self.read_only:
-            tmp = target.with_name(f".vivace-{os.getpid()}-{target.name}")
-            tmp.unlink(missing_ok=True)
-            os.link(cached, tmp)
-        else:
-            fd, name = tempfile.mkstemp(dir=target.parent, prefix=".vivace-")
+    # -- the mount's files, through directory descriptors ------------------------------------------
+    def _parent(self, path: str, create: bool = False) -> tuple[int, str]:
+        """An open descriptor of ``path``'s directory (walked without following links) and its name."""
+        *dirs, name = path.split("/")
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            for part in dirs:
+                try:
+                    nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                    if self.owner is not None:
+                        os.fchown(nxt, *self.owner)
+                os.close(fd)
+                fd = nxt
+        except BaseException:
             os.close(fd)
-            tmp = Path(name)
-            await asyncio.to_thread(shutil.copyfile, cached, tmp)
-            os.chmod(tmp, e["mode"] & 0o7777)
-            os.utime(tmp, (e["mtime"], e["mtime"]))
-            self._own(tmp)
-        os.replace(tmp, target)
-        self.seen[path] = self._stat(path, "file", e["digest"])
+            raise
+        return fd, name
+
+    def _remove(self, path: str) -> None:
+        pfd, name = self._parent(path)
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(name, dir_fd=pfd)
+            else:
+                os.unlink(name, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+
+    def _make_dir(self, path: str, mode: int) -> None:
+        pfd, name = self._parent(path, create=True)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                if not stat.S_ISDIR(os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode):
+                    os.unlink(name, dir_fd=pfd)  # a file (or link) where the volume has a directory
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, mode, dir_fd=pfd)
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=pfd)
+            try:
+                if self.owner is not None:
+                    os.fchown(fd, *self.owner)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(pfd)
+
+    def _place(self, path: str, e: dict[str, Any], cached: Path) -> _Seen:
+        """Put the cached content at ``path`` (atomically: a temporary name, then a rename)."""
+        pfd, name = self._parent(path, create=True)
+        tmp = f".vivace-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISDIR(os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode):
+                    shutil.rmtree(name, dir_fd=pfd)
+            if self.read_only:  # nobody can write through a read-only mount: share the cached file
+                os.link(cached, tmp, dst_dir_fd=pfd)
+            else:
+                out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=pfd)
+                try:
+                    with cached.open("rb") as src:
+                        _copy(src.fileno(), out)
+                    os.fchmod(out, e["mode"] & 0o7777)
+                    os.utime(out, (e["mtime"], e["mtime"]))
+                    if self.owner is not None:
+                        os.fchown(out, *self.owner)
+                finally:
+                    os.close(out)
+            os.replace(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=pfd)
+            raise
+        finally:
+            os.close(pfd)
+        return _Seen("file", e["digest"], st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
 
     async def _cached(self, digest: str) -> Path:
         path = self.cache / digest[:2] / digest
@@ -187,7 +249,10 @@ class VolumeMount:
                     continue
                 if old is not None and old.kind == DIRECTORY:
                     ops.append({"op": "rm", "path": path, "recursive": True})
-                now.digest = await self._upload(self.root / path)
+                try:
+                    now.digest, now.size = await self._upload(path)
+                except (FileNotFoundError, NotADirectoryError, _NotRegular):
+                    continue  # removed or replaced while we looked: the next commit sees what is there
                 changed[path] = now
                 ops.append(
                     {
@@ -209,24 +274,45 @@ class VolumeMount:
             self.seen = changed
             return self.version
 
-    async def _upload(self, path: Path) -> str:
-        digest = await asyncio.to_thread(_sha256, path)
+    async def _upload(self, path: str) -> tuple[str, int]:
+        """Hash and upload the file at ``path`` through one descriptor (opened without following links,
+        so what is hashed is what is sent); its digest and size."""
+        f = await asyncio.to_thread(self._open_file, path)
         try:
-            await self.api.request("HEAD", f"/v1/blobs/{digest}", retry_for=30)
-        except NotFoundError:
-            await self.api.put_file(f"/v1/blobs/{digest}", path)
-        return digest
+            digest = await asyncio.to_thread(_sha256_of, f)
+            size = os.fstat(f.fileno()).st_size
+            try:
+                await self.api.request("HEAD", f"/v1/blobs/{digest}", retry_for=30)
+            except NotFoundError:
+                await self.api.put_file(f"/v1/blobs/{digest}", f)
+        finally:
+            f.close()
+        return digest, size
+
+    def _open_file(self, path: str) -> Any:
+        pfd, name = self._parent(path)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a fifo or device made meanwhile: never read it
+            os.close(fd)
+            raise _NotRegular(path)
+        return os.fdopen(fd, "rb")
 
     def _scan(self) -> dict[str, _Seen]:
-        """Every directory and regular file under the mount (symbolic links and others are skipped)."""
+        """Every directory and regular file under the mount (links, fifos and devices are skipped)."""
         found: dict[str, _Seen] = {}
-        for dirpath, dirnames, filenames in os.walk(self.root):
+        for dirpath, dirnames, filenames, dfd in os.fwalk(self.root, follow_symlinks=False):
             rel_dir = os.path.relpath(dirpath, self.root)
             for name in [*dirnames, *filenames]:
-                rel = name if rel_dir == "." else f"{rel_dir}/{name}"
                 if name.startswith(".vivace-"):
                     continue
-                st = os.lstat(self.root / rel)
+                rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+                try:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
                 if stat.S_ISDIR(st.st_mode):
                     found[rel] = _Seen(DIRECTORY, None, 0, st.st_mtime_ns, stat.S_IMODE(st.st_mode))
                 elif stat.S_ISREG(st.st_mode):
@@ -249,16 +335,25 @@ class VolumeMount:
             shutil.rmtree(self.root, ignore_errors=True)
             await asyncio.to_thread(prune_cache, self.cache, cache_limit())
 
-    # -- helpers -------------------------------------------------------------------------------------
-    def _stat(self, path: str, kind: str, digest: str | None) -> _Seen:
-        st = os.lstat(self.root / path)
-        return _Seen(
-            kind, digest, st.st_size if kind != DIRECTORY else 0, st.st_mtime_ns, stat.S_IMODE(st.st_mode)
-        )
 
-    def _own(self, path: Path) -> None:
-        if self.owner is not None:
-            os.lchown(path, *self.owner)
+class _NotRegular(OSError):
+    """A path that is no longer a regular file."""
+
+
+def _copy(src: int, dst: int) -> None:
+    """Copy a whole file between descriptors in the kernel."""
+    size = os.fstat(src).st_size
+    offset = 0
+    while offset < size:
+        sent = os.sendfile(dst, src, offset, min(size - offset, 1 << 30))
+        if sent == 0:
+            break
+        offset += sent
+
+
+def _sha256_of(f: Any) -> str:
+    f.seek(0)
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _sha256(path: Path) -> str:

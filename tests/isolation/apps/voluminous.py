@@ -42,3 +42,23 @@ def read_only(path):
     except OSError as err:
         outcome = os.strerror(err.errno or 0)
     return {"text": text, "write": outcome}
+
+
+@app.function(volumes={"/data": vol})
+def plant_links(canary):
+    """Try to make the worker (root, on the host) read or write through links the container planted:
+    links to a host directory and file the test owns, committed, then a reload that places a file at a
+    path whose directory is such a link."""
+    import io
+
+    os.symlink(canary, "/data/link")
+    os.symlink(os.path.join(canary, "secret.txt"), "/data/leak.txt")
+    os.mkfifo("/data/fifo")
+    vol.commit()  # must upload neither the host's file nor block on the fifo
+    with vol.batch_upload(force=True) as batch:  # the volume gets a real directory called link
+        batch.put_file(io.BytesIO(b"planted"), "/link/planted.txt")
+    vol.reload()  # must replace the link with that directory, not write into the host's
+    return {
+        "link_is_link": os.path.islink("/data/link"),
+        "planted": open("/data/link/planted.txt").read(),
+    }

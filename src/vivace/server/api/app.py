@@ -165,8 +165,9 @@ ROUTES: list[tuple[str, str, Any, str | None, str, str]] = [
     ("POST", "/v1/images/{image_id}/finish", images.finish_build, "json", "json", "End a build (worker)"),
     ("GET", "/v1/logs", resources.read_logs, None, "json", "Read or follow logs by app or container"),
     ("PUT", "/v1/blobs/{sha}", resources.put_blob, "binary", "json", "Upload a content-addressed blob"),
-    ("GET", "/v1/blobs/{sha}", resources.get_blob, None, "binary", "Download a blob"),
+    # HEAD first: a GET route answers HEAD too, and containers may check blobs but not read them
     ("HEAD", "/v1/blobs/{sha}", resources.head_blob, None, "binary", "Check that a blob exists"),
+    ("GET", "/v1/blobs/{sha}", resources.get_blob, None, "binary", "Download a blob"),
     ("POST", "/v1/workers", workers.register, "json", "json", "Register a worker (worker token)"),
     (
         "POST",
@@ -195,6 +196,7 @@ ROUTES: list[tuple[str, str, Any, str | None, str, str]] = [
     ("POST", "/v1/logs", workers.put_logs, "json", "json", "Store a batch of log lines (worker token)"),
     # volumes: listings and commits (content moves as blobs)
     ("GET", "/v1/volumes/{object_id}/entries", volumes.list_entries, None, "json", "List a volume's files"),
+    ("GET", "/v1/volumes/{object_id}/file", volumes.read_file, None, "binary", "Read one file of a volume"),
     ("POST", "/v1/volumes/{object_id}/commit", volumes.commit, "json", "json", "Change a volume's files"),
     (
         "POST",

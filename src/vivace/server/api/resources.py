@@ -296,7 +296,7 @@ async def read_logs(request: Request) -> Response:
     return JSONResponse({"app_id": app_id, "lines": lines, "cursor": lines[-1]["id"] if lines else cursor})
 
 
-@route(kinds=("user", "worker"))
+@route(kinds=("user", "worker", "container"))  # a container uploads to volumes (reads go through them)
 async def put_blob(request: Request) -> Response:
     """The body streams to a temporary file beside the blob, hashed on the way (image layers run to
     gigabytes); it becomes the blob only when it hashes to its address."""
@@ -319,7 +319,7 @@ async def put_blob(request: Request) -> Response:
     return JSONResponse({"sha256": sha, "size": size})
 
 
-class _BlobFile(FileResponse):
+class BlobFile(FileResponse):
     chunk_size = 1 << 20  # blobs run to gigabytes: fewer, larger reads than the default 64 KiB
 
 
@@ -332,10 +332,10 @@ async def get_blob(request: Request) -> Response:
         raise Invalid(str(exc)) from None
     if path is None:
         raise NotFound(f"blob {sha} does not exist")
-    return _BlobFile(path, media_type="application/octet-stream")  # streamed from the file
+    return BlobFile(path, media_type="application/octet-stream")  # streamed from the file
 
 
-@route(kinds=("user", "worker"))
+@route(kinds=("user", "worker", "container"))
 async def head_blob(request: Request) -> Response:
     sha = request.path_params["sha"]
     try:

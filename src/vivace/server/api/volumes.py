@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse, Response
 
 from vivace.protocol.volumes import PathError, check_ops, norm_path
 from vivace.server.api.common import field, json_body, plane_of, route
-from vivace.server.errors import Invalid
+from vivace.server.errors import Invalid, NotFound
 from vivace.server.services import volumes
 
 KINDS = ("user", "container", "worker")
@@ -30,6 +30,26 @@ async def list_entries(request: Request) -> Response:
     recursive = request.query_params.get("recursive", "0") in ("1", "true")
     ver, items = await plane_of(request).store.read(lambda tx: volumes.entries(tx, vid, path, recursive))
     return JSONResponse({"version": ver, "entries": items})
+
+
+@route(kinds=KINDS)
+async def read_file(request: Request) -> Response:
+    """``?path=``: the file's content, streamed (containers read volume files here, not by digest)."""
+    from vivace.server.api.resources import BlobFile
+
+    vid = request.path_params["object_id"]
+    try:
+        path = norm_path(request.query_params.get("path", ""))
+    except PathError as err:
+        raise Invalid(str(err), code="invalid_path") from None
+    plane = plane_of(request)
+    digest, _ = await plane.store.read(lambda tx: volumes.file_digest(tx, vid, path))
+    blob = plane.blobs.path(digest)
+    if blob is None:
+        raise NotFound(
+            f"the content of {path!r} ({digest}) is missing from the blob store", code="missing_blob"
+        )
+    return BlobFile(blob, media_type="application/octet-stream")
 
 
 @route(kinds=KINDS)

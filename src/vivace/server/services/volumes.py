@@ -76,6 +76,17 @@ def entries(tx: Tx, volume_id: str, path: str, recursive: bool) -> tuple[int, li
     return ver, below
 
 
+def file_digest(tx: Tx, volume_id: str, path: str) -> tuple[str, int]:
+    """The content digest and size of file ``path``."""
+    storage.get(tx, "volume", volume_id)
+    found = _row(tx, volume_id, path) if path else None
+    if found is None:
+        raise NotFound(f"no file {path!r} in volume {volume_id}", code="no_such_path")
+    if found["type"] != FILE:
+        raise Conflict(f"{path!r} is a directory in volume {volume_id}", code="is_a_directory")
+    return str(found["digest"]), int(found["size"])
+
+
 def commit(tx: Tx, volume_id: str, ops: list[dict[str, Any]]) -> int:
     """Apply validated ``ops`` (``protocol.volumes.check_ops``) as one new version; return it."""
     storage.get(tx, "volume", volume_id)
