@@ -118,15 +118,17 @@ class Image:
         _no_extra(kwargs, "Image.from_registry()")
         if not isinstance(tag, str):
             raise exc.InvalidError(f"from_registry takes an image reference string, got {tag!r}")
-        if secret is not None:
-            raise exc.NotImplementedYetError("from_registry(secret=...) needs Secrets (storage primitives)")
+        auth = _build_secrets([secret], None) if secret is not None else []
         from vivace.worker.registry import InvalidReferenceError, parse_reference
 
         try:
             parse_reference(tag)
         except InvalidReferenceError as err:
             raise exc.InvalidError(str(err)) from None
-        steps: list[dict[str, Any]] = [_checked({"kind": "from_registry", "reference": tag})]
+        base: dict[str, Any] = {"kind": "from_registry", "reference": tag}
+        if auth:  # its REGISTRY_USERNAME and REGISTRY_PASSWORD: the worker pulls with them
+            base["auth_secret"] = auth[0]
+        steps: list[dict[str, Any]] = [_checked(base)]
         if add_python is not None:
             steps.append(_checked({"kind": "add_python", "python_version": add_python}))
         return Image(tuple(steps))._forced(force_build, first=0)
@@ -150,7 +152,7 @@ class Image:
         Anything else is refused with the line that uses it (``vivace._sdk.dockerfile``).
         """
         _no_extra(kwargs, "Image.from_dockerfile()")
-        _no_build_secrets(secrets, gpu)
+        names = _build_secrets(secrets, gpu)
         if _in_container():  # built from the client's files; there are none here
             return Image(())
         file = Path(path).expanduser()
@@ -160,7 +162,7 @@ class Image:
             raise exc.InvalidError(f"cannot read the Dockerfile {path}: {err}") from None
         return Image(())._dockerfile(
             text, context_dir if context_dir is not None else Path.cwd(), build_args, str(path), add_python,
-            require_from=True,
+            require_from=True, secret_names=names,
         )._forced(force_build, first=0)  # fmt: skip
 
     @staticmethod
@@ -171,10 +173,18 @@ class Image:
         return Image((), _id=image_id)
 
     # -- steps ------------------------------------------------------------------------------------
-    def apt_install(self, *packages: str | list[str], force_build: bool = False, **kwargs: Any) -> Image:
-        """Install Debian packages with apt."""
+    def apt_install(
+        self,
+        *packages: str | list[str],
+        force_build: bool = False,
+        secrets: Sequence[Any] = (),
+        gpu: Any = None,
+        **kwargs: Any,
+    ) -> Image:
+        """Install Debian packages with apt (``secrets``, named: its environment)."""
         _no_extra(kwargs, "apt_install()")
-        return self._add({"kind": "apt_install", "packages": _flatten(packages, "apt_install")}, force_build)
+        step = {"kind": "apt_install", "packages": _flatten(packages, "apt_install")}
+        return self._add(_with_secrets(step, _build_secrets(secrets, gpu)), force_build)
 
     def pip_install(
         self,
@@ -185,13 +195,16 @@ class Image:
         pre: bool = False,
         extra_options: str = "",
         force_build: bool = False,
+        secrets: Sequence[Any] = (),
+        gpu: Any = None,
         **kwargs: Any,
     ) -> Image:
-        """Install Python packages (with uv, bytecode compiled)."""
+        """Install Python packages (with uv, bytecode compiled); ``secrets`` (named): its environment,
+        e.g. ``UV_INDEX_URL`` or credentials for a private index."""
         _no_extra(kwargs, "pip_install()")
         return self._pip(
             "pip_install", packages, find_links, index_url, extra_index_url, pre, extra_options, force_build
-        )
+        )._secrets_on_last(_build_secrets(secrets, gpu))
 
     def uv_pip_install(
         self,
@@ -202,10 +215,13 @@ class Image:
         pre: bool = False,
         extra_options: str = "",
         force_build: bool = False,
+        secrets: Sequence[Any] = (),
+        gpu: Any = None,
         **kwargs: Any,
     ) -> Image:
-        """Install Python packages with uv (bytecode compiled)."""
+        """Install Python packages with uv (bytecode compiled); ``secrets`` as in :meth:`pip_install`."""
         _no_extra(kwargs, "uv_pip_install()")
+        names = _build_secrets(secrets, gpu)
         return self._pip(
             "uv_pip_install",
             packages,
@@ -215,7 +231,7 @@ class Image:
             pre,
             extra_options,
             force_build,
-        )
+        )._secrets_on_last(names)
 
     def pip_install_from_requirements(
         self, requirements_txt: str, force_build: bool = False, **kwargs: Any
@@ -267,11 +283,9 @@ class Image:
         force_build: bool = False,
         gpu: Any = None,
     ) -> Image:
-        """Run shell commands in the image (network on)."""
-        _no_build_secrets(secrets, gpu)
-        return self._add(
-            {"kind": "run_commands", "commands": _flatten(commands, "run_commands")}, force_build
-        )
+        """Run shell commands in the image (network on); ``secrets`` (named) are their environment."""
+        step = {"kind": "run_commands", "commands": _flatten(commands, "run_commands")}
+        return self._add(_with_secrets(step, _build_secrets(secrets, gpu)), force_build)
 
     def env(self, vars: dict[str, str]) -> Image:
         """Set environment variables for later steps and for containers."""
@@ -350,12 +364,12 @@ class Image:
     ) -> Image:
         """Dockerfile instructions (no FROM) as steps on this image; see :meth:`from_dockerfile`."""
         _no_extra(kwargs, "dockerfile_commands()")
-        _no_build_secrets(secrets, gpu)
+        names = _build_secrets(secrets, gpu)
         if _in_container():
             return self
         text = "\n".join(_flatten(commands, "dockerfile_commands"))
         return self._dockerfile(
-            text, context_dir, build_args, "dockerfile_commands", None, require_from=False
+            text, context_dir, build_args, "dockerfile_commands", None, require_from=False, secret_names=names
         )._forced(force_build, first=len(self._steps))
 
     def _dockerfile(
@@ -367,6 +381,7 @@ class Image:
         add_python: str | None,
         *,
         require_from: bool,
+        secret_names: list[str],
     ) -> Image:
         from vivace._sdk import dockerfile
 
@@ -382,8 +397,13 @@ class Image:
         for op in ops:
             if op.kind == "from":
                 image = Image.from_registry(op.value, add_python=add_python)
-            elif op.kind == "run":
-                image = image.run_commands(op.value)
+            elif op.kind == "run":  # RUN gets the build secrets as environment variables
+                image = image._add(
+                    _with_secrets(
+                        {"kind": "run_commands", "commands": _flatten((op.value,), "RUN")}, secret_names
+                    ),
+                    False,
+                )
             elif op.kind == "env":
                 image = image.env(op.value) if op.value else image
             elif op.kind == "workdir":
@@ -420,7 +440,7 @@ class Image:
         worker's build limits."""
         unknown = set(options) - {"timeout", "cpu", "memory", "cloud", "region"}
         _no_extra({k: options[k] for k in unknown}, "run_function()")
-        _no_build_secrets(secrets, gpu)
+        names = _build_secrets(secrets, gpu)
         if volumes or network_file_systems:
             raise exc.NotImplementedYetError("run_function(volumes=...) needs Volumes (storage primitives)")
         if not callable(raw_f) or isinstance(raw_f, type):
@@ -430,7 +450,9 @@ class Image:
         payload = _function_payload(raw_f, tuple(args), dict(kwargs or {}))
         archive = FileArchive(hashlib.sha256(payload).hexdigest(), payload)
         name = getattr(raw_f, "__qualname__", None) or getattr(raw_f, "__name__", "function")
-        step = _checked({"kind": "run_function", "digest": archive.digest, "name": str(name)[:200]})
+        step = _checked(
+            _with_secrets({"kind": "run_function", "digest": archive.digest, "name": str(name)[:200]}, names)
+        )
         if force_build or _forced_by_environment():
             step["nonce"] = os.urandom(8).hex()  # (``secrets`` is the parameter here)
         self._add(step, False)  # the same checks as any step
@@ -548,6 +570,13 @@ class Image:
             step["extra_options"] = extra_options
         return self._add(step, force_build)
 
+    def _secrets_on_last(self, names: list[str]) -> Image:
+        """This image with ``names`` as the build secrets of its last step (just added)."""
+        if not names:
+            return self
+        *rest, last = self._steps
+        return Image((*rest, _checked(_with_secrets(last, names))))  # type: ignore[arg-type]
+
     def _local(self, entries: tuple[tuple[str, str], ...], remote: str, copy: bool) -> Image:
         if not isinstance(copy, bool):
             raise exc.InvalidError(f"copy must be True or False, got {copy!r}")
@@ -634,11 +663,31 @@ def _flatten(items: tuple[str | list[str], ...], where: str) -> list[str]:
     return out
 
 
-def _no_build_secrets(secrets: Sequence[Any], gpu: Any) -> None:
-    if secrets:
-        raise exc.NotImplementedYetError("build steps with secrets= need Secrets (storage primitives)")
+def _build_secrets(secrets: Sequence[Any], gpu: Any) -> list[str]:
+    """The names of a build step's secrets. A step names them (its layer's key holds the names, never the
+    values); an inline secret (``from_dict`` ...) has no name, and a build belongs to no app to keep it."""
+    from vivace.secret import Secret
+
     if gpu is not None:
         raise exc.NotImplementedYetError("build steps with gpu= need GPU builds")
+    if isinstance(secrets, (str, bytes, Secret)) or not isinstance(secrets, Sequence):
+        raise exc.InvalidError(f"secrets must be a list of vivace.Secret, got {type(secrets).__name__}")
+    names: list[str] = []
+    for secret in secrets:
+        if not isinstance(secret, Secret):
+            raise exc.InvalidError(f"secrets must be vivace.Secret objects, got a {type(secret).__name__}")
+        if secret.name is None:
+            raise exc.NotImplementedYetError(
+                "an image build takes named secrets only (Secret.from_name): store the values with "
+                "`vivace secret create NAME KEY=VALUE` (or Secret.objects.create) and name it"
+            )
+        if secret.name not in names:
+            names.append(secret.name)
+    return names
+
+
+def _with_secrets(step: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    return {**step, "secrets": names} if names else step
 
 
 def _no_extra(kwargs: dict[str, Any], where: str) -> None:

@@ -200,3 +200,26 @@ def test_a_container_start_carries_its_secrets_and_one_whose_secret_is_gone_fail
     logged = [r[0] for r in h.sql("SELECT line FROM logs WHERE container_id = ?", (cid,))]
     assert any(f"secret {b} was deleted" in ln for ln in logged)
     assert h.pending_count(fid) == 1  # its input waits for another container (or fails after a few)
+
+
+def test_a_build_gets_the_named_secrets_of_the_steps_it_still_builds(h: Any, box: SecretBox) -> None:
+    h.w(lambda tx: secrets.create(tx, box, "a", {"X": "a", "ONLY_A": "1"}))
+    h.w(lambda tx: secrets.create(tx, box, "reg", {"REGISTRY_USERNAME": "u", "REGISTRY_PASSWORD": VALUE}))
+    steps = [
+        {"kind": "from_registry", "reference": "python:3", "auth_secret": "reg"},
+        {"kind": "run_commands", "commands": ["true"], "secrets": ["a"]},
+        {"kind": "run_commands", "commands": ["true"]},
+        {"kind": "pip_install", "packages": ["six"], "secrets": ["a"]},
+    ]
+    todo = [{"digest": None}] * 4
+    envs = h.w(lambda tx: secrets.build_envs(tx, box, steps, todo))
+    assert envs == {
+        "0": {"REGISTRY_USERNAME": "u", "REGISTRY_PASSWORD": VALUE},
+        "1": {"X": "a", "ONLY_A": "1"},
+        "3": {"X": "a", "ONLY_A": "1"},
+    }
+    cached = [{"digest": "d" * 64}, {"digest": "d" * 64}, {"digest": None}, {"digest": None}]
+    assert set(h.w(lambda tx: secrets.build_envs(tx, box, steps, cached))) == {"3"}  # built steps need none
+    h.w(lambda tx: storage.delete(tx, "secret", "a"))
+    with pytest.raises(NotFound, match="step 2 \\(run_commands\\) needs secret 'a'"):
+        h.w(lambda tx: secrets.build_envs(tx, box, steps, todo))

@@ -218,3 +218,50 @@ def test_a_private_registry_is_pulled_with_the_workers_credentials(pulled, image
     finally:
         imaged.registry_auth.unlink(missing_ok=True)
         registry.stop()
+
+
+def test_a_private_registry_is_pulled_with_the_credentials_of_a_named_secret(pulled, imaged, tmp_path):  # noqa: F811
+    import base64
+    import uuid
+
+    from .conftest import require_runtime
+
+    require_runtime("crun")
+    htpasswd = subprocess.run(
+        ["htpasswd", "-Bbn", "bob", "s3cret-secret-pw"], capture_output=True, text=True, check=True
+    )
+    root = tmp_path / "private"
+    root.mkdir()
+    (root / "htpasswd").write_text(htpasswd.stdout)
+    registry = Registry(
+        root, auth={"htpasswd": {"realm": "vivace-test", "path": str(root / "htpasswd")}}
+    ).start()
+    name = f"registry-{uuid.uuid4().hex[:8]}"
+    try:
+        token = "Basic " + base64.b64encode(b"bob:s3cret-secret-pw").decode()
+        Pusher(registry.url, token).image(
+            "team/app", "2", [pulled.base, layer([file("private.txt", b"ours")])]
+        )
+        image = vivace.Image.from_registry(
+            f"{registry.host}/team/app:2", secret=vivace.Secret.from_name(name)
+        )
+        with pytest.raises(exc.NotFoundError, match=name):
+            image.build()  # no such secret: said before any build
+        vivace.Secret.objects.create(name, {"REGISTRY_USERNAME": "bob"})
+        with pytest.raises(exc.NotFoundError, match="REGISTRY_PASSWORD"):
+            image.build()
+        vivace.Secret.objects.create(
+            name, {"REGISTRY_USERNAME": "bob", "REGISTRY_PASSWORD": "s3cret-secret-pw"}, overwrite=True
+        )
+        image.build()  # the worker itself has no credentials for this registry
+        lines = imaged.cluster.plane.store.write_sync(
+            lambda tx: [
+                r[0]
+                for r in tx.fetchall("SELECT line FROM build_logs WHERE image_id = ?", (image.object_id,))
+            ]
+        )
+        assert any("with the credentials of its secret" in line for line in lines), lines
+        assert not any("s3cret-secret-pw" in line for line in lines)
+    finally:
+        vivace.Secret.objects.delete(name, allow_missing=True)
+        registry.stop()

@@ -112,8 +112,10 @@ def test_bad_arguments_are_invalid_errors(build, message):
 
 
 def test_features_of_later_releases_say_so():
-    with pytest.raises(NotImplementedYetError):
-        Image.debian_slim("3.11").run_commands("true", secrets=[object()])
+    with pytest.raises(NotImplementedYetError, match="GPU builds"):
+        Image.debian_slim("3.11").run_commands("true", gpu="A10G")
+    with pytest.raises(NotImplementedYetError, match="named secrets only"):  # inline build secrets
+        Image.debian_slim("3.11").run_commands("true", secrets=[vivace.Secret.from_dict({"K": "v"})])
 
 
 def test_the_server_rejects_malformed_chains():

@@ -22,12 +22,28 @@ async def build(image: Image, *, show_logs: bool) -> str:
         info = await api.get_json(f"/v1/images/{image._fixed_id}")
         return await _follow(api, info, 0, show_logs)
     steps = image.steps()
+    await _check_secrets(api, steps)
     for digest, archive in image.archives().items():
         await api.request(
             "PUT", f"/v1/blobs/{digest}", content=archive.data, content_type="application/octet-stream"
         )
     info = await api.post_json("/v1/images", {"steps": steps})
     return await _follow(api, info, 0, show_logs)
+
+
+async def _check_secrets(api: Any, steps: list[dict[str, Any]]) -> None:
+    """The named secrets the build steps use exist (and a registry's has its two keys): a missing one is
+    a NotFoundError now, not a failed build later. Their values go to the building worker only."""
+    from vivace.protocol import images as proto
+
+    wanted: dict[str, set[str]] = {}
+    for step in steps:
+        for name in step.get("secrets") or []:
+            wanted.setdefault(name, set())
+        if step.get("auth_secret"):
+            wanted.setdefault(step["auth_secret"], set()).update(proto.REGISTRY_SECRET_KEYS)
+    for name, keys in wanted.items():
+        await api.post_json("/v1/secrets/lookup", {"name": name, "required_keys": sorted(keys)})
 
 
 async def _follow(api: Any, info: dict[str, Any], cursor: int, show_logs: bool) -> str:

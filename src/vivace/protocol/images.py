@@ -31,11 +31,17 @@ STEP_FIELDS: Dict[str, Any] = {
     "debian_slim": ({"python_version"}, set()),
     "from_registry": ({"reference"}, {"auth_secret"}),
     "add_python": ({"python_version"}, set()),
-    "run_function": ({"digest", "name"}, set()),
-    "apt_install": ({"packages"}, set()),
-    "pip_install": ({"packages"}, {"index_url", "extra_index_url", "find_links", "pre", "extra_options"}),
-    "uv_pip_install": ({"packages"}, {"index_url", "extra_index_url", "find_links", "pre", "extra_options"}),
-    "run_commands": ({"commands"}, set()),
+    "run_function": ({"digest", "name"}, {"secrets"}),
+    "apt_install": ({"packages"}, {"secrets"}),
+    "pip_install": (
+        {"packages"},
+        {"index_url", "extra_index_url", "find_links", "pre", "extra_options", "secrets"},
+    ),
+    "uv_pip_install": (
+        {"packages"},
+        {"index_url", "extra_index_url", "find_links", "pre", "extra_options", "secrets"},
+    ),
+    "run_commands": ({"commands"}, {"secrets"}),
     "env": ({"vars"}, set()),
     "workdir": ({"path"}, set()),
     "entrypoint": ({"argv"}, set()),
@@ -45,6 +51,12 @@ STEP_FIELDS: Dict[str, Any] = {
     "force_build": ({"nonce"}, set()),
 }
 BASE_KINDS = {"debian_slim", "from_registry"}
+# a build step names the secrets whose variables its commands get (by name: the layer's key holds names,
+# never values, so a rotated credential rebuilds nothing); a registry base names one with
+# REGISTRY_USERNAME and REGISTRY_PASSWORD (``auth_secret``)
+SECRET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_BUILD_SECRETS = 16
+REGISTRY_SECRET_KEYS = ("REGISTRY_USERNAME", "REGISTRY_PASSWORD")
 METADATA_KINDS = {"env", "workdir", "entrypoint", "cmd", "user"}  # no files: the layer is empty
 
 
@@ -98,6 +110,8 @@ def validate_step(step: Dict[str, Any]) -> None:
         raise StepError(f"needs {sorted(required)}" + (f", may have {sorted(optional)}" if optional else ""))
     if "nonce" in step:
         _nonce(step)
+    if "secrets" in step:
+        _secret_names(step["secrets"])
     check = _CHECKS.get(kind)
     if check is not None:
         check(step)
@@ -131,7 +145,24 @@ def _registry(step: Dict[str, Any]) -> None:
     ref = step["reference"]
     if not isinstance(ref, str) or not ref or any(c.isspace() for c in ref) or len(ref) > 512:
         raise StepError(f"{ref!r} is not an image reference such as 'python:3.11-slim'")
-    _optional_str(step, "auth_secret")
+    if "auth_secret" in step:
+        _secret_names([step["auth_secret"]], "auth_secret")
+
+
+def _secret_names(value: Any, what: str = "secrets") -> None:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_BUILD_SECRETS:
+        raise StepError(f"{what} must be a list of 1 to {MAX_BUILD_SECRETS} secret names")
+    for name in value:
+        if not isinstance(name, str) or not SECRET_NAME.fullmatch(name):
+            raise StepError(f"{what}: {name!r} is not a secret name")
+
+
+def step_secrets(step: Dict[str, Any]) -> List[str]:
+    """The names of the secrets a step's build uses (its own, or its registry credentials)."""
+    names = list(step.get("secrets") or [])
+    if step.get("auth_secret"):
+        names.append(step["auth_secret"])
+    return names
 
 
 def _add_python(step: Dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vivace.worker")
 LOG_FLUSH = 0.5  # seconds between log batches
+MIN_HIDDEN = 4  # characters a build secret's value needs to be masked in build logs
 TAKE_WAIT = 25.0
 STEP_TIMEOUT = 3600.0  # seconds one build step may run
 
@@ -48,8 +49,11 @@ def can_build() -> str | None:
 class BuildLog:
     """Collects a build's lines and sends them in batches; keeps the tail for error messages."""
 
-    def __init__(self, api: ApiClient, image_id: str, worker_id: str) -> None:
+    def __init__(self, api: ApiClient, image_id: str, worker_id: str, hidden: Iterable[str] = ()) -> None:
         self.api, self.image_id, self.worker_id = api, image_id, worker_id
+        # the build secrets' values: a command that prints one shows *** in the log (short values, which
+        # would mask ordinary text, are not searched for)
+        self.hidden = sorted({v for v in hidden if len(v) >= MIN_HIDDEN}, key=len, reverse=True)
         self.pending: list[str] = []
         self.tail: list[str] = []
         self.loop = asyncio.get_running_loop()
@@ -59,10 +63,16 @@ class BuildLog:
             here = asyncio.get_running_loop() is self.loop
         except RuntimeError:
             here = False
+        line = self.redact(line.rstrip("\n"))
         if here:  # at once: a flush right after must see it
-            self._add(line.rstrip("\n"))
+            self._add(line)
         else:
-            self.loop.call_soon_threadsafe(self._add, line.rstrip("\n"))
+            self.loop.call_soon_threadsafe(self._add, line)
+
+    def redact(self, text: str) -> str:
+        for value in self.hidden:
+            text = text.replace(value, "***")
+        return text
 
     def _add(self, line: str) -> None:
         self.pending.append(line)
@@ -132,14 +142,17 @@ class ImageBuilder:
 
     async def build(self, info: dict[str, Any]) -> None:
         image_id = info["image_id"]
-        blog = BuildLog(self.api, image_id, self.worker_id)
+        secret_env: dict[str, dict[str, str]] = info.get("secret_env") or {}
+        hidden = [v for env in secret_env.values() for v in env.values()]
+        blog = BuildLog(self.api, image_id, self.worker_id, hidden)
         flusher = asyncio.create_task(blog.run())
         started = time.monotonic()
         error: str | None = None
         try:
-            await self._build_layers(info, blog)
+            await self._build_layers(info, blog, secret_env)
         except Exception as err:  # the build failed: say where, keep the tail
             error = str(err) if isinstance(err, exc.ImageBuildError) else f"{type(err).__name__}: {err}"
+            error = blog.redact(error)
             log.warning("image %s failed to build: %s", image_id, error)
         finally:
             flusher.cancel()
@@ -152,20 +165,27 @@ class ImageBuilder:
             f"/v1/images/{image_id}/finish", {"worker_id": self.worker_id, "error": error}, retry_for=60
         )
 
-    async def _build_layers(self, info: dict[str, Any], blog: BuildLog) -> None:
+    async def _build_layers(
+        self, info: dict[str, Any], blog: BuildLog, secret_env: dict[str, dict[str, str]]
+    ) -> None:
         lowers: list[Path] = []  # top first, as overlayfs wants them
         config = ImageConfig()
         pinned = [self.layers / layer["key"] for layer in info["layers"]]
         if self.cache is not None:  # the build stacks them: no collection while it runs
             self.cache.pin(pinned)
         try:
-            await self._build_steps(info, blog, lowers, config)
+            await self._build_steps(info, blog, lowers, config, secret_env)
         finally:
             if self.cache is not None:
                 self.cache.unpin(pinned)
 
     async def _build_steps(
-        self, info: dict[str, Any], blog: BuildLog, lowers: list[Path], config: ImageConfig
+        self,
+        info: dict[str, Any],
+        blog: BuildLog,
+        lowers: list[Path],
+        config: ImageConfig,
+        secret_env: dict[str, dict[str, str]],
     ) -> None:
         for i, (step, layer) in enumerate(zip(info["steps"], info["layers"], strict=True)):
             label = f"step {i + 1}/{len(info['steps'])} {step['kind']}"
@@ -176,7 +196,9 @@ class ImageBuilder:
             else:
                 blog(f"{label}: building")
                 t0 = time.monotonic()
-                path, layer_config = await self._build_layer(step, layer["key"], lowers, config, blog, label)
+                path, layer_config = await self._build_layer(
+                    step, layer["key"], lowers, config, blog, label, secret_env.get(str(i)) or {}
+                )
                 blog(f"{label}: done in {time.monotonic() - t0:.1f} s")
             lowers.insert(0, path)
             config.apply(step, layer_config)
@@ -189,9 +211,11 @@ class ImageBuilder:
         config: ImageConfig,
         blog: BuildLog,
         label: str,
+        secret_env: dict[str, str],
     ) -> tuple[Path, dict[str, Any] | None]:
         """Build one layer, store it, move it into the cache: its directory and what it sets besides
-        files (a registry image's config, the interpreter a base provides)."""
+        files (a registry image's config, the interpreter a base provides). ``secret_env``: the step's
+        build secrets, its commands' environment for this build only (never the image's config)."""
         from vivace.worker import build, layers, step_commands
 
         work = Path(tempfile.mkdtemp(prefix="layer-", dir=self.scratch))
@@ -211,7 +235,7 @@ class ImageBuilder:
             elif kind in proto.METADATA_KINDS or kind == "force_build":
                 pass  # an empty layer: the step changes the image's config, not its files
             elif kind == "from_registry":
-                layer_config = await self._from_registry(step["reference"], upper, blog, label)
+                layer_config = await self._from_registry(step["reference"], upper, blog, label, secret_env)
             else:
                 binds: list[tuple[str, Path]] = []
                 if kind == "run_function":
@@ -230,7 +254,7 @@ class ImageBuilder:
                     list(lowers),
                     upper,
                     commands,
-                    env=config.build_env(),
+                    env={**config.build_env(), **secret_env},
                     workdir=config.workdir,
                     log=blog,
                     runtime=self.runtime,
@@ -272,14 +296,21 @@ class ImageBuilder:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    async def _from_registry(self, reference: str, upper: Path, blog: BuildLog, label: str) -> dict[str, Any]:
+    async def _from_registry(
+        self, reference: str, upper: Path, blog: BuildLog, label: str, secret_env: dict[str, str]
+    ) -> dict[str, Any]:
         """Pull ``reference`` and squash its layers into ``upper``: one layer of this image, which other
-        workers fetch from the blob store without asking the registry. Returns the image's config."""
+        workers fetch from the blob store without asking the registry. Returns the image's config.
+        Credentials: the step's secret (``from_registry(secret=)``), else the worker's own."""
         from vivace.worker import registry
 
-        source = registry.credentials_file()
-        auth = registry.credentials_for(registry.parse_reference(reference).registry, source)
-        with_auth = f" with the worker's credentials from {source}" if auth else ""
+        if secret_env:
+            auth: tuple[str, str] | None = (secret_env["REGISTRY_USERNAME"], secret_env["REGISTRY_PASSWORD"])
+            with_auth = " with the credentials of its secret"
+        else:
+            source = registry.credentials_file()
+            auth = registry.credentials_for(registry.parse_reference(reference).registry, source)
+            with_auth = f" with the worker's credentials from {source}" if auth else ""
         blog(f"{label}: pulling {reference} ({registry.host_platform()}){with_auth}")
         pulled = await registry.pull_async(
             reference, self.pulls, auth=auth, platform=registry.host_platform()

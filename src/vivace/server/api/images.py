@@ -19,8 +19,8 @@ from vivace.server.api.common import (
     query_int,
     route,
 )
-from vivace.server.errors import Invalid
-from vivace.server.services import images
+from vivace.server.errors import Invalid, NotFound
+from vivace.server.services import images, secrets
 
 
 def _info(info: images.ImageInfo) -> dict[str, Any]:
@@ -98,9 +98,24 @@ async def take_build(request: Request) -> Response:
     await check_worker(request, worker_id)
     plane = plane_of(request)
     deadline = time.monotonic() + float(wait)
+
+    def take(tx: Any) -> tuple[str | None, dict[str, dict[str, str]] | None]:
+        image_id = images.take_build(tx, worker_id)
+        if image_id is None:
+            return None, None
+        info = images.get(tx, image_id)
+        try:  # the build steps' secrets travel with this lease only
+            return image_id, secrets.build_envs(tx, plane.secretbox, info.steps, info.layers)
+        except NotFound as err:  # fails now with the reason, rather than on the worker
+            images.finish(tx, image_id, worker_id, err.message)
+            return image_id, None
+
     while True:
         ev = plane.notifier.event("builds")
-        image_id = await plane.store.write(lambda tx: images.take_build(tx, worker_id))
+        image_id, envs = await plane.store.write(take)
+        if image_id is not None and envs is None:
+            plane.notifier.wake(f"image:{image_id}")
+            image_id = None
         remaining = deadline - time.monotonic()
         if image_id is not None or remaining <= 0:
             break
@@ -109,7 +124,7 @@ async def take_build(request: Request) -> Response:
         return JSONResponse({})
     info = await plane.store.read(lambda tx: images.get(tx, image_id))
     plane.notifier.wake(f"image:{image_id}")
-    return JSONResponse(_info(info))
+    return JSONResponse({**_info(info), "secret_env": envs or {}})
 
 
 async def _builder(request: Request) -> tuple[str, str, dict[str, Any]]:

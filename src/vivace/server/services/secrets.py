@@ -177,3 +177,26 @@ def attach_envs(
             logs.append(tx, [{**line, "stream": "system", "line": f"container {reason}"}])
             touched |= workers.container_event(tx, worker_id, a.container_id, "exited", None, reason)
     return envs, touched
+
+
+def build_envs(
+    tx: Tx, box: SecretBox, steps: list[dict[str, Any]], layers: list[dict[str, Any]]
+) -> dict[str, dict[str, str]]:
+    """The variables of each step still to build that names secrets, by step index (a string): what a
+    worker taking the build gets, for that build only. Raises ``NotFound`` naming the step whose secret
+    is gone."""
+    from vivace.protocol.images import step_secrets
+
+    envs: dict[str, dict[str, str]] = {}
+    for i, (step, layer) in enumerate(zip(steps, layers, strict=True)):
+        names = step_secrets(step)
+        if not names or layer.get("digest"):
+            continue
+        env: dict[str, str] = {}
+        for name in names:
+            oid = tx.scalar("SELECT id FROM objects WHERE kind = 'secret' AND name = ?", (name,))
+            if oid is None:
+                raise NotFound(f"step {i + 1} ({step['kind']}) needs secret {name!r}, which does not exist")
+            env.update(_open(tx, box, str(oid)))
+        envs[str(i)] = env
+    return envs
