@@ -442,8 +442,9 @@ async def resolve_storage(
     ids: list[str] = []
     for secret in secrets:
         sid = await secret._resolve_for(app_id)
-        if sid not in ids:
-            ids.append(sid)
+        if sid in ids:  # named twice: its later place decides which values win
+            ids.remove(sid)
+        ids.append(sid)
     mounts = {path: await vol._mount_ref() for path, vol in sorted(volumes.items())}
     return ids, mounts
 

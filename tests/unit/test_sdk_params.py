@@ -223,3 +223,19 @@ def test_gpu_spec_round_trips_and_the_server_side_check_refuses_bad_shapes():
     ):
         with pytest.raises(SpecError, match="gpu"):
             FunctionSpec.from_dict({**base, "gpu": bad})
+
+
+def test_a_secret_named_twice_takes_its_later_place() -> None:
+    from vivace._sync import run_sync
+    from vivace.app import resolve_storage
+
+    class FakeSecret:
+        def __init__(self, sid: str) -> None:
+            self.sid = sid
+
+        async def _resolve_for(self, app_id: str | None) -> str:
+            return self.sid
+
+    a, b = FakeSecret("st-aaaa"), FakeSecret("st-bbbb")
+    ids, mounts = run_sync(resolve_storage("ap-x", [a, b, a], {}))
+    assert ids == ["st-bbbb", "st-aaaa"] and mounts == {}
