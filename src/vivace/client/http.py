@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -164,24 +165,32 @@ class ApiClient:
         timeout: float = 3600.0,
         retry_for: float = 60.0,
         progress: Callable[[int], None] | None = None,
+        sha256: str | None = None,
     ) -> None:
         """GET ``path`` into the file ``dest`` (created or truncated), streamed; retried like
-        :meth:`put_file` (``progress`` as there)."""
+        :meth:`put_file` (``progress`` as there). With ``sha256``, the content is hashed as it arrives
+        and a mismatch is a ``ServiceError`` (``dest`` is then left to the caller to remove)."""
+        got: list[str] = []
 
         async def once() -> Response:
+            hasher = hashlib.sha256() if sha256 else None
             with dest.open("wb") as f:
-                sink = f if progress is None else _Counting(f, progress)
+                sink: Any = f if progress is None and hasher is None else _Counting(f, progress, hasher)
                 try:
-                    resp = await self._http.fetch_to(path, sink, timeout=timeout)  # type: ignore[arg-type]
+                    resp = await self._http.fetch_to(path, sink, timeout=timeout)
                 except BaseException:
                     if progress is not None:
-                        progress(-sink.count)  # type: ignore[union-attr]
+                        progress(-sink.count)
                     raise
                 if progress is not None and resp.status_code >= 400:
-                    progress(-sink.count)  # type: ignore[union-attr]
+                    progress(-sink.count)
+                if hasher is not None:
+                    got[:] = [hasher.hexdigest()]
                 return resp
 
         await self._streaming(once, f"download {path}", retry_for)
+        if sha256 is not None and got != [sha256]:
+            raise exc.ServiceError(f"{path} arrived with the wrong content (sha256 {got[0] if got else '?'})")
 
     async def _streaming(self, once: Callable[[], Awaitable[Response]], what: str, retry_for: float) -> Any:
         deadline = time.monotonic() + retry_for
@@ -220,22 +229,27 @@ class ApiClient:
 
 
 class _Counting:
-    """A file whose reads and writes report their sizes (for progress bars)."""
+    """A file whose reads and writes report their sizes (for progress bars) and may feed a hash."""
 
-    def __init__(self, f: Any, report: Callable[[int], None]) -> None:
-        self._f, self._report, self.count = f, report, 0
+    def __init__(self, f: Any, report: Callable[[int], None] | None, hasher: Any = None) -> None:
+        self._f, self._report, self._hasher, self.count = f, report, hasher, 0
 
     def read(self, n: int = -1) -> bytes:
         data: bytes = self._f.read(n)
-        self.count += len(data)
-        self._report(len(data))
+        self._seen(data)
         return data
 
     def write(self, data: bytes) -> int:
         n: int = self._f.write(data)
-        self.count += len(data)
-        self._report(len(data))
+        self._seen(data)
         return n
+
+    def _seen(self, data: bytes) -> None:
+        self.count += len(data)
+        if self._hasher is not None:
+            self._hasher.update(data)
+        if self._report is not None:
+            self._report(len(data))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._f, name)

@@ -223,7 +223,9 @@ class ContainerSupervisor:
                 owner=owner,
             )
             self.volumes[ref["id"]] = mount
-            await mount.prepare()
+            line = await mount.prepare()
+            log.info("container %s: %s", self.id, line)
+            self.logs.add(self.app_id, self.function_id, self.id, None, "system", line)
 
     async def _unmount_volumes(self) -> None:
         """The container has exited: commit what it wrote to each writable volume."""
