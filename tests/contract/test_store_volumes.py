@@ -43,7 +43,10 @@ def test_puts_create_parents_and_each_commit_is_a_version(h: Any) -> None:
     vid = _vol(h)
     assert _commit(h, vid, _put("/models/llama/w.bin"), _put("top.txt", B, 5)) == 1
     assert _ls(h, vid) == [("models", "directory"), ("top.txt", "file")]
-    assert _ls(h, vid, "models", recursive=True) == [("models/llama", "directory"), ("models/llama/w.bin", "file")]
+    assert _ls(h, vid, "models", recursive=True) == [
+        ("models/llama", "directory"),
+        ("models/llama/w.bin", "file"),
+    ]
     # a file path lists the file itself
     (entry,) = h.w(lambda tx: volumes.entries(tx, vid, "top.txt", False))[1]
     assert (entry["digest"], entry["size"], entry["version"]) == (B, 5, 1)
@@ -127,7 +130,7 @@ def test_concurrent_commits_to_different_files_all_land(h: Any) -> None:
         try:
             for i in range(5):
                 _commit(h, vid, _put(f"w{n}/f{i}"))
-        except BaseException as err:  # noqa: BLE001 - reported below
+        except BaseException as err:  # reported below
             errors.append(err)
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]

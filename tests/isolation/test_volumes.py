@@ -42,10 +42,9 @@ def test_what_the_client_uploads_a_container_reads(vols, tmp_path):
         assert seen["uid"] == 0 and seen["writable"]  # the container's root owns its mount
         assert vols.read.remote("greeting.txt")["text"] == "hello from a file object"
     # uploading over an existing file needs force=True, and a refused batch writes nothing
-    with pytest.raises(FileExistsError):
-        with vols.vol.batch_upload() as batch:
-            batch.put_file(io.BytesIO(b"new"), "/fresh.txt")
-            batch.put_file(io.BytesIO(b"v2"), "/greeting.txt")
+    with pytest.raises(FileExistsError), vols.vol.batch_upload() as batch:
+        batch.put_file(io.BytesIO(b"new"), "/fresh.txt")
+        batch.put_file(io.BytesIO(b"v2"), "/greeting.txt")
     assert "fresh.txt" not in [e.path for e in vols.vol.listdir("/")]
     with vols.vol.batch_upload(force=True) as batch:
         batch.put_file(io.BytesIO(b"v2"), "/greeting.txt")
@@ -134,3 +133,23 @@ def test_nothing_is_left_on_the_worker_after_the_containers_go(vols):
     containers = vols.cluster.home / "worker" / "containers"
     wait_for(lambda: not list(containers.glob("*/volumes/*")), "the mount directories to go", timeout=60)
     assert os.path.isdir(vols.cluster.home / "worker" / "volume-cache")
+
+
+def test_another_worker_assembles_the_mount_from_the_blob_store(vols):
+    """Volumes follow functions across workers: a second worker, with an empty cache, mounts what a
+    container on the first one committed."""
+    from vivace.server.services import workers
+
+    cluster = vols.cluster
+    with vols.app.run():
+        vols.write.remote("moved/w.txt", "written on the first worker")
+    first = cluster.worker
+    first.terminate()
+    first.wait(timeout=60)
+    old = cluster.plane.store.write_sync(lambda tx: [r[0] for r in tx.fetchall("SELECT id FROM workers")])
+    cluster.plane.store.write_sync(lambda tx: [workers.retire(tx, w, "test: stopped") for w in old])
+    cluster.start_worker("worker2")
+    with vols.app.run():
+        assert vols.read.remote("moved/w.txt")["text"] == "written on the first worker"
+    cached = [p for p in (cluster.home / "worker2" / "volume-cache").rglob("*") if p.is_file()]
+    assert cached, "the second worker fetched the content into its own cache"

@@ -226,9 +226,9 @@ def test_with_options_validates_like_app_function():
         fn.with_options(cpu=-1)
     with pytest.raises(InvalidError, match="unknown"):
         fn.with_options(colour="red")
-    with pytest.raises(InvalidError, match="vivace.Volume"):
+    with pytest.raises(InvalidError, match=r"vivace\.Volume"):
         fn.with_options(volumes={"/x": object()})
-    with pytest.raises(InvalidError, match="vivace.Secret"):
+    with pytest.raises(InvalidError, match=r"vivace\.Secret"):
         fn.with_options(secrets=["not a secret"])
 
 

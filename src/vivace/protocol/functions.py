@@ -4,6 +4,7 @@
 request body, so a malformed spec is a 422 with a clear message, never a half-registered function.
 """
 
+import itertools
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -243,7 +244,7 @@ def _check_volumes(value: Any) -> None:
             or not isinstance(ref["read_only"], bool)
         ):
             raise SpecError(f"volume at {path}: must be {{'id': 'vo-...', 'read_only': bool}}")
-    for a, b in zip(paths, paths[1:]):
+    for a, b in itertools.pairwise(paths):
         if b.startswith(a.rstrip("/") + "/"):
             raise SpecError(f"volume mount points cannot nest: {a} and {b}")
 

@@ -27,14 +27,18 @@ def read(path, reload=True):
         vol.reload()
     full = os.path.join("/mnt/vol", path)
     st = os.stat("/mnt/vol")
-    text = open(full).read() if os.path.exists(full) else None
+    text = None
+    if os.path.exists(full):
+        with open(full) as f:
+            text = f.read()
     return {"text": text, "uid": st.st_uid, "writable": os.access("/mnt/vol", os.W_OK)}
 
 
 @app.function(volumes={"/ro": vol.read_only()})
 def read_only(path):
     """Read ``path`` through a read-only mount, then try to write beside it."""
-    text = open(os.path.join("/ro", path)).read()
+    with open(os.path.join("/ro", path)) as f:
+        text = f.read()
     try:
         with open("/ro/intruder.txt", "w") as f:
             f.write("no")
@@ -60,5 +64,10 @@ def plant_links(canary):
     vol.reload()  # must replace the link with that directory, not write into the host's
     return {
         "link_is_link": os.path.islink("/data/link"),
-        "planted": open("/data/link/planted.txt").read(),
+        "planted": _read("/data/link/planted.txt"),
     }
+
+
+def _read(path):
+    with open(path) as f:
+        return f.read()

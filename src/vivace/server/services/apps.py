@@ -154,7 +154,10 @@ def variant_spec(base: FunctionSpec, params: dict[str, Any] | None, options: dic
     if "env" in options:
         options = {**options, "env": {**base.env, **options["env"]}}
     if "secrets" in options:  # added to the function's own (a later secret wins a key both set)
-        options = {**options, "secrets": [*base.secrets, *(s for s in options["secrets"] if s not in base.secrets)]}
+        options = {
+            **options,
+            "secrets": [*base.secrets, *(s for s in options["secrets"] if s not in base.secrets)],
+        }
     if "volumes" in options:
         options = {**options, "volumes": {**base.volumes, **options["volumes"]}}
     data.update(options)
