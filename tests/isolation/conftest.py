@@ -245,3 +245,16 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def replace_worker(cluster, name):
+    """Stop the cluster's worker, retire every worker in the store, and start a new one with its own
+    (empty) state directory ``home/name``."""
+    from vivace.server.services import workers
+
+    first = cluster.worker
+    first.terminate()
+    first.wait(timeout=60)
+    old = cluster.plane.store.write_sync(lambda tx: [r[0] for r in tx.fetchall("SELECT id FROM workers")])
+    cluster.plane.store.write_sync(lambda tx: [workers.retire(tx, w, "test: stopped") for w in old])
+    cluster.start_worker(name)

@@ -7,7 +7,7 @@ import pytest
 
 from vivace.testing.cluster import LocalCluster
 
-from .conftest import _load, require_runtime, sdk_pointed_at
+from .conftest import _load, replace_worker, require_runtime, sdk_pointed_at
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -117,16 +117,9 @@ def test_a_second_build_reuses_every_layer(imaged):
 
 def test_another_worker_fetches_the_layers_and_builds_nothing(imaged):
     """A second worker with its own state directory runs the image from the blob store."""
-    from vivace.server.services import workers
-
     cluster = imaged.cluster
     lines_before = _build_log_lines(cluster)
-    first = cluster.worker
-    first.terminate()
-    first.wait(timeout=60)
-    old = cluster.plane.store.write_sync(lambda tx: [r[0] for r in tx.fetchall("SELECT id FROM workers")])
-    cluster.plane.store.write_sync(lambda tx: [workers.retire(tx, w, "test: stopped") for w in old])
-    cluster.start_worker("worker2")
+    replace_worker(cluster, "worker2")
     with imaged.app.run():
         seen = imaged.probe.remote()
     assert seen["six"] == "1.16.0" and seen["conf"] == "baked in\n"

@@ -10,7 +10,7 @@ import vivace
 from vivace import exception as exc
 from vivace.testing.cluster import LocalCluster
 
-from .conftest import _load, require_runtime, sdk_pointed_at, wait_for
+from .conftest import _load, replace_worker, require_runtime, sdk_pointed_at, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -138,17 +138,10 @@ def test_nothing_is_left_on_the_worker_after_the_containers_go(vols):
 def test_another_worker_assembles_the_mount_from_the_blob_store(vols):
     """Volumes follow functions across workers: a second worker, with an empty cache, mounts what a
     container on the first one committed."""
-    from vivace.server.services import workers
-
     cluster = vols.cluster
     with vols.app.run():
         vols.write.remote("moved/w.txt", "written on the first worker")
-    first = cluster.worker
-    first.terminate()
-    first.wait(timeout=60)
-    old = cluster.plane.store.write_sync(lambda tx: [r[0] for r in tx.fetchall("SELECT id FROM workers")])
-    cluster.plane.store.write_sync(lambda tx: [workers.retire(tx, w, "test: stopped") for w in old])
-    cluster.start_worker("worker2")
+    replace_worker(cluster, "worker2")
     with vols.app.run():
         assert vols.read.remote("moved/w.txt")["text"] == "written on the first worker"
     cached = [p for p in (cluster.home / "worker2" / "volume-cache").rglob("*") if p.is_file()]
