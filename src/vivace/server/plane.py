@@ -44,6 +44,13 @@ class ControlPlane:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.store.start)
+        if self.config.store_url.startswith(("postgres://", "postgresql://")):
+            # replicas share the store: what one wakes (a put, an output, a worker's event) wakes all
+            from vivace.server.notify import PgWakeBus
+
+            bus = PgWakeBus(self.config.store_url, self.notifier.from_peer, asyncio.get_running_loop())
+            await asyncio.to_thread(bus.start)
+            self.notifier.bus = bus
         await self.start_loops()
 
     async def start_loops(self) -> None:
@@ -57,6 +64,9 @@ class ControlPlane:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
+        if self.notifier.bus is not None:
+            bus, self.notifier.bus = self.notifier.bus, None
+            await asyncio.to_thread(bus.close)
         await asyncio.to_thread(self.store.close)
 
     # -- payloads ------------------------------------------------------------------------------
