@@ -32,6 +32,7 @@ def test_call_path_on_postgres(pg_cluster, app_loader_unbound):
             with pytest.raises(basic.CustomError):
                 basic.fail.remote("on postgres")
             assert pg_cluster.plane.store.dialect.name == "postgres"
+            assert pg_cluster.plane.notifier.bus is not None  # wake-ups reach other replicas
     finally:
         vivace._sync.run_sync(connection.reset_client())
     assert os.environ["VIVACE_SERVER_URL"] == pg_cluster.url

@@ -44,16 +44,16 @@ class ControlPlane:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.store.start)
-        if self.config.store_url.startswith(("postgres://", "postgresql://")):
+        await self.start_loops()
+
+    async def start_loops(self) -> None:
+        if self.notifier.bus is None and self.config.store_url.startswith(("postgres://", "postgresql://")):
             # replicas share the store: what one wakes (a put, an output, a worker's event) wakes all
             from vivace.server.notify import PgWakeBus
 
             bus = PgWakeBus(self.config.store_url, self.notifier.from_peer, asyncio.get_running_loop())
             await asyncio.to_thread(bus.start)
             self.notifier.bus = bus
-        await self.start_loops()
-
-    async def start_loops(self) -> None:
         for loop in (self._autoscale_loop, self._reap_loop, self._image_gc_loop, self._storage_gc_loop):
             self._tasks.append(asyncio.create_task(loop()))
 
