@@ -128,6 +128,28 @@ def test_links_planted_in_a_mount_never_reach_the_host(vols, tmp_path):
     assert _text(vols.vol, "link/planted.txt") == "planted"
 
 
+def test_app_level_secrets_and_volumes_reach_every_function(vols):
+    """``App(secrets=, volumes=)`` are defaults each function gets besides its own (its own secret wins a
+    key both set)."""
+    with vols.vol.batch_upload(force=True) as batch:
+        batch.put_file(io.BytesIO(b"shared by the app"), "/app.txt")
+    app = vivace.App(
+        "app-defaults",
+        secrets=[vivace.Secret.from_dict({"APP_LEVEL": "app", "BOTH": "from the app"})],
+        volumes={"/shared": vols.vol},
+    )
+
+    @app.function(serialized=True, secrets=[vivace.Secret.from_dict({"BOTH": "own"})])
+    def probe():
+        with open("/shared/app.txt") as f:
+            text = f.read()
+        return {"APP_LEVEL": os.environ.get("APP_LEVEL"), "BOTH": os.environ.get("BOTH"), "file": text}
+
+    with app.run():
+        seen = probe.remote()
+    assert seen == {"APP_LEVEL": "app", "BOTH": "own", "file": "shared by the app"}
+
+
 # last: after every test above has run containers with mounts
 def test_nothing_is_left_on_the_worker_after_the_containers_go(vols):
     containers = vols.cluster.home / "worker" / "containers"
