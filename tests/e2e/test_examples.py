@@ -106,3 +106,15 @@ def test_modal_compat(shared_home):
     assert "modal.is_local() here: True in a container: False" in out
     assert "Hello, Ada!\nBonjour, Ada!\n" in out
     assert "gathered: [100, 400]" in out
+
+
+def test_storage(shared_home):
+    proc = run_example(shared_home, "storage")
+    assert "wrote ['ada', 'grace', 'linus']\n" in proc.stdout
+    assert "notes: ['hello, ada', 'hello, grace', 'hello, linus']\n" in proc.stdout
+    assert "files: ['ada.txt', 'grace.txt', 'linus.txt']\n" in proc.stdout
+    assert "scored 4 words\n" in proc.stdout
+    assert "scores: {'dict': 4, 'queue': 5, 'secret': 6, 'volume': 6}\n" in proc.stdout
+    # the named objects stay for the CLI to show
+    listing = vivace(shared_home, "volume", "ls", "storage-demo-notes", check=True).stdout
+    assert "ada.txt" in listing
