@@ -46,6 +46,14 @@ def require_runtime(name):
         pytest.skip(f"{name} is not installed (or not root)")
 
 
+def require_debootstrap():
+    """Image tests build Debian roots: fail under CI, skip elsewhere, where debootstrap is missing."""
+    if shutil.which("debootstrap") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("debootstrap must be installed in CI: .ci/install-runtimes.sh")
+        pytest.skip("debootstrap is not installed")
+
+
 @contextlib.contextmanager
 def sdk_pointed_at(cluster):
     """Point the SDK at ``cluster`` for the block; restore the environment after."""

@@ -4,7 +4,6 @@ the value."""
 
 import hashlib
 import os
-import shutil
 import uuid
 
 import httpx
@@ -16,7 +15,7 @@ from vivace._version import __version__
 from vivace.testing.cluster import LocalCluster
 from vivace.worker import layers
 
-from .conftest import _load, require_runtime, sdk_pointed_at
+from .conftest import _load, require_debootstrap, require_runtime, sdk_pointed_at
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -26,10 +25,7 @@ BASE_CACHE = "/var/cache/vivace/test-images"  # shared with the other image test
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     require_runtime("crun")
-    if shutil.which("debootstrap") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("debootstrap must be installed in CI: .ci/install-runtimes.sh")
-        pytest.skip("debootstrap is not installed")
+    require_debootstrap()
     home = tmp_path_factory.mktemp("build-secrets")
     name = f"build-token-{uuid.uuid4().hex[:8]}"
     os.environ["SECRET_IMAGE_NAME"] = name

@@ -1,13 +1,12 @@
 """Functions in custom images, end to end: built on a worker, cached by content, files from the image."""
 
 import os
-import shutil
 
 import pytest
 
 from vivace.testing.cluster import LocalCluster
 
-from .conftest import _load, replace_worker, require_runtime, sdk_pointed_at
+from .conftest import _load, replace_worker, require_debootstrap, require_runtime, sdk_pointed_at
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -18,10 +17,7 @@ BASE_CACHE = "/var/cache/vivace/test-images"
 @pytest.fixture(scope="module")
 def imaged(tmp_path_factory):
     require_runtime("crun")
-    if shutil.which("debootstrap") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("debootstrap must be installed in CI: .ci/install-runtimes.sh")
-        pytest.skip("debootstrap is not installed")
+    require_debootstrap()
     home = tmp_path_factory.mktemp("imaged")
     host_file = home / "host-only.txt"
     host_file.write_text("the host's")

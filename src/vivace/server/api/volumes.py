@@ -19,14 +19,19 @@ from vivace.server.services import volumes
 KINDS = ("user", "container", "worker")
 
 
+def _path_query(request: Request) -> str:
+    """The ``?path=`` of a request in its stored form (the root when absent)."""
+    try:
+        return norm_path(request.query_params.get("path", ""))
+    except PathError as err:
+        raise Invalid(str(err), code="invalid_path") from None
+
+
 @route(kinds=KINDS)
 async def list_entries(request: Request) -> Response:
     """``?path=`` (default the root) and ``recursive=1``: the volume's version and the entries there."""
     vid = request.path_params["object_id"]
-    try:
-        path = norm_path(request.query_params.get("path", ""))
-    except PathError as err:
-        raise Invalid(str(err), code="invalid_path") from None
+    path = _path_query(request)
     recursive = request.query_params.get("recursive", "0") in ("1", "true")
     ver, items = await plane_of(request).store.read(lambda tx: volumes.entries(tx, vid, path, recursive))
     return JSONResponse({"version": ver, "entries": items})
@@ -38,10 +43,7 @@ async def read_file(request: Request) -> Response:
     from vivace.server.api.resources import BlobFile
 
     vid = request.path_params["object_id"]
-    try:
-        path = norm_path(request.query_params.get("path", ""))
-    except PathError as err:
-        raise Invalid(str(err), code="invalid_path") from None
+    path = _path_query(request)
     plane = plane_of(request)
     digest, _ = await plane.store.read(lambda tx: volumes.file_digest(tx, vid, path))
     blob = plane.blobs.path(digest)
