@@ -179,6 +179,17 @@ def test_an_image_without_python_fails_its_calls_saying_so(pulled):
         pulled.pythonless.remote()
 
 
+def _private_registry(tmp_path, user, password):
+    """A registry on loopback that lets only ``user`` in (htpasswd, bcrypt)."""
+    htpasswd = subprocess.run(
+        ["htpasswd", "-Bbn", user, password], capture_output=True, text=True, check=True
+    )
+    root = tmp_path / "private"
+    root.mkdir()
+    (root / "htpasswd").write_text(htpasswd.stdout)
+    return Registry(root, auth={"htpasswd": {"realm": "vivace-test", "path": str(root / "htpasswd")}}).start()
+
+
 def test_a_private_registry_is_pulled_with_the_workers_credentials(pulled, imaged, tmp_path):  # noqa: F811
     import base64
     import json
@@ -186,15 +197,7 @@ def test_a_private_registry_is_pulled_with_the_workers_credentials(pulled, image
     from .conftest import require_runtime
 
     require_runtime("crun")
-    htpasswd = subprocess.run(
-        ["htpasswd", "-Bbn", "alice", "s3cret-pw"], capture_output=True, text=True, check=True
-    )
-    root = tmp_path / "private"
-    root.mkdir()
-    (root / "htpasswd").write_text(htpasswd.stdout)
-    registry = Registry(
-        root, auth={"htpasswd": {"realm": "vivace-test", "path": str(root / "htpasswd")}}
-    ).start()
+    registry = _private_registry(tmp_path, "alice", "s3cret-pw")
     try:
         token = "Basic " + base64.b64encode(b"alice:s3cret-pw").decode()
         Pusher(registry.url, token).image(
@@ -227,15 +230,7 @@ def test_a_private_registry_is_pulled_with_the_credentials_of_a_named_secret(pul
     from .conftest import require_runtime
 
     require_runtime("crun")
-    htpasswd = subprocess.run(
-        ["htpasswd", "-Bbn", "bob", "s3cret-secret-pw"], capture_output=True, text=True, check=True
-    )
-    root = tmp_path / "private"
-    root.mkdir()
-    (root / "htpasswd").write_text(htpasswd.stdout)
-    registry = Registry(
-        root, auth={"htpasswd": {"realm": "vivace-test", "path": str(root / "htpasswd")}}
-    ).start()
+    registry = _private_registry(tmp_path, "bob", "s3cret-secret-pw")
     name = f"registry-{uuid.uuid4().hex[:8]}"
     try:
         token = "Basic " + base64.b64encode(b"bob:s3cret-secret-pw").decode()
