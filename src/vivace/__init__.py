@@ -15,6 +15,7 @@ from vivace.image import Image
 from vivace.queue import Queue
 from vivace.retries import Retries
 from vivace.runtime_api import current_function_call_id, current_input_id, is_local
+from vivace.sandbox import Probe, Sandbox
 from vivace.secret import Secret
 from vivace.volume import Volume
 
@@ -27,8 +28,10 @@ __all__ = [
     "FunctionCall",
     "Image",
     "Obj",
+    "Probe",
     "Queue",
     "Retries",
+    "Sandbox",
     "Secret",
     "Volume",
     "__version__",

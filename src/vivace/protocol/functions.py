@@ -88,6 +88,8 @@ class FunctionSpec:
     secrets: List[str] = field(default_factory=list)
     # volumes mounted in its containers: absolute path -> {"id": "vo-...", "read_only": bool}
     volumes: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    # a sandbox's own settings (protocol/sandboxes.py): its container runs their command, not functions
+    sandbox: Optional[Dict[str, Any]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -164,6 +166,13 @@ class FunctionSpec:
             _check_int(self.ephemeral_disk, "ephemeral_disk", 1, 3 << 20)
         _check_secrets(self.secrets)
         _check_volumes(self.volumes)
+        if self.sandbox is not None:
+            from vivace.protocol.sandboxes import SandboxSpecError, check_settings
+
+            try:
+                object.__setattr__(self, "sandbox", check_settings(self.sandbox))
+            except SandboxSpecError as err:
+                raise SpecError(str(err)) from None
         if self.image_mounts and self.image_id is None:
             raise SpecError("image_mounts attach files over an image: image_id is required")
         r = self.retries

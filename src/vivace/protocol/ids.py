@@ -16,6 +16,7 @@ DICT = "di"
 QUEUE = "qu"
 VOLUME = "vo"
 SECRET = "st"
+SANDBOX = "sb"
 
 KINDS = {
     APP: "app",
@@ -27,6 +28,7 @@ KINDS = {
     QUEUE: "queue",
     VOLUME: "volume",
     SECRET: "secret",
+    SANDBOX: "sandbox",
 }
 
 

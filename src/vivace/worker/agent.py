@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import signal
+import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +29,16 @@ from vivace.worker.network import NetworkPool, have_tools
 from vivace.worker.runtimes import FUNCTION_DEFAULTS, ContainerRuntime, RuntimeContext, available_runtimes
 from vivace.worker.runtimes.base import ImageRootfs
 from vivace.worker.runtimes.oci import mounted_under, unmount
+from vivace.worker.sandboxes import SandboxSupervisor
 from vivace.worker.sources import SourceCache
 from vivace.worker.supervisor import ContainerSupervisor, socket_path_for
 
 log = logging.getLogger("vivace.worker")
 
+SANDBOX_DEFAULTS = ("runsc", "crun", "runc")  # a sandbox that names no runtime: the first of these here
+SANDBOX_RETAIN = 300.0  # seconds a finished sandbox's unread output stays readable
+SANDBOX_RETAIN_MAX = 256  # finished sandboxes kept at most
+SANDBOX_RETAIN_BYTES = 256 << 20  # their unread output kept at most
 LAYER_GC_INTERVAL = 60.0  # seconds between layer cache collections
 
 
@@ -75,6 +81,7 @@ class Agent:
         self.gpus: list[Gpu] = []
         self.worker_id = ""
         self.containers: dict[str, ContainerSupervisor] = {}
+        self.finished: dict[str, tuple[SandboxSupervisor, float]] = {}  # sandbox -> (it, kept until)
         self.starting: set[str] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.logs = LogShipper(self.api)
@@ -335,8 +342,20 @@ class Agent:
                     f"runtime {wanted!r} is not offered by this worker ({', '.join(self.runtimes)})"
                 )
             runtime = self.runtimes[wanted]
+        elif spec.get("sandbox") is not None:  # untrusted code: gVisor where installed, else crun, runc
+            names = [n for n in SANDBOX_DEFAULTS if n in self.runtimes]
+            if not names:
+                raise exc.InvalidError(
+                    f"sandboxes run under {', '.join(SANDBOX_DEFAULTS)}; this worker offers "
+                    f"{', '.join(self.runtimes)} (Sandbox.create(runtime=...) picks one)"
+                )
+            runtime = self.runtimes[names[0]]
         else:
             runtime = self.default_runtime()
+        if spec.get("sandbox") is not None and not runtime.capabilities.sandboxes:
+            raise exc.InvalidError(
+                f"the {runtime.name!r} runtime cannot run sandboxes (runsc, crun or runc can)"
+            )
         if spec.get("ephemeral_disk") and runtime.name not in ("crun", "runc", "runsc"):
             raise exc.InvalidError(
                 f"ephemeral_disk needs a container runtime (crun, runc or runsc); this worker runs "
@@ -360,7 +379,8 @@ class Agent:
             image = await self._image_rootfs(a["image"]) if a.get("image") else None
             if image is not None:
                 self._pinned[cid] = list(image.layers)
-            sup = ContainerSupervisor(
+            kind = SandboxSupervisor if a["spec"].get("sandbox") is not None else ContainerSupervisor
+            sup = kind(
                 assignment=a,
                 definition=definition,
                 worker_id=self.worker_id,
@@ -394,11 +414,35 @@ class Agent:
         await self._event(cid, "started", None, None)
         status = await sup.run()
         self.containers.pop(cid, None)
+        if isinstance(sup, SandboxSupervisor):
+            self._retain(sup)
         if status.reason != "exited" and not status.reason.startswith("stopped"):
             self.logs.add(
                 a["app_id"], a["function_id"], cid, None, "system", f"container {status.describe()}"
             )
         await self._event(cid, "exited", status.code, status.describe())
+
+    def _retain(self, sup: SandboxSupervisor) -> None:
+        """Keep a finished sandbox's unread output a while: its client may read it after the exit."""
+        now = time.monotonic()
+        self.finished[sup.id] = (sup, now + SANDBOX_RETAIN)
+        for cid, (old, until) in list(self.finished.items()):
+            if (
+                until < now
+                or len(self.finished) > SANDBOX_RETAIN_MAX
+                or (
+                    sum(s.buffered() for s, _ in self.finished.values()) > SANDBOX_RETAIN_BYTES
+                    and old is not sup
+                )
+            ):
+                del self.finished[cid]
+
+    def sandbox(self, cid: str) -> ContainerSupervisor | None:
+        """A running container, or a sandbox that finished lately (its output still readable)."""
+        sup = self.containers.get(cid)
+        if sup is None and cid in self.finished:
+            sup = self.finished[cid][0]
+        return sup
 
     def _assigned_gpus(self, a: dict[str, Any]) -> list[Gpu]:
         by_index = {g.index: g for g in self.gpus}

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from vivace._version import __version__
-from vivace.server.api import calls, images, resources, secrets, storage, volumes, workers
+from vivace.server.api import calls, images, resources, sandboxes, secrets, storage, volumes, workers
 from vivace.server.api.common import route
 from vivace.server.errors import ApiError, NotFound
 from vivace.server.plane import ControlPlane
@@ -297,6 +297,7 @@ ROUTES: list[tuple[str, str, Any, str | None, str, str]] = [
         "json",
         "Remove a partition's items or all",
     ),
+    *sandboxes.ROUTES,
 ]
 
 

@@ -163,6 +163,7 @@ async def events(request: Request) -> Response:
         code = field(ev, "exit_code", int, None, optional=True)
         reason = field(ev, "reason", str, None, optional=True)
         touched |= await plane.store.write(functools.partial(_event_op, worker_id, cid, kind, code, reason))
+        plane.notifier.wake(f"container:{cid}")  # a sandbox's waiters (wait, exec before it runs)
         if kind == "exited":
             plane.container_cache.pop(cid, None)
             plane.container_scopes.pop(cid, None)
@@ -211,7 +212,10 @@ async def channel(ws: WebSocket) -> None:
         old.fail("replaced by a newer channel")
     try:
         while True:
-            chan.deliver(await ws.receive_json())
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            chan.deliver_raw(dict(message))
     except (WebSocketDisconnect, asyncio.CancelledError, RuntimeError):
         pass
     finally:

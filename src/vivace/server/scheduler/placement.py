@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 # runtimes that give a container its own namespaces (and so can block its network)
 ISOLATING_RUNTIMES = ("crun", "runc", "runsc", "bwrap")
+# runtimes a sandbox runs under when it names none (in the worker's order of preference: runsc first)
+SANDBOX_RUNTIMES = ("runsc", "crun", "runc")
 # runtimes that start containers from image layers (overlayfs over the worker's layer cache)
 IMAGE_RUNTIMES = ("crun", "runc", "runsc")
 
@@ -50,6 +52,7 @@ class Request:
     gpus: tuple[GpuChoice, ...] = ()  # in preference order; empty: no GPU
     isolated: bool = False  # needs a runtime that isolates (block_network=True)
     image: bool = False  # starts from an image: needs a runtime that stacks layers
+    sandbox: bool = False  # a sandbox that names no runtime: needs one of SANDBOX_RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class WorkerCapacity:
         if r.runtime is not None and r.runtime not in self.runtimes:
             return False
         if r.isolated and not any(x in ISOLATING_RUNTIMES for x in self.runtimes):
+            return False
+        if r.sandbox and r.runtime is None and not any(x in SANDBOX_RUNTIMES for x in self.runtimes):
             return False
         if r.image and not any(x in IMAGE_RUNTIMES for x in self.runtimes):
             return False
@@ -149,6 +154,11 @@ def unfit_reason(r: Request, workers: list[WorkerCapacity]) -> str | None:
         return (
             f"needs an isolating runtime ({', '.join(ISOLATING_RUNTIMES)}) for block_network=True, but the "
             f"live workers offer only {', '.join(offered)}"
+        )
+    if r.sandbox and r.runtime is None and not set(offered) & set(SANDBOX_RUNTIMES):
+        return (
+            f"is a sandbox, which runs under {', '.join(SANDBOX_RUNTIMES)}, but the live workers offer only "
+            f"{', '.join(offered)} (runtime='process' runs one without isolation, for development)"
         )
     if r.image and not set(offered) & set(IMAGE_RUNTIMES):
         return (

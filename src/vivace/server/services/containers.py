@@ -66,14 +66,14 @@ def autoscale(tx: Tx) -> AutoscaleResult:
         if p.start > room:
             result.capped = True
         for _ in range(min(p.start, room)):
-            result.created.append(_create(tx, fid, app_id, spec))
+            result.created.append(create_container(tx, fid, app_id, spec))
         for cid in p.stop:
             request_stop(tx, cid, "scaled down")
             result.stopping.append(cid)
     return result
 
 
-def _create(tx: Tx, function_id: str, app_id: str, spec: dict[str, Any]) -> str:
+def create_container(tx: Tx, function_id: str, app_id: str, spec: dict[str, Any]) -> str:
     cid = ids.new_id(ids.CONTAINER)
     tx.execute(
         "INSERT INTO containers (id, function_id, app_id, state, lease_token, cpu, memory, created_at, "
@@ -124,6 +124,7 @@ def _request(cid: str, cpu: Any, memory: Any, spec_json: str) -> Request:
         choices,
         isolated=bool(spec.get("block_network")),
         image=bool(spec.get("image_id")),
+        sandbox=spec.get("sandbox") is not None,
     )
 
 
@@ -226,6 +227,7 @@ def mark_stopped(tx: Tx, container_id: str, exit_code: int | None, reason: str) 
         if call:
             calls.add(call)
     tx.execute("UPDATE containers SET held = 0 WHERE id = ?", (container_id,))
+    tx.execute("UPDATE sandboxes SET live_name = NULL WHERE container_id = ?", (container_id,))  # name free
     return calls
 
 

@@ -143,6 +143,12 @@ def container_event(
             "WHERE id = ? AND state = 'assigned'",
             (tx.now, tx.now, container_id),
         )
+        # a sandbox is ready once its process runs (a function's container, once its runtime asks for work)
+        tx.execute(
+            "UPDATE containers SET ready_at = ? WHERE id = ? AND ready_at IS NULL AND id IN "
+            "(SELECT container_id FROM sandboxes)",
+            (tx.now, container_id),
+        )
         return set()
     never_started = tx.scalar("SELECT ready_at FROM containers WHERE id = ?", (container_id,)) is None
     calls = mark_stopped(tx, container_id, exit_code, reason or "exited")

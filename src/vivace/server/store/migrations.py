@@ -137,6 +137,16 @@ MIGRATIONS: list[list[str]] = [
             mode INTEGER NOT NULL, mtime {DOUBLE} NOT NULL, version {BIGINT} NOT NULL,
             PRIMARY KEY (volume_id, path))""",
     ],
+    [
+        # a sandbox is one container of a hidden function (its spec, never active for the autoscaler);
+        # live_name is its name while it runs (unique per app), cleared when its container stops
+        """CREATE TABLE sandboxes (
+            id TEXT PRIMARY KEY, app_id TEXT NOT NULL, function_id TEXT NOT NULL, container_id TEXT NOT NULL,
+            name TEXT, live_name TEXT, tags TEXT NOT NULL DEFAULT '{}', created_at {DOUBLE} NOT NULL)""",
+        "CREATE UNIQUE INDEX sandboxes_live_name ON sandboxes(app_id, live_name)",
+        "CREATE UNIQUE INDEX sandboxes_container ON sandboxes(container_id)",
+        "CREATE INDEX sandboxes_app ON sandboxes(app_id, created_at)",
+    ],
 ]
 
 

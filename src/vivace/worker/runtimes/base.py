@@ -27,6 +27,7 @@ class Capabilities:
     gpu: bool = False
     network_block: bool | None = None  # can give a container loopback only; None: as network_isolation
     volumes: bool = False  # can bind-mount volume directories at any path in the container
+    sandboxes: bool = False  # can run a sandbox: its command as the main process, exec with streams
 
     @property
     def can_block_network(self) -> bool:
@@ -49,6 +50,9 @@ class ContainerSpec:
     image: ImageRootfs | None = None  # None: the worker's base root filesystem
     ephemeral_disk: int | None = None  # MiB: the writable layer is a filesystem of this size
     mounts: list[VolumeBind] = field(default_factory=list)  # volumes, assembled by the worker
+    # a sandbox: its main process is this command ([]: an idle process), it has stdin, no vivace socket
+    command: list[str] | None = None
+    cwd: str | None = None  # the sandbox's working directory (None: the image's)
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,22 @@ def image_args(image: ImageRootfs) -> list[str]:
     return [image.python, "-c", _BOOT.format(mount=images.RUNTIME_MOUNT)]
 
 
+# a sandbox created without a command idles in this (its interpreter is the image's); SIGTERM ends it
+_IDLE = "import signal, sys; signal.signal(signal.SIGTERM, lambda *_: sys.exit(0)); signal.pause()"
+BASE_PYTHON = "/usr/local/bin/python3"
+FS_HELPER = images.RUNTIME_MOUNT + "/vivace/runtime/sandbox_fs.py"
+
+
+def python_of(spec: ContainerSpec) -> str:
+    return spec.image.python if spec.image is not None else BASE_PYTHON
+
+
+def _process_args(spec: ContainerSpec) -> list[str]:
+    if spec.command is not None:  # a sandbox
+        return list(spec.command) or [python_of(spec), "-I", "-S", "-c", _IDLE]
+    return [BASE_PYTHON, "-m", "vivace.runtime"] if spec.image is None else image_args(spec.image)
+
+
 PR_SET_PDEATHSIG = 1
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
@@ -138,7 +154,10 @@ def oci_config(
     ``warm``: a generic container for the warm pool; its runtime starts, imports what every container
     needs, and waits on stdin for the function it will serve (:class:`WarmPool`)."""
     image = spec.image
+    sandbox = spec.command is not None  # no vivace socket, no vivace on its Python's path
     search = ([] if spec.source_dir is None else ["/src"]) + ([] if image else [images.RUNTIME_MOUNT])
+    if sandbox:
+        search = []
     env = {
         "PATH": PATH if image is None else IMAGE_PATH,
         "HOME": "/root",
@@ -151,6 +170,8 @@ def oci_config(
         "VIVACE_TASK_ID": spec.container_id,
         "MODAL_TASK_ID": spec.container_id,
     }
+    if sandbox:
+        del env["VIVACE_SOCKET"]
     if warm:
         env["VIVACE_WARM"] = "1"
     user = image.user if image is not None else None
@@ -169,11 +190,14 @@ def oci_config(
          "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-        {"destination": SOCKET_DIR, "type": "bind", "source": str(spec.socket_path.parent),
-         "options": ["bind", "ro", "nosuid", "nodev", "noexec"]},
         {"destination": images.RUNTIME_MOUNT, "type": "bind", "source": str(runtime_bundle),
          "options": ["rbind", "ro", "nosuid", "nodev"]},
     ]  # fmt: skip
+    if not sandbox:  # a sandbox has no API access at all
+        mounts.insert(6,
+            {"destination": SOCKET_DIR, "type": "bind", "source": str(spec.socket_path.parent),
+             "options": ["bind", "ro", "nosuid", "nodev", "noexec"]},
+        )  # fmt: skip
     if spec.source_dir is not None:
         mounts.append(
             {"destination": "/src", "type": "bind", "source": str(spec.source_dir),
@@ -218,11 +242,9 @@ def oci_config(
         "process": {
             "terminal": False,
             "user": {"uid": user[0], "gid": user[1]} if user else {"uid": 0, "gid": 0},
-            "args": ["/usr/local/bin/python3", "-m", "vivace.runtime"]
-            if image is None
-            else image_args(image),
+            "args": _process_args(spec),
             "env": [f"{k}={v}" for k, v in env.items() if k != "PYTHONPATH" or v],
-            "cwd": _cwd(image),
+            "cwd": spec.cwd or _cwd(image),
             "capabilities": {k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")},
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": rlimit_nofile, "soft": rlimit_nofile}],
             "noNewPrivileges": True,
@@ -258,6 +280,8 @@ class OciHandle:
         self.stderr = proc.stderr
         self._killed = False
         self.on_exit: Callable[[], object] | None = None
+        self.process: dict[str, Any] = {}  # its OCI process: what an exec'd process inherits
+        self._execs = 0
 
     async def wait(self) -> ExitStatus:
         code = await self.proc.wait()
@@ -312,6 +336,7 @@ class OciRuntime:
         network_isolation=True,
         gpu=True,
         volumes=True,
+        sandboxes=True,
     )
 
     def __init__(
@@ -434,6 +459,8 @@ class OciRuntime:
     def reserve(self, spec: ContainerSpec) -> None:
         """Called before the worker listens on the container's socket: when a warm container can serve
         ``spec``, take it and point ``spec.socket_path`` at the socket directory it already mounts."""
+        if spec.command is not None:  # a sandbox starts its own command
+            return
         warm = self.warm.take(spec)
         if warm is not None:
             self._claims[spec.container_id] = warm
@@ -512,14 +539,16 @@ class OciRuntime:
             self.state_root.mkdir(parents=True, exist_ok=True)
             proc = await asyncio.create_subprocess_exec(
                 self.binary, *self.global_args, *extra, "run", "--bundle", str(bundle), name,
-                stdin=asyncio.subprocess.PIPE if warm else asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE if warm or spec.command is not None else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 preexec_fn=functools.partial(self._preexec, runsc_netns),
             )  # fmt: skip
         except BaseException:
             await self.cleanup(name, bundle, cgroup, slot)
             raise
-        return OciHandle(proc, self, cgroup, bundle, name, slot), proc
+        handle = OciHandle(proc, self, cgroup, bundle, name, slot)
+        handle.process = config["process"]
+        return handle, proc
 
     def _gpu_config(self, given: list[gpus.Gpu]) -> dict[str, Any]:
         if self._driver_files is None:
@@ -597,6 +626,69 @@ class OciRuntime:
         code, out = await self._run_tool("exec", name, *argv, timeout=timeout)
         return code, out, b""
 
+    async def spawn(
+        self, handle: OciHandle, argv: list[str], *, env: dict[str, str], cwd: str | None
+    ) -> tuple[asyncio.subprocess.Process, Path]:
+        """Start ``argv`` in the running container with pipes for its stdio, as the container's user, with
+        its environment plus ``env``, its capabilities (none), its seccomp profile and no new privileges.
+        Returns the runtime's exec process (whose exit status is the command's) and the file that will
+        hold the command's pid (for :meth:`kill_exec`)."""
+        handle._execs += 1
+        process = dict(handle.process)
+        merged = dict(item.split("=", 1) for item in process.get("env", []))
+        merged.update(env)
+        process.update(args=argv, env=[f"{k}={v}" for k, v in merged.items()], terminal=False)
+        if cwd:
+            process["cwd"] = cwd
+        path = handle.bundle / f"exec-{handle._execs}.json"
+        pid_file = handle.bundle / f"exec-{handle._execs}.pid"
+        path.write_text(json.dumps(process))
+        pid_flag = "--internal-pid-file" if self.name == "runsc" else "--pid-file"
+        proc = await asyncio.create_subprocess_exec(
+            self.binary, *self.global_args, "exec", "--process", str(path), pid_flag, str(pid_file),
+            handle.cid,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=functools.partial(self._preexec, self._control_netns(handle)),
+        )  # fmt: skip
+        return proc, pid_file
+
+    async def wait_created(self, handle: OciHandle, timeout: float = 60.0) -> None:
+        """Return once the runtime has created the container (``exec`` needs its state), or it exited."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        delay = 0.002
+        while handle.proc.returncode is None:
+            code, out = await self._run_tool("state", handle.cid, netns=self._control_netns(handle))
+            if code == 0:
+                with contextlib.suppress(ValueError):
+                    if json.loads(out).get("status") in ("created", "running"):
+                        return
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"{self.name} did not create container {handle.cid} within {timeout:g} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _control_netns(self, handle: OciHandle) -> str | None:
+        """runsc's control socket lives in the network namespace its sandbox started in."""
+        if self.name == "runsc" and handle.slot is not None and not handle.slot.blocked:
+            return handle.slot.path
+        return None
+
+    async def kill_exec(self, handle: OciHandle, pid_file: Path) -> None:
+        """SIGKILL an exec'd command (its pid from ``pid_file``: the host's for crun and runc, the
+        sandbox's own for runsc)."""
+        try:
+            pid = int(await asyncio.to_thread(pid_file.read_text))
+        except (OSError, ValueError):
+            return
+        if self.name == "runsc":
+            await self._run_tool(
+                "kill", "--pid", str(pid), handle.cid, "KILL", netns=self._control_netns(handle)
+            )
+            return
+        if str(pid) in self_cgroup_pids(handle.cgroup):  # never a reused pid outside the container
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
     def reconcile(self, keep: set[str]) -> list[str]:
         """Containers of this worker that a previous run left: kill them and remove their cgroups."""
         removed = []
@@ -640,6 +732,16 @@ class OciRuntime:
             with contextlib.suppress(OSError):
                 d.rmdir()
         return removed
+
+
+def self_cgroup_pids(cgroup: ContainerCgroup) -> set[str]:
+    """Every pid in the container's cgroups (any hierarchy)."""
+    pids: set[str] = set()
+    for d in cgroup.dirs():
+        for f in d.rglob("cgroup.procs"):
+            with contextlib.suppress(OSError):
+                pids.update(f.read_text().split())
+    return pids
 
 
 def _link_tree(src: Path, dst: Path) -> None:
