@@ -183,14 +183,15 @@ class SandboxSupervisor(ContainerSupervisor):
             await self.handle.wait()
             raise
         self.started = self.last_active = time.monotonic()
+        proc = getattr(self.handle, "proc", None)
+        main = SandboxProcess(proto.MAIN, getattr(proc, "stdin", None), drop=True)
+        for name, reader in (("stdout", self.handle.stdout), ("stderr", self.handle.stderr)):
+            main.tasks.append(asyncio.create_task(main.streams[name].pump(reader, self._logger(name))))
+        self.procs[proto.MAIN] = main  # requests may come as soon as the control plane hears it started
 
     async def run(self) -> ExitStatus:
         assert self.handle is not None
-        proc = getattr(self.handle, "proc", None)
-        main = SandboxProcess(proto.MAIN, getattr(proc, "stdin", None), drop=True)
-        self.procs[proto.MAIN] = main
-        for name, reader in (("stdout", self.handle.stdout), ("stderr", self.handle.stderr)):
-            main.tasks.append(asyncio.create_task(main.streams[name].pump(reader, self._logger(name))))
+        main = self.procs[proto.MAIN]
         watchdog = asyncio.create_task(self._enforce_timeouts())
         try:
             status = await self.handle.wait()

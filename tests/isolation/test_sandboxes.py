@@ -1,0 +1,274 @@
+"""Sandboxes in real containers, under runsc (gVisor) and crun: processes and their streams, stdin,
+binary and very large output, files, names and tags, timeouts, OOM, termination, and nothing left on
+the worker afterwards."""
+
+import hashlib
+import threading
+import time
+
+import pytest
+
+import vivace
+from vivace import exception as exc
+from vivace.sandbox import StreamType
+from vivace.testing.cluster import LocalCluster
+
+from .conftest import WorkerFootprint, require_runtime, sdk_pointed_at, wait_for
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.timeout(600)]
+
+RUNTIMES = ("runsc", "crun")
+PY = "python3"
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def env(request, tmp_path_factory):
+    """(runtime, app, worker footprint) for a cluster whose worker offers only that runtime."""
+    rt = request.param
+    require_runtime(rt)
+    home = tmp_path_factory.mktemp(f"sbx-{rt}")
+    fp = WorkerFootprint(home / "worker")
+    with (
+        LocalCluster(home, runtimes=[rt], warm_pool=0, worker_memory=8192) as cluster,
+        sdk_pointed_at(cluster),
+    ):
+        app = vivace.App.lookup(f"sandbox-tests-{rt}", create_if_missing=True)
+        yield rt, app, fp
+    # a stopped worker leaves nothing: no cgroup, mount, namespace, link, chain or runtime state
+    assert fp.container_cgroups() == {}
+    assert fp.mounts() == []
+    assert fp.namespaces() == [] and fp.links() == [] and fp.chains() == []
+
+
+@pytest.fixture(scope="module")
+def sb(env):
+    """One idle sandbox shared by the tests that only exec into it."""
+    _, app, _ = env
+    box = vivace.Sandbox.create(app=app, timeout=600)
+    yield box
+    box.terminate()
+
+
+def py(sb, code, **kw):
+    return sb.exec(PY, "-c", code, **kw)
+
+
+def test_exec_streams_stdout_stderr_and_exit_code(sb):
+    p = py(sb, "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)")
+    assert p.stdout.read() == "out\n"
+    assert p.stderr.read() == "err\n"
+    assert p.wait() == 3 and p.returncode == 3
+    assert p.poll() == 3
+
+
+def test_lines_arrive_while_the_process_runs(sb):
+    p = py(
+        sb, "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.3)\ntime.sleep(30)"
+    )
+    seen = []
+    for line in p.stdout:
+        seen.append(line)
+        if len(seen) == 3:
+            break
+    assert seen == ["0\n", "1\n", "2\n"]
+    assert p.poll() is None  # still sleeping: the lines came before it exited
+
+
+def test_stdin_is_interactive_and_binary_safe(sb):
+    p = py(sb, "import sys\nfor line in sys.stdin:\n    print(line.strip().upper(), flush=True)")
+    p.stdin.write(b"hello\n")
+    p.stdin.drain()
+    assert next(iter(p.stdout)) == "HELLO\n"  # answered before stdin closed
+    p.stdin.write("world\n")
+    p.stdin.write_eof()
+    p.stdin.drain()
+    assert p.stdout.read() == "WORLD\n"
+    assert p.wait() == 0
+    blob = bytes(range(256)) * 4096  # 1 MiB of every byte value
+    q = py(
+        sb, "import sys, hashlib; d = sys.stdin.buffer.read(); print(len(d), hashlib.sha256(d).hexdigest())"
+    )
+    q.stdin.write(blob)
+    q.stdin.write_eof()
+    q.stdin.drain()
+    assert q.stdout.read().split() == [str(len(blob)), hashlib.sha256(blob).hexdigest()]
+
+
+def test_binary_and_very_large_output_arrive_whole(sb):
+    size = 64 << 20  # beyond what the worker buffers for an exec'd stream (4 MiB): it must block, not drop
+    code = (
+        "import sys, hashlib\nh = hashlib.sha256()\nchunk = bytes(range(256)) * 4096\n"
+        f"for _ in range({size} // len(chunk)):\n    sys.stdout.buffer.write(chunk); h.update(chunk)\n"
+        "sys.stdout.flush(); print(h.hexdigest(), file=sys.stderr)"
+    )
+    p = py(sb, code, text=False)
+    h, total = hashlib.sha256(), 0
+    for chunk in p.stdout:
+        assert isinstance(chunk, bytes)
+        h.update(chunk)
+        total += len(chunk)
+    assert total == size
+    assert p.stderr.read().decode().strip() == h.hexdigest()
+    assert p.wait() == 0
+
+
+def test_devnull_output_never_blocks_the_process(sb):
+    p = py(sb, "import sys\nsys.stdout.write('x' * (16 << 20))", stdout=StreamType.DEVNULL)
+    assert p.wait() == 0  # 16 MiB nobody reads: dropped by the worker, not a blocked pipe
+
+
+def test_exec_env_workdir_and_timeout(sb):
+    p = py(
+        sb, "import os; print(os.getcwd(), os.environ['GREETING'])", env={"GREETING": "hi"}, workdir="/tmp"
+    )
+    assert p.stdout.read() == "/tmp hi\n"
+    slow = py(sb, "import time; time.sleep(60)", timeout=1)
+    assert slow.wait() == 124  # killed at its timeout, as timeout(1) reports it
+    with pytest.raises(exc.InvalidError):
+        sb.exec()
+    with pytest.raises(exc.InvalidError):
+        sb.exec(PY, workdir="relative")
+    with pytest.raises(exc.InvalidError):
+        sb.exec(PY, timeout=-1)
+
+
+def test_filesystem_round_trip(sb, tmp_path):
+    fs = sb.filesystem
+    fs.write_text("hello", "/work/notes/a.txt")
+    assert fs.read_text("/work/notes/a.txt") == "hello"
+    big = bytes(range(256)) * (40 * 4096)  # 40 MiB: several chunks each way
+    fs.write_bytes(big, "/work/big.bin")
+    assert fs.read_bytes("/work/big.bin") == big
+    assert py(sb, "print(open('/work/notes/a.txt').read())").stdout.read() == "hello\n"  # the same files
+    fs.make_directory("/work/x/y")
+    names = {e["name"]: e["type"] for e in fs.list_files("/work")}
+    assert names == {"notes": "directory", "big.bin": "file", "x": "directory"}
+    assert fs.stat("/work/big.bin")["size"] == len(big)
+    local = tmp_path / "copy.bin"
+    fs.copy_to_local("/work/big.bin", local)
+    assert local.read_bytes() == big
+    (tmp_path / "up.txt").write_text("uploaded")
+    fs.copy_from_local(tmp_path / "up.txt", "/work/up.txt")
+    assert fs.read_text("/work/up.txt") == "uploaded"
+    with pytest.raises(exc.SandboxFilesystemError):
+        fs.remove("/work/x")  # not empty
+    fs.remove("/work/x", recursive=True)
+    with pytest.raises(exc.SandboxFilesystemNotFoundError):
+        fs.read_text("/work/x/y")
+    with pytest.raises(exc.SandboxFilesystemPermissionError):
+        fs.write_text("no", "/proc/sys/kernel/hostname")
+    with pytest.raises(exc.InvalidError):
+        fs.read_text("relative/path")
+
+
+def test_main_process_output_exit_code_and_stdin(env):
+    _, app, _ = env
+    sb = vivace.Sandbox.create(
+        PY, "-c", "import sys; print(sys.stdin.readline().strip()[::-1]); sys.exit(7)", app=app
+    )
+    sb.stdin.write(b"sandbox\n")
+    sb.stdin.drain()
+    sb.wait()  # exited by itself, with a failure code: no exception
+    assert sb.returncode == 7
+    assert sb.stdout.read() == "xobdnas\n"  # still readable after the exit
+    assert sb.poll() == 7
+    with pytest.raises(exc.SandboxTerminatedError):
+        sb.exec(PY, "-c", "pass")
+
+
+def test_names_tags_lookup_and_list(env):
+    _, app, _ = env
+    a = vivace.Sandbox.create(app=app, name="alpha", tags={"team": "ml", "run": "1"})
+    b = vivace.Sandbox.create(app=app, tags={"team": "ml", "run": "2"})
+    try:
+        with pytest.raises(exc.AlreadyExistsError):
+            vivace.Sandbox.create(app=app, name="alpha")
+        assert vivace.Sandbox.from_name(app.name, "alpha").object_id == a.object_id
+        assert vivace.Sandbox.from_id(b.object_id).object_id == b.object_id
+        ml = {s.object_id for s in vivace.Sandbox.list(app_id=app.app_id, tags={"team": "ml"})}
+        assert {a.object_id, b.object_id} <= ml
+        assert [s.object_id for s in vivace.Sandbox.list(app_id=app.app_id, tags={"run": "2"})] == [
+            b.object_id
+        ]
+        b.set_tags({"team": "infra"})
+        assert b.get_tags() == {"team": "infra"}
+        with pytest.raises(exc.InvalidError):
+            vivace.Sandbox.create(app=app, name="no spaces allowed")
+        with pytest.raises(exc.InvalidError):
+            b.set_tags({"k": 1})
+    finally:
+        a.terminate()
+        b.terminate()
+    with pytest.raises(exc.SandboxTerminatedError):
+        a.wait()
+    # a finished sandbox's name is free again
+    c = vivace.Sandbox.create(app=app, name="alpha")
+    c.terminate(wait=True)
+    assert c.poll() is not None
+    with pytest.raises(exc.NotFoundError):
+        vivace.Sandbox.from_name(app.name, "alpha")
+
+
+def test_timeout_is_enforced_by_the_worker(env):
+    _, app, _ = env
+    sb = vivace.Sandbox.create(PY, "-c", "import time; time.sleep(600)", app=app, timeout=2)
+    with pytest.raises(exc.SandboxTimeoutError):
+        sb.wait()
+    assert sb.returncode is not None
+
+
+def test_idle_timeout_counts_running_execs_as_activity(env):
+    _, app, _ = env
+    sb = vivace.Sandbox.create(app=app, idle_timeout=2, timeout=120)
+    p = py(sb, "import time; time.sleep(4); print('done')")
+    assert p.stdout.read() == "done\n"  # 4 s of exec outlived the 2 s idle timeout
+    started = time.monotonic()
+    with pytest.raises(exc.SandboxTimeoutError):
+        sb.wait()
+    assert time.monotonic() - started < 60
+
+
+def test_out_of_memory_is_reported(env):
+    _, app, _ = env
+    sb = vivace.Sandbox.create(
+        PY, "-c", "x = bytearray(512 << 20); x[::4096] = b'1' * len(x[::4096])", app=app, memory=(64, 64)
+    )
+    sb.wait(raise_on_termination=False)
+    info = vivace.Sandbox.from_id(sb.object_id)._info
+    assert info["result"] == "oom", info
+    assert sb.returncode == 137
+
+
+def test_no_api_access_inside(sb):
+    out = py(
+        sb,
+        "import os, json; print(json.dumps(sorted(k for k in os.environ if 'VIVACE' in k or 'TOKEN' in k)), os.path.exists('/run/vivace'))",
+    )
+    assert out.stdout.read().split() == ['["VIVACE_TASK_ID"]', "False"]
+
+
+def test_many_sandboxes_at_once_all_start_and_are_cleaned_up(env):
+    rt, app, fp = env
+    n = 100 if rt == "crun" else 40  # gVisor's sentry costs ~40 MiB each: fewer on a 2-core CI machine
+    boxes: list = [None] * n
+    errors = []
+
+    def make(i):
+        try:
+            boxes[i] = vivace.Sandbox.create(PY, "-c", f"print({i})", app=app, cpu=0.01, memory=64)
+        except Exception as err:  # reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=make, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, box in enumerate(boxes):
+        box.wait()
+        assert box.returncode == 0
+        assert box.stdout.read() == f"{i}\n"
+    ids = {b._info["container_id"] for b in boxes}
+    wait_for(lambda: not ids & set(fp.container_cgroups()), "the sandboxes' cgroups to go", timeout=120)
+    assert not [m for m in fp.mounts() if any(c in str(m) for c in ids)]
