@@ -84,7 +84,7 @@ def outcome(code: int | None, reason: str | None) -> str:
     why = reason or ""
     if why.startswith(("timeout", "stopped: timeout", "idle timeout", "stopped: idle timeout")):
         return "timeout"
-    if why.startswith("failed to start") or why.startswith("startup timed out"):
+    if why.startswith(("failed to start", "startup timed out", "unschedulable")):
         return "error"
     if why.startswith("out of memory"):
         return "oom"
