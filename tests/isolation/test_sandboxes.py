@@ -272,3 +272,25 @@ def test_many_sandboxes_at_once_all_start_and_are_cleaned_up(env):
     ids = {b._info["container_id"] for b in boxes}
     wait_for(lambda: not ids & set(fp.container_cgroups()), "the sandboxes' cgroups to go", timeout=120)
     assert not [m for m in fp.mounts() if any(c in str(m) for c in ids)]
+
+
+def test_wait_until_ready_with_tcp_and_exec_probes(env):
+    _, app, _ = env
+    server = "import socket, time\ntime.sleep(1)\ns = socket.socket(); s.bind(('127.0.0.1', 8765)); s.listen()\ntime.sleep(600)"
+    sb = vivace.Sandbox.create(PY, "-c", server, app=app, readiness_probe=vivace.Probe.with_tcp(8765))
+    sb.wait_until_ready(timeout=60)
+    check = py(sb, "import socket; socket.create_connection(('127.0.0.1', 8765), 1); print('up')")
+    assert check.stdout.read() == "up\n"  # ready means listening
+    sb.terminate()
+    marker = "import os, time\ntime.sleep(1)\nopen('/tmp/ready', 'w').close()\ntime.sleep(600)"
+    probe = vivace.Probe.with_exec(
+        PY, "-c", "import os, sys; sys.exit(0 if os.path.exists('/tmp/ready') else 1)"
+    )
+    sb = vivace.Sandbox.create(PY, "-c", marker, app=app, readiness_probe=probe)
+    sb.wait_until_ready(timeout=60)
+    assert sb.filesystem.stat("/tmp/ready")["type"] == "file"
+    sb.terminate()
+    never = vivace.Sandbox.create(app=app, readiness_probe=vivace.Probe.with_tcp(9))
+    with pytest.raises(exc.TimeoutError):
+        never.wait_until_ready(timeout=1)
+    never.terminate()
