@@ -442,10 +442,10 @@ class Sandbox:
             raise exc.NotImplementedYetError(
                 "Sandbox tunnels (encrypted_ports, unencrypted_ports) are not supported yet"
             )
-        if outbound_cidr_allowlist is not None:
-            raise exc.NotImplementedYetError(
-                "Sandbox.create(outbound_cidr_allowlist=...) is not supported yet"
-            )
+        if outbound_cidr_allowlist is not None and block_network:
+            raise exc.InvalidError("block_network=True and outbound_cidr_allowlist exclude each other")
+        if isinstance(outbound_cidr_allowlist, str):
+            raise exc.InvalidError("outbound_cidr_allowlist is a list of CIDRs, e.g. ['10.0.0.0/8']")
         if readiness_probe is not None and not isinstance(readiness_probe, Probe):
             raise exc.InvalidError(
                 "readiness_probe must be a vivace.Probe (Probe.with_tcp or Probe.with_exec)"
@@ -460,9 +460,15 @@ class Sandbox:
             raise exc.InvalidError(f"timeout must be from 1 to {proto.MAX_TIMEOUT} seconds, got {timeout!r}")
         cpu_req, cpu_limit = params.cpu(cpu) if cpu is not None else (0.125, None)
         mem_req, mem_limit = params.memory(memory) if memory is not None else (128, None)
-        settings = {"command": list(args), "workdir": workdir, "idle_timeout": idle_timeout}
+        allow = None if outbound_cidr_allowlist is None else list(outbound_cidr_allowlist)
+        settings = {
+            "command": list(args),
+            "workdir": workdir,
+            "idle_timeout": idle_timeout,
+            "cidr_allowlist": allow,
+        }
         try:
-            proto.check_settings(settings)
+            settings = proto.check_settings(settings)
             name = proto.check_name(name)
             tags = proto.check_tags(tags)
         except proto.SandboxSpecError as err:

@@ -47,6 +47,9 @@ def test_a_sandbox_no_worker_can_run_ends_with_the_reason(app):
         ({"memory": "lots"}, "memory"),
         ({"image": "debian"}, "vivace.Image"),
         ({"readiness_probe": "tcp"}, "Probe"),
+        ({"outbound_cidr_allowlist": ["not-a-cidr"]}, "CIDR"),
+        ({"outbound_cidr_allowlist": "10.0.0.0/8"}, "list"),
+        ({"outbound_cidr_allowlist": ["10.0.0.0/8"], "block_network": True}, "exclude"),
     ],
 )
 def test_bad_create_arguments_are_invalid(app, kwargs, message):
@@ -55,7 +58,7 @@ def test_bad_create_arguments_are_invalid(app, kwargs, message):
 
 
 def test_features_not_built_yet_say_so(app):
-    for kwargs in ({"pty": True}, {"encrypted_ports": [8000]}, {"outbound_cidr_allowlist": ["10.0.0.0/8"]}):
+    for kwargs in ({"pty": True}, {"encrypted_ports": [8000]}):
         with pytest.raises(exc.NotImplementedYetError):
             vivace.Sandbox.create(app=app, **kwargs)
     with pytest.raises(exc.InvalidError, match="app="):

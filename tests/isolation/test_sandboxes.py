@@ -294,3 +294,48 @@ def test_wait_until_ready_with_tcp_and_exec_probes(env):
     with pytest.raises(exc.TimeoutError):
         never.wait_until_ready(timeout=1)
     never.terminate()
+
+
+def test_network_policy_open_blocked_and_allowlisted(env, test_host, host_listener):
+    _, app, _ = env
+    addr, port = test_host
+    reach = (
+        "import socket, sys\ntry:\n    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 3)\n"
+        "    print(s.recv(5).decode())\nexcept OSError as e:\n    print('denied', type(e).__name__)"
+    )
+
+    def attempt(box, host, p):
+        return box.exec(PY, "-c", reach, host, str(p)).stdout.read().strip()
+
+    cases = [
+        ({}, "hello"),
+        ({"block_network": True}, "denied"),
+        ({"outbound_cidr_allowlist": [f"{addr}/32"]}, "hello"),
+        ({"outbound_cidr_allowlist": ["10.99.0.0/16"]}, "denied"),
+    ]
+    for kwargs, expected in cases:
+        box = vivace.Sandbox.create(app=app, **kwargs)
+        try:
+            assert attempt(box, addr, port).startswith(expected), kwargs
+            # an allowlist never reopens the host's own services: the gateway (the host) stays closed
+            gateway = (
+                box.exec(
+                    PY,
+                    "-c",
+                    "import socket, struct\nfor line in open('/proc/net/route').readlines()[1:]:\n    f = line.split()\n    if f[1] == '00000000':\n        print(socket.inet_ntoa(struct.pack('<L', int(f[2], 16))))",
+                )
+                .stdout.read()
+                .split()
+            )
+            if gateway:
+                assert attempt(box, gateway[0], host_listener).startswith("denied"), kwargs
+        finally:
+            box.terminate()
+    wide = vivace.Sandbox.create(app=app, outbound_cidr_allowlist=["0.0.0.0/0"])
+    try:
+        gateway = wide.exec(PY, "-c", "print(open('/proc/net/route').read())").stdout.read()
+        assert gateway  # has a route out
+        assert attempt(wide, addr, port) == "hello"
+        assert attempt(wide, "10.213.0.1", host_listener).startswith("denied")  # other slots' addresses
+    finally:
+        wide.terminate()

@@ -67,6 +67,7 @@ class NetworkPool:
         self._next = 0
         self._lock = asyncio.Lock()
         self._refill: asyncio.Task[None] | None = None
+        self._allowlisted: set[str] = set()  # slots with an outbound allowlist chain
         self.chain_in = f"VIVACE-IN-{self.key}"
         self.chain_fwd = f"VIVACE-FWD-{self.key}"
 
@@ -128,6 +129,11 @@ class NetworkPool:
                 _run(ipt, "-D", parent, "-j", chain, check=False)
             _run(ipt, "-F", chain, check=False)
             _run(ipt, "-X", chain, check=False)
+        for line in _run(ipt, "-S", check=False).splitlines():  # allowlist chains, by their name
+            if line.startswith(f"-N VIVACE-AL-{self.key}-"):
+                _run(ipt, "-F", line.split()[1], check=False)
+                _run(ipt, "-X", line.split()[1], check=False)
+        self._allowlisted.clear()
         out = _run(ipt, "-t", "nat", "-S", "POSTROUTING", check=False)
         for line in out.splitlines():
             if f"vh{self.key}+" in line and line.startswith("-A "):
@@ -197,7 +203,36 @@ class NetworkPool:
         return slot
 
     async def release(self, slot: Slot) -> None:
+        if slot.name in self._allowlisted:
+            await asyncio.to_thread(self._unrestrict, slot)
         await asyncio.to_thread(_run, "ip", "netns", "delete", slot.name, check=False)
+
+    # -- outbound allowlists (sandboxes' outbound_cidr_allowlist) ----------------------------------
+    def _allow_chain(self, slot: Slot) -> str:
+        return f"VIVACE-AL-{self.key}-{slot.index}"
+
+    def restrict(self, slot: Slot, cidrs: list[str]) -> None:
+        """Let the open ``slot`` send only to ``cidrs``: a chain of its own, jumped to after the rules that
+        keep every container off the host, the control plane and other containers (an allowlist never
+        reopens those), returns for an allowed destination and drops the rest."""
+        chain, host_if = self._allow_chain(slot), f"vh{self.key}{slot.index}"
+        _run("iptables", "-N", chain, check=False)
+        _run("iptables", "-F", chain)
+        for cidr in cidrs:
+            _run("iptables", "-A", chain, "-d", cidr, "-j", "RETURN")
+        _run("iptables", "-A", chain, "-j", "DROP")
+        drops = (
+            2 if self.control_plane_host else 1
+        )  # the chain's first rules: DROP supernet (and control plane)
+        _run("iptables", "-I", self.chain_fwd, str(drops + 1), "-i", host_if, "-j", chain)
+        self._allowlisted.add(slot.name)
+
+    def _unrestrict(self, slot: Slot) -> None:
+        chain, host_if = self._allow_chain(slot), f"vh{self.key}{slot.index}"
+        _run("iptables", "-D", self.chain_fwd, "-i", host_if, "-j", chain, check=False)
+        _run("iptables", "-F", chain, check=False)
+        _run("iptables", "-X", chain, check=False)
+        self._allowlisted.discard(slot.name)
 
     def kick(self) -> None:
         """Refill the pool in the background."""

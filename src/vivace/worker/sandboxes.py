@@ -154,6 +154,7 @@ class SandboxSupervisor(ContainerSupervisor):
         settings = self.fspec["sandbox"]
         self.spec.command = list(settings.get("command") or [])
         self.spec.cwd = settings.get("workdir")
+        self.spec.cidr_allowlist = settings.get("cidr_allowlist")
         self.timeout = float(self.fspec.get("timeout") or 300)
         self.idle_timeout = settings.get("idle_timeout")
         self.procs: dict[str, SandboxProcess] = {}
@@ -162,6 +163,8 @@ class SandboxSupervisor(ContainerSupervisor):
         self.last_active = time.monotonic()
 
     async def start(self) -> None:
+        if self.spec.cidr_allowlist is not None and not self.runtime.capabilities.network_isolation:
+            raise RuntimeError(f"the {self.runtime.name!r} runtime cannot restrict a sandbox's network")
         if not self.runtime.capabilities.sandboxes:
             raise RuntimeError(
                 f"the {self.runtime.name!r} runtime cannot run sandboxes; run the worker with runsc, crun or runc"

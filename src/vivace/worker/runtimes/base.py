@@ -53,6 +53,7 @@ class ContainerSpec:
     # a sandbox: its main process is this command ([]: an idle process), it has stdin, no vivace socket
     command: list[str] | None = None
     cwd: str | None = None  # the sandbox's working directory (None: the image's)
+    cidr_allowlist: list[str] | None = None  # the only destinations it may reach (None: any outside)
 
 
 @dataclass(frozen=True)

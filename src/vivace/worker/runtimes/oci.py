@@ -506,6 +506,8 @@ class OciRuntime:
             pool = self.ctx.network
             if pool is not None:
                 slot = await pool.acquire(spec.block_network)
+                if spec.cidr_allowlist is not None and not slot.blocked:
+                    await asyncio.to_thread(pool.restrict, slot, spec.cidr_allowlist)
             netns = slot.path if slot is not None else None
             # runsc (Debian's 2022 build) cannot build its own network stack from a prepared namespace
             # ("cannot run with network enabled in root network namespace"). It is started inside the
