@@ -16,7 +16,13 @@ from typing import Any
 
 @contextlib.contextmanager
 def local_cluster(
-    home: Path, *, warm_pool: int | None, worker_env: dict[str, str] | None = None
+    home: Path,
+    *,
+    warm_pool: int | None,
+    worker_env: dict[str, str] | None = None,
+    runtimes: list[str] | None = None,
+    worker_cpu: float = 2.0,
+    worker_memory: int = 4096,
 ) -> Iterator[Any]:
     """Yields the running ``LocalCluster``; ``warm_pool=None`` keeps the worker's default."""
     from vivace import _sync
@@ -29,7 +35,13 @@ def local_cluster(
     # the product's default tick, not the test harness's faster one
     tick = ServerConfig(store_url="", blob_dir="").tick
     with LocalCluster(
-        home, runtimes=["crun"], warm_pool=warm_pool, worker_env=worker_env, tick=tick
+        home,
+        runtimes=runtimes or ["crun"],
+        warm_pool=warm_pool,
+        worker_env=worker_env,
+        tick=tick,
+        worker_cpu=worker_cpu,
+        worker_memory=worker_memory,
     ) as cluster:
         os.environ.update(cluster.client_env())
         _sync.run_sync(connection.reset_client())

@@ -41,6 +41,10 @@ def render_markdown(results: Mapping[str, Any], charts: Mapping[str, str] | None
         from benchmarks import volumes
 
         parts += volumes.render(results["volumes"])
+    if results.get("sandboxes"):
+        from benchmarks import sandboxes
+
+        parts += sandboxes.render(results["sandboxes"])
     if results.get("reproducibility"):
         from benchmarks import repro
 

@@ -1,0 +1,237 @@
+"""Sandboxes: create to the first output of an exec, sequentially and as a burst, under runsc and crun,
+beside the container engines' own ``run`` of the same image content.
+
+- **Vivace**: ``Sandbox.create(app=...)`` then ``sb.exec("python3", "-c", "print(1)")`` until its
+  stdout's first line arrives: the whole path (control plane, scheduler, worker, the runtime's ``run``
+  and ``exec``, streams relayed back). Sequential: one sandbox at a time (each terminated, untimed, before
+  the next). Burst: all created at once from as many threads; each sample is one sandbox's create to
+  first output; creates per second is the burst's size over the time until the last first output.
+- **Peers**: ``runsc run`` (gVisor, ptrace platform, no network) of ``python3 -c 'print(1)'`` on an
+  overlay root already mounted, and ``docker run --rm --network none`` / ``podman run --rm --network
+  none`` of that root imported as an image: a start and a command's output, with no control plane.
+
+Published anchors (not measured here; network included): Daytona 187 ms, E2B 492 ms, Modal 1.73 s
+median create-to-first-output (ComputeSDK, May 2026).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from benchmarks import coldstart
+from benchmarks.config import RunConfig
+from benchmarks.markdown import row
+from benchmarks.stats import latency_summary
+
+PRINT_ONE = coldstart.PRINT_ONE
+ROWS = {
+    "vivace-runsc-seq": "Vivace sandbox (runsc), sequential",
+    "vivace-crun-seq": "Vivace sandbox (crun), sequential",
+    "vivace-runsc-burst": "Vivace sandbox (runsc), burst",
+    "vivace-crun-burst": "Vivace sandbox (crun), burst",
+    "runsc": "`runsc run` (ptrace, no network), root already mounted",
+    "docker": "`docker run --rm --network none IMG python3 -c 'print(1)'`",
+    "podman": "`podman run --rm --network none IMG python3 -c 'print(1)'`",
+}
+ANCHORS = (("Daytona", 187), ("E2B", 492), ("Modal", 1730))
+
+
+def sizes_for(config: RunConfig) -> tuple[int, int]:
+    """(sequential samples, burst size)."""
+    return (8, 20) if config.mode == "quick" else (40, 100)
+
+
+def run(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    n, burst = sizes_for(config)
+    out: dict[str, Any] = {"samples": n, "burst": burst, "rows": {},
+                           "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+    work = Path(tempfile.mkdtemp(prefix="vivace-sandboxes-"))
+    cgroups_before = coldstart._top_cgroups()
+    rows = out["rows"]
+    try:
+        rootfs = coldstart._base_rootfs(work / "images")
+        peers: list[tuple[str, Callable[[], tuple[str, list[float]]]]] = [
+            ("runsc", lambda: _runsc_run(rootfs, work / "runsc", n)),
+            ("docker", lambda: coldstart._docker(rootfs, work / "docker", n)),
+            ("podman", lambda: coldstart._podman(rootfs, work / "podman", n)),
+        ]
+        for name, measure in peers:
+            log(f"sandboxes: {name} ({n} starts)")
+            rows[name] = _attempt(measure)
+        for rt in ("runsc", "crun"):
+            log(f"sandboxes: Vivace {rt}: {n} sequential, then a burst of {burst}")
+            try:
+                seq, bur = _vivace(work / f"vivace-{rt}", rt, n, burst)
+            except coldstart.Unavailable as err:
+                rows[f"vivace-{rt}-seq"] = rows[f"vivace-{rt}-burst"] = {
+                    "status": "not installed",
+                    "error": str(err),
+                }
+                continue
+            except Exception as err:
+                failed = {"status": "error", "error": f"{type(err).__name__}: {err}"}
+                rows[f"vivace-{rt}-seq"] = rows[f"vivace-{rt}-burst"] = failed
+                continue
+            rows[f"vivace-{rt}-seq"] = seq
+            rows[f"vivace-{rt}-burst"] = bur
+    finally:
+        coldstart._unmount_all(work)
+        shutil.rmtree(work, ignore_errors=True)
+        coldstart._remove_cgroups(coldstart._top_cgroups() - cgroups_before)
+    return out
+
+
+def _attempt(measure: Callable[[], tuple[str, list[float]]]) -> dict[str, Any]:
+    try:
+        version, samples = measure()
+    except coldstart.Unavailable as err:
+        return {"status": "not installed", "error": str(err)}
+    except Exception as err:  # one peer failing must not lose the others' figures
+        return {"status": "error", "error": f"{type(err).__name__}: {err}"}
+    return {"status": "ok", "version": version, **latency_summary(samples)}
+
+
+def _vivace(work: Path, runtime: str, n: int, burst: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    coldstart._need_root(f"Vivace's {runtime} runtime")
+    coldstart._which(runtime)
+    import vivace
+    from benchmarks.cluster import local_cluster
+
+    work.mkdir(parents=True)
+    # room for the whole burst: each sandbox asks for 0.01 cpu and 64 MiB
+    with local_cluster(work, warm_pool=0, runtimes=[runtime], worker_cpu=16.0, worker_memory=32768):
+        app = vivace.App.lookup(f"bench-sandboxes-{runtime}", create_if_missing=True)
+        _first_output(app)  # untimed: the worker's first start builds its base root and runtime bundle
+        seq = []
+        for _ in range(n):
+            seq.append(_first_output(app))
+        samples: list[float] = [0.0] * burst
+        errors: list[str] = []
+        began = time.perf_counter()
+
+        def one(i: int) -> None:
+            try:
+                samples[i] = _first_output(app)
+            except Exception as err:  # reported in the row
+                errors.append(f"{type(err).__name__}: {err}")
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(burst)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.perf_counter() - began
+        if errors:
+            raise RuntimeError(f"{len(errors)} of the burst's {burst} sandboxes failed; first: {errors[0]}")
+    version = f"{vivace.__version__} ({runtime})"
+    burst_row = {"status": "ok", "version": version, **latency_summary(samples),
+                 "creates_per_s": burst / wall, "wall_s": wall}  # fmt: skip
+    return {"status": "ok", "version": version, **latency_summary(seq)}, burst_row
+
+
+def _first_output(app: Any) -> float:
+    import vivace
+
+    start = time.perf_counter()
+    sb = vivace.Sandbox.create(app=app, cpu=0.01, memory=64)
+    try:
+        proc = sb.exec(*PRINT_ONE)
+        line = next(iter(proc.stdout))
+        elapsed = time.perf_counter() - start
+        if line != "1\n":
+            raise RuntimeError(f"the sandbox printed {line!r}")
+        return elapsed
+    finally:
+        with contextlib.suppress(Exception):
+            sb.terminate()
+
+
+def _runsc_run(rootfs: Path, work: Path, n: int) -> tuple[str, list[float]]:
+    coldstart._need_root("runsc")
+    binary = coldstart._which("runsc")
+    from vivace.worker import images
+    from vivace.worker.cgroups import ContainerCgroup, detect
+    from vivace.worker.runtimes.base import ContainerSpec, RuntimeContext
+    from vivace.worker.runtimes.oci import OciRuntime, mount_overlay, oci_config
+
+    key = "bench" + uuid.uuid4().hex[:6]
+    runtime = OciRuntime("runsc", binary, RuntimeContext(work, key))
+    bundle = work / "bundle"
+    for d in (bundle / "rootfs", work / "upper", work / "work", work / "sock"):
+        d.mkdir(parents=True)
+    mount_overlay([rootfs], work / "upper", work / "work", bundle / "rootfs")
+    spec = ContainerSpec(container_id=key, workdir=work, socket_path=work / "sock" / "s", source_dir=None)
+    config = oci_config(
+        spec,
+        cgroups_path=f"/vivace/{key}/ctr",
+        runtime_bundle=images.runtime_bundle(work / "images"),
+        netns=None,
+        rlimit_nofile=1024,
+    )
+    config["process"]["args"] = PRINT_ONE
+    (bundle / "config.json").write_text(json.dumps(config))
+    runtime.state_root.mkdir(parents=True, exist_ok=True)
+    cgroup = ContainerCgroup(detect(), f"vivace/{key}")
+    try:
+        samples = []
+        for i in range(n + 1):  # the first start is untimed
+            argv = [
+                binary,
+                *runtime.global_args,
+                "--network=none",
+                "run",
+                "--bundle",
+                str(bundle),
+                f"{key}-{i}",
+            ]
+            elapsed = coldstart._time_start(argv, preexec_fn=runtime._preexec)
+            if i:
+                samples.append(elapsed)
+        return coldstart._version([binary, "--version"]), samples
+    finally:
+        cgroup.remove()
+        shutil.rmtree(runtime.state_root, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            runtime.state_root.parent.rmdir()
+
+
+def render(st: Mapping[str, Any]) -> list[str]:
+    lines = [
+        "## Sandboxes: create to first output",
+        "",
+        f"Milliseconds from `Sandbox.create` to the first line of an exec'd `python3 -c 'print(1)'`: "
+        f"{st['samples']} sequential sandboxes, then a burst of {st['burst']} created at once (each sample "
+        "one sandbox; creates per second over the whole burst). The peers start a container of the same "
+        "image content and print from it, with no control plane. Published anchors, network included "
+        "(ComputeSDK, May 2026): "
+        + ", ".join(f"{name} {ms:,} ms" for name, ms in ANCHORS)
+        + " median."
+        + (f" Measured {st['measured_at']}." if st.get("measured_at") else ""),
+        "",
+    ]
+    rows = st.get("rows") or {}
+    docker = rows.get("docker", {}).get("p50_ms") if rows.get("docker", {}).get("status") == "ok" else None
+    head = ["What", "p50 ms", "p99 ms", "Creates/s", "p50 vs docker run", "Version"]
+    lines += [row(head), row(["---"] * len(head))]
+    for key, label in ROWS.items():
+        r = rows.get(key)
+        if r is None:
+            continue
+        if r.get("status") != "ok":
+            lines.append(row([label, r.get("status", "?"), "", "", "", r.get("error", "")[:80]]))
+            continue
+        ratio = f"{r['p50_ms'] / docker:.2f}x" if docker else "—"
+        rate = f"{r['creates_per_s']:.1f}" if "creates_per_s" in r else "—"
+        lines.append(
+            row([label, f"{r['p50_ms']:.0f}", f"{r['p99_ms']:.0f}", rate, ratio, r.get("version", "")])
+        )
+    return [*lines, ""]
