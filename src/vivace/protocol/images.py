@@ -49,6 +49,8 @@ STEP_FIELDS: Dict[str, Any] = {
     "user": ({"name"}, set()),
     "add_files": ({"digest", "remote"}, {"copy"}),
     "force_build": ({"nonce"}, set()),
+    # a sandbox's filesystem changes (Sandbox.snapshot_filesystem): the blob is the layer itself
+    "snapshot": ({"digest"}, set()),
 }
 BASE_KINDS = {"debian_slim", "from_registry"}
 # a build step names the secrets whose variables its commands get (by name: the layer's key holds names,
@@ -222,6 +224,11 @@ def _files(step: Dict[str, Any]) -> None:
         raise StepError("copy must be true or false")
 
 
+def _snapshot(step: Dict[str, Any]) -> None:
+    if not isinstance(step["digest"], str) or not DIGEST.fullmatch(step["digest"]):
+        raise StepError("digest must be the hex sha256 of the snapshot's layer")
+
+
 def _user(step: Dict[str, Any]) -> None:
     if not isinstance(step["name"], str) or not USER_SPEC.fullmatch(step["name"]):
         raise StepError(f"name must be a user (or uid), optionally :group, got {step['name']!r}")
@@ -256,6 +263,7 @@ _CHECKS = {
     "cmd": _argv,
     "add_files": _files,
     "force_build": _nonce,
+    "snapshot": _snapshot,
 }
 
 

@@ -229,7 +229,7 @@ class ImageBuilder:
                 base = await asyncio.to_thread(debian_base, step["python_version"], blog)
                 blog(f"{label}: debootstrapped tree {base}")
                 await asyncio.to_thread(_link_tree, base, upper)
-            elif kind == "add_files":
+            elif kind in ("add_files", "snapshot"):  # a snapshot's layer is its blob (re-packed here)
                 archive = await self._download(step["digest"], work / "files.tar.gz")
                 await asyncio.to_thread(layers.unpack_layer, archive, upper)
             elif kind in proto.METADATA_KINDS or kind == "force_build":

@@ -265,6 +265,19 @@ async def sandbox_filesystem(request: Request) -> Response:
     return frame_response({"result": reply.get("result")}, [out[0]])
 
 
+@route(kinds=USERS)
+async def snapshot_sandbox(request: Request) -> Response:
+    """The sandbox's files as a new image (its image plus a layer of what it changed)."""
+    reply = await _relay(request, {"type": "sb_snapshot"}, [], 600)
+    digest, size = reply.get("digest"), reply.get("size")
+    plane = plane_of(request)
+    if not isinstance(digest, str) or not isinstance(size, int) or not plane.blobs.exists(digest):
+        raise Conflict("the worker did not store the snapshot", code="snapshot_failed")
+    sid = request.path_params["sandbox_id"]
+    image_id = await plane.store.write(lambda tx: svc.snapshot_image(tx, sid, digest, size))
+    return JSONResponse({"image_id": image_id})
+
+
 ROUTES: list[tuple[str, str, Any, str | None, str, str]] = [
     ("POST", "/v1/sandboxes", create_sandbox, "json", "json", "Create a sandbox"),
     ("GET", "/v1/sandboxes", list_sandboxes, None, "json", "List sandboxes (by app and tags)"),
@@ -272,6 +285,8 @@ ROUTES: list[tuple[str, str, Any, str | None, str, str]] = [
     ("GET", "/v1/sandboxes/{sandbox_id}", get_sandbox, None, "json", "Describe a sandbox"),
     ("POST", "/v1/sandboxes/{sandbox_id}/wait", wait_sandbox, None, "json", "Long-poll until a sandbox finishes"),
     ("POST", "/v1/sandboxes/{sandbox_id}/terminate", terminate_sandbox, None, "json", "Terminate a sandbox"),
+    ("POST", "/v1/sandboxes/{sandbox_id}/snapshot", snapshot_sandbox, None, "json",
+     "Save a sandbox's files as an image"),
     ("PUT", "/v1/sandboxes/{sandbox_id}/tags", set_sandbox_tags, "json", "json", "Replace a sandbox's tags"),
     ("POST", "/v1/sandboxes/{sandbox_id}/exec", exec_in_sandbox, "json", "json", "Start a process in a sandbox"),
     ("POST", "/v1/sandboxes/{sandbox_id}/procs/{process_id}/read", read_process_output, "json", "frames",

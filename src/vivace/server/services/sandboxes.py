@@ -127,6 +127,32 @@ def terminate(tx: Tx, sandbox_id: str) -> str:
     return str(info["container_id"])
 
 
+def snapshot_image(tx: Tx, sandbox_id: str, digest: str, size: int) -> str:
+    """The image the sandbox started from plus a ``snapshot`` step whose layer is the blob ``digest``
+    (recorded at once: nothing to build); ready immediately. Returns its id."""
+    from vivace.protocol import images as iproto
+    from vivace.server.services import images
+
+    spec = json.loads(
+        tx.scalar(
+            "SELECT f.spec FROM sandboxes s JOIN functions f ON f.id = s.function_id WHERE s.id = ?",
+            (sandbox_id,),
+        )
+    )
+    if not spec.get("image_id"):
+        raise ApiError(
+            "snapshot_filesystem needs a sandbox started from an Image", code="invalid", status=422
+        )
+    steps = [*images.get(tx, spec["image_id"]).steps, {"kind": "snapshot", "digest": digest}]
+    key = iproto.layer_keys(steps)[-1]
+    tx.execute(
+        "INSERT INTO layers (key, digest, size, created_at, config) VALUES (?, ?, ?, ?, NULL) "
+        "ON CONFLICT (key) DO NOTHING",
+        (key, digest, size, tx.now),
+    )
+    return images.register(tx, steps).id
+
+
 def set_tags(tx: Tx, sandbox_id: str, tags: dict[str, str]) -> None:
     get(tx, sandbox_id)
     tx.execute("UPDATE sandboxes SET tags = ? WHERE id = ?", (json.dumps(tags), sandbox_id))

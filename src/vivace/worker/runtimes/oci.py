@@ -76,6 +76,7 @@ def _process_args(spec: ContainerSpec) -> list[str]:
     return [BASE_PYTHON, "-m", "vivace.runtime"] if spec.image is None else image_args(spec.image)
 
 
+SANDBOX_OVERLAY = "redirect_dir=off,metacopy=off"
 PR_SET_PDEATHSIG = 1
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
@@ -501,7 +502,9 @@ class OciRuntime:
             cgroup.create(
                 Limits(spec.cpu, spec.cpu_limit, spec.memory, spec.memory_limit, self.ctx.pids_limit)
             )
-            mount_overlay(lowers, upper, work, rootfs)
+            # a sandbox's writable layer may become an image (snapshot_filesystem): no overlay state a
+            # layer cannot express (a renamed lower directory is copied instead: EXDEV)
+            mount_overlay(lowers, upper, work, rootfs, SANDBOX_OVERLAY if spec.command is not None else "")
             nofile = _nofile_limit()
             pool = self.ctx.network
             if pool is not None:
@@ -653,6 +656,15 @@ class OciRuntime:
             preexec_fn=functools.partial(self._preexec, self._control_netns(handle)),
         )  # fmt: skip
         return proc, pid_file
+
+    def snapshot(self, handle: OciHandle, out: Any) -> str:
+        """Write the container's writable layer to ``out`` as an image layer; its sha256 (blocking)."""
+        from vivace.worker import layers
+
+        cdir = handle.bundle.parent
+        upper = cdir / "disk" / "upper" if (cdir / "disk" / "upper").is_dir() else cdir / "upper"
+        shift = idmap.HOST_BASE if self.userns else 0
+        return layers.pack_layer(upper, out, layers.fastest_compression(), uid_shift=shift)
 
     async def wait_created(self, handle: OciHandle, timeout: float = 60.0) -> None:
         """Return once the runtime has created the container (``exec`` needs its state), or it exited."""
