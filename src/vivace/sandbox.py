@@ -27,7 +27,7 @@ from vivace._sync import iter_async, iter_sync, run_sync, synchronized
 from vivace.protocol import sandboxes as proto
 from vivace.protocol.functions import FunctionSpec, SpecError
 
-__all__ = ["ContainerProcess", "Probe", "Sandbox", "SandboxFilesystem", "StreamType"]
+__all__ = ["ContainerProcess", "Probe", "Sandbox", "SandboxFilesystem", "StreamType", "Tunnel"]
 
 READ_WAIT = 20.0  # seconds one read long-polls the worker
 WAIT_STEP = 45.0  # seconds one wait long-polls the control plane
@@ -379,6 +379,31 @@ class SandboxFilesystem:
         await self._op("remove", path, {"recursive": params.flag("recursive", recursive)})
 
 
+class Tunnel:
+    """A way in to a port of a sandbox: ``url`` is an HTTP URL through the control plane (TLS where the
+    control plane has it); ``host`` and ``port`` are the URL's."""
+
+    def __init__(self, container_port: int, url: str) -> None:
+        from urllib.parse import urlsplit
+
+        self.container_port = container_port
+        self.url = url
+        parts = urlsplit(url)
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def tls_socket(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    @property
+    def tcp_socket(self) -> tuple[str, int]:
+        raise exc.NotImplementedYetError("raw TCP tunnels are not supported yet: use Tunnel.url (HTTP)")
+
+    def __repr__(self) -> str:
+        return f"Tunnel(port={self.container_port}, url={self.url!r})"
+
+
 # -- the sandbox -------------------------------------------------------------------------------------
 class Sandbox:
     """A running (or finished) sandbox. Create one with ``Sandbox.create``; find one with ``from_id``,
@@ -438,10 +463,11 @@ class Sandbox:
 
         if pty:
             raise exc.NotImplementedYetError("Sandbox.create(pty=True) is not supported yet")
-        if encrypted_ports or unencrypted_ports:
-            raise exc.NotImplementedYetError(
-                "Sandbox tunnels (encrypted_ports, unencrypted_ports) are not supported yet"
-            )
+        for what, ports in (("encrypted_ports", encrypted_ports), ("unencrypted_ports", unencrypted_ports)):
+            try:
+                proto.check_ports(list(ports), what)
+            except (proto.SandboxSpecError, TypeError) as err:
+                raise exc.InvalidError(str(err)) from None
         if outbound_cidr_allowlist is not None and block_network:
             raise exc.InvalidError("block_network=True and outbound_cidr_allowlist exclude each other")
         if isinstance(outbound_cidr_allowlist, str):
@@ -462,6 +488,7 @@ class Sandbox:
         mem_req, mem_limit = params.memory(memory) if memory is not None else (128, None)
         allow = None if outbound_cidr_allowlist is None else list(outbound_cidr_allowlist)
         settings = {
+            "ports": sorted({*encrypted_ports, *unencrypted_ports}),
             "command": list(args),
             "workdir": workdir,
             "idle_timeout": idle_timeout,
@@ -659,8 +686,14 @@ class Sandbox:
         info = await self._describe(0)
         return dict(info.get("tags") or {})
 
-    def tunnels(self, timeout: int = 50) -> dict[int, Any]:
-        raise exc.NotImplementedYetError("Sandbox.tunnels() is not supported yet")
+    @synchronized
+    async def tunnels(self, timeout: int = 50) -> dict[int, Tunnel]:
+        """Port -> ``Tunnel`` for the ports given at create (``encrypted_ports``, ``unencrypted_ports``):
+        an HTTP URL through the control plane that reaches the port inside the sandbox. Anyone with the
+        URL can use it (its unguessable token is the credential)."""
+        api = await get_client()
+        found = (await api.get_json(f"/v1/sandboxes/{self.object_id}/tunnels"))["tunnels"]
+        return {int(p): Tunnel(int(p), t["url"]) for p, t in found.items()}
 
     @synchronized
     async def snapshot_filesystem(self, timeout: int = 55) -> Any:

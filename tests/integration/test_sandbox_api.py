@@ -48,6 +48,8 @@ def test_a_sandbox_no_worker_can_run_ends_with_the_reason(app):
         ({"image": "debian"}, "vivace.Image"),
         ({"readiness_probe": "tcp"}, "Probe"),
         ({"outbound_cidr_allowlist": ["not-a-cidr"]}, "CIDR"),
+        ({"encrypted_ports": [0]}, "port"),
+        ({"unencrypted_ports": ["80"]}, "port"),
         ({"outbound_cidr_allowlist": "10.0.0.0/8"}, "list"),
         ({"outbound_cidr_allowlist": ["10.0.0.0/8"], "block_network": True}, "exclude"),
     ],
@@ -58,7 +60,7 @@ def test_bad_create_arguments_are_invalid(app, kwargs, message):
 
 
 def test_features_not_built_yet_say_so(app):
-    for kwargs in ({"pty": True}, {"encrypted_ports": [8000]}):
+    for kwargs in ({"pty": True},):
         with pytest.raises(exc.NotImplementedYetError):
             vivace.Sandbox.create(app=app, **kwargs)
     with pytest.raises(exc.InvalidError, match="app="):

@@ -339,3 +339,59 @@ def test_network_policy_open_blocked_and_allowlisted(env, test_host, host_listen
         assert attempt(wide, "10.213.0.1", host_listener).startswith("denied")  # other slots' addresses
     finally:
         wide.terminate()
+
+
+ECHO_SERVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        if self.path.startswith('/stream'):
+            self.send_response(200); self.send_header('content-type', 'text/plain'); self.end_headers()
+            for i in range(3):
+                self.wfile.write(f'chunk {i}\\n'.encode()); self.wfile.flush()
+            return
+        body = f'{self.path} {self.headers.get("x-probe")}'.encode()
+        self.send_response(200); self.send_header('content-length', str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def do_POST(self):
+        data = self.rfile.read(int(self.headers['content-length']))
+        self.send_response(201); self.send_header('content-length', str(len(data))); self.end_headers()
+        self.wfile.write(data[::-1])
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(('127.0.0.1', 8000), H).serve_forever()
+"""
+
+
+def test_tunnels_reach_a_port_inside_the_sandbox(env):
+    import httpx
+
+    _, app, _ = env
+    sb = vivace.Sandbox.create(
+        PY, "-c", ECHO_SERVER, app=app, encrypted_ports=[8000], readiness_probe=vivace.Probe.with_tcp(8000)
+    )
+    try:
+        sb.wait_until_ready(timeout=60)
+        tunnel = sb.tunnels()[8000]
+        assert tunnel.url.endswith("/") and "/t/" in tunnel.url
+        with httpx.Client(timeout=30) as http:  # no credentials: the URL is the capability
+            r = http.get(tunnel.url + "hello?x=1", headers={"x-probe": "yes"})
+            assert (r.status_code, r.text) == (200, "/hello?x=1 yes")
+            body = bytes(range(256)) * 4096  # 1 MiB, binary
+            r = http.post(tunnel.url + "echo", content=body)
+            assert r.status_code == 201 and r.content == body[::-1]
+            r = http.get(tunnel.url + "stream")
+            assert r.text == "chunk 0\nchunk 1\nchunk 2\n"
+            bad = http.get(tunnel.url.replace("/t/", "/t/x") + "hello")
+            assert bad.status_code == 404
+    finally:
+        sb.terminate()
+    no_server = vivace.Sandbox.create(app=app, unencrypted_ports=[9000])
+    try:
+        url = no_server.tunnels()[9000].url
+        import httpx as h
+
+        r = h.get(url, timeout=30)
+        assert r.status_code == 502 and "port 9000" in r.text
+    finally:
+        no_server.terminate()

@@ -54,7 +54,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from vivace.cli import apps, images, runs, secret, server, storage, volume
+    from vivace.cli import apps, images, runs, sandbox, secret, server, storage, volume
 
     for cmd in (
         runs.run,
@@ -68,6 +68,8 @@ def _register() -> None:
         storage.queue_group,
         secret.secret_group,
         volume.volume_group,
+        sandbox.sandbox_group,
+        sandbox.shell,
         server.server,
         server.worker,
         server.doctor,

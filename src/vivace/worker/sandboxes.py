@@ -189,7 +189,7 @@ class SandboxSupervisor(ContainerSupervisor):
         proc = getattr(self.handle, "proc", None)
         main = SandboxProcess(proto.MAIN, getattr(proc, "stdin", None), drop=True)
         for name, reader in (("stdout", self.handle.stdout), ("stderr", self.handle.stderr)):
-            main.tasks.append(asyncio.create_task(main.streams[name].pump(reader, self._logger(name))))
+            main.tasks.append(asyncio.create_task(self._pump_main(main.streams[name], reader, name)))
         self.procs[proto.MAIN] = main  # requests may come as soon as the control plane hears it started
 
     async def run(self) -> ExitStatus:
@@ -215,19 +215,28 @@ class SandboxSupervisor(ContainerSupervisor):
             return ExitStatus(status.code, "stopped: " + self.stop_reason)
         return status
 
-    def _logger(self, stream: str) -> Callable[[bytes], None]:
+    async def _pump_main(self, buf: StreamBuffer, reader: Any, stream: str) -> None:
+        """The main process's stream into its buffer, and line by line into the sandbox's logs (a last
+        line without a newline too)."""
         pending = bytearray()
+
+        def log_line(line: bytes | bytearray) -> None:
+            self.logs.add(
+                self.app_id, self.function_id, self.id, None, stream, line.decode("utf-8", "replace")
+            )
 
         def add(chunk: bytes) -> None:
             pending.extend(chunk)
             *lines, rest = pending.split(b"\n")
             for line in lines:
-                self.logs.add(
-                    self.app_id, self.function_id, self.id, None, stream, line.decode("utf-8", "replace")
-                )
+                log_line(line)
             pending[:] = rest[-65536:]
 
-        return add
+        try:
+            await buf.pump(reader, add)
+        finally:
+            if pending:
+                log_line(bytes(pending))
 
     async def _enforce_timeouts(self) -> None:
         while True:
@@ -258,6 +267,14 @@ class SandboxSupervisor(ContainerSupervisor):
         kind = msg.get("type")
         if kind == "sb_exec":
             return {"process_id": await self.exec(msg)}, []
+        if kind == "sb_connect":
+            return {"process_id": await self.connect(int(msg["port"]))}, []
+        if kind == "sb_close":
+            proc = self.procs.get(str(msg.get("process_id")))
+            if proc is not None and proc.pid.startswith("tc-") and proc.stdin is not None:
+                proc.stdin.close()
+                proc.stdin = None
+            return {}, []
         if kind == "sb_snapshot":
             return await self.snapshot(), []
         if kind == "sb_fs":
@@ -326,6 +343,36 @@ class SandboxSupervisor(ContainerSupervisor):
         sp.finish(code if code >= 0 else 128 - code)
         with contextlib.suppress(OSError):
             pid_file.unlink()
+
+    async def connect(self, port: int) -> str:
+        """A TCP connection to ``port`` inside the sandbox, as a process ``tc-N``: its stdout is what the
+        sandbox sends, its stdin what it receives (a tunnel's request)."""
+        handle = self._live()
+        if not 1 <= port <= 65535:
+            raise SandboxRequestError(f"no port {port}")
+        try:
+            sock = await self.runtime.connect(handle, port)  # type: ignore[attr-defined]
+        except (OSError, RuntimeError) as err:
+            raise SandboxRequestError(
+                f"cannot connect to port {port} in the sandbox: {err}", "refused"
+            ) from None
+        reader, writer = await asyncio.open_connection(sock=sock)
+        self._execs += 1
+        pid = f"tc-{self._execs}"
+        conn = SandboxProcess(pid, writer, drop=False)
+        conn.streams["stderr"].eof = True  # a connection has one stream back
+        self.procs[pid] = conn
+
+        async def pump() -> None:
+            try:
+                await conn.streams["stdout"].pump(reader, None)
+            finally:
+                if conn.stdin is not None:
+                    conn.stdin.close()
+                conn.finish(0)
+
+        conn.tasks.append(asyncio.create_task(pump()))
+        return pid
 
     async def snapshot(self) -> dict[str, Any]:
         """The sandbox's writable layer, uploaded to the blob store: {"digest", "size"}."""

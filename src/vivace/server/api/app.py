@@ -375,12 +375,17 @@ async def method_not_allowed(request: Request, exc: Exception) -> Response:
     )
 
 
+TUNNEL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
 def create_app(plane: ControlPlane, *, manage_plane: bool = True) -> Starlette:
     routes: list[Any] = [Route(path, handler, methods=[m]) for m, path, handler, *_ in ROUTES]
     routes += [
         Route("/v1/openapi.json", openapi_route, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         WebSocketRoute("/v1/workers/{worker_id}/channel", workers.channel),
+        # a sandbox's tunnel: its unguessable token is the credential (see api/tunnels.py)
+        Route("/t/{token}/{path:path}", sandboxes.tunnel_proxy, methods=TUNNEL_METHODS),
     ]
 
     @contextlib.asynccontextmanager

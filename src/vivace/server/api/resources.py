@@ -280,6 +280,10 @@ async def read_logs(request: Request) -> Response:
     if not ref and not cid:
         raise Invalid("give 'app' or 'container'")
     app_id = await plane.store.read(lambda tx: apps.find_app(tx, ref)) if ref else None
+    if app_id is None and cid:  # a container's lines wake its app's waiters: follow those
+        app_id = await plane.store.read(
+            lambda tx: tx.scalar("SELECT app_id FROM containers WHERE id = ?", (cid,))
+        )
     cursor = query_int(request, "cursor", 0, 0, 2**62)
     wait = query_float(request, "wait", 0.0, 0.0, 60.0)
     text = request.query_params.get("search")

@@ -24,7 +24,7 @@ from vivace.server.api.common import (
     route,
 )
 from vivace.server.channel import ChannelError
-from vivace.server.errors import Conflict, Forbidden, Invalid
+from vivace.server.errors import ApiError, Conflict, Forbidden, Invalid
 from vivace.server.services import apps
 from vivace.server.services import sandboxes as svc
 
@@ -146,12 +146,8 @@ async def set_sandbox_tags(request: Request) -> Response:
 
 
 # -- processes and files: relayed to the worker -------------------------------------------------------
-async def _relay(
-    request: Request, payload: dict[str, Any], blobs: list[bytes], timeout: float
-) -> dict[str, Any]:
-    """Send ``payload`` to the worker running the sandbox, once it runs (waiting while it starts)."""
-    info = await _info(request)
-    plane = plane_of(request)
+async def _started(plane: Any, info: dict[str, Any]) -> dict[str, Any]:
+    """The sandbox's state once it is no longer pending (waiting up to ``READY_WAIT`` while it starts)."""
     deadline = time.monotonic() + READY_WAIT
     while info["state"] == "pending" and time.monotonic() < deadline:
         ev = plane.notifier.event(f"container:{info['container_id']}")
@@ -159,6 +155,15 @@ async def _relay(
         if info["state"] != "pending":
             break
         await plane.notifier.wait(ev, min(deadline - time.monotonic(), 5.0))
+    return info
+
+
+async def _relay(
+    request: Request, payload: dict[str, Any], blobs: list[bytes], timeout: float
+) -> dict[str, Any]:
+    """Send ``payload`` to the worker running the sandbox, once it runs (waiting while it starts)."""
+    plane = plane_of(request)
+    info = await _started(plane, await _info(request))
     # a finished sandbox's worker still answers for its output and exit codes a while
     readable = info["state"] == "finished" and payload["type"] in ("sb_read", "sb_wait") and info["worker_id"]
     if info["state"] != "running" and not readable:
@@ -278,6 +283,41 @@ async def snapshot_sandbox(request: Request) -> Response:
     return JSONResponse({"image_id": image_id})
 
 
+@route(kinds=USERS)
+async def sandbox_tunnels(request: Request) -> Response:
+    """The sandbox's tunnels: for each port, a URL through this control plane that reaches it."""
+    info = await _info(request)
+    found = await plane_of(request).store.read(lambda tx: svc.tunnels(tx, info["sandbox_id"]))
+    base = str(request.base_url).rstrip("/")
+    return JSONResponse({"tunnels": {str(p): {"port": p, "url": f"{base}/t/{t}/"} for p, t in found.items()}})
+
+
+async def tunnel_proxy(request: Request) -> Response:
+    """``/t/{token}/{path}``: an HTTP request to a sandbox's port, relayed by its worker (which connects
+    inside the sandbox's network namespace). The unguessable token is the credential, as a tunnel URL
+    is in Modal; the request and response stream through, one connection per request."""
+    from vivace.server.api.common import problem
+    from vivace.server.api.tunnels import proxy
+
+    try:
+        return await proxy(request, _tunnel_target)
+    except ApiError as err:
+        return problem(err)
+
+
+async def _tunnel_target(request: Request) -> tuple[Any, str, int]:
+    """(the worker's channel, the sandbox's container, the port) for the request's tunnel token."""
+    plane = plane_of(request)
+    sid, port = await plane.store.read(functools.partial(svc.tunnel, token=request.path_params["token"]))
+    info = await _started(plane, await plane.store.read(functools.partial(svc.get, sandbox_id=sid)))
+    if info["state"] != "running":
+        raise ApiError(f"the tunnel's sandbox is {info['state']}", code="sandbox_not_running", status=502)
+    chan = plane.channels.get(info["worker_id"])
+    if chan is None:
+        raise ChannelError(f"worker {info['worker_id']} has no open channel")
+    return chan, str(info["container_id"]), port
+
+
 ROUTES: list[tuple[str, str, Any, str | None, str, str]] = [
     ("POST", "/v1/sandboxes", create_sandbox, "json", "json", "Create a sandbox"),
     ("GET", "/v1/sandboxes", list_sandboxes, None, "json", "List sandboxes (by app and tags)"),
@@ -287,6 +327,8 @@ ROUTES: list[tuple[str, str, Any, str | None, str, str]] = [
     ("POST", "/v1/sandboxes/{sandbox_id}/terminate", terminate_sandbox, None, "json", "Terminate a sandbox"),
     ("POST", "/v1/sandboxes/{sandbox_id}/snapshot", snapshot_sandbox, None, "json",
      "Save a sandbox's files as an image"),
+    ("GET", "/v1/sandboxes/{sandbox_id}/tunnels", sandbox_tunnels, None, "json",
+     "URLs that reach the sandbox's ports"),
     ("PUT", "/v1/sandboxes/{sandbox_id}/tags", set_sandbox_tags, "json", "json", "Replace a sandbox's tags"),
     ("POST", "/v1/sandboxes/{sandbox_id}/exec", exec_in_sandbox, "json", "json", "Start a process in a sandbox"),
     ("POST", "/v1/sandboxes/{sandbox_id}/procs/{process_id}/read", read_process_output, "json", "frames",

@@ -8,6 +8,7 @@ A sandbox's state, exit code and end reason are its container's.
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any
 
 from vivace.protocol import ids
@@ -49,7 +50,27 @@ def create(tx: Tx, app_id: str, spec: FunctionSpec, name: str | None, tags: dict
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (sid, app_id, fid, cid, name, name, json.dumps(tags), tx.now),
     )
+    for port in (spec.sandbox or {}).get("ports") or []:
+        tx.execute(
+            "INSERT INTO sandbox_tunnels (token, sandbox_id, port) VALUES (?, ?, ?)",
+            (secrets.token_urlsafe(24), sid, int(port)),
+        )
     return {"sandbox_id": sid, "container_id": cid, "app_id": app_id}
+
+
+def tunnels(tx: Tx, sandbox_id: str) -> dict[int, str]:
+    """Port -> token of the sandbox's tunnels."""
+    get(tx, sandbox_id)
+    rows = tx.fetchall("SELECT port, token FROM sandbox_tunnels WHERE sandbox_id = ?", (sandbox_id,))
+    return {int(port): str(token) for port, token in rows}
+
+
+def tunnel(tx: Tx, token: str) -> tuple[str, int]:
+    """The (sandbox, port) a tunnel token opens."""
+    row = tx.fetchone("SELECT sandbox_id, port FROM sandbox_tunnels WHERE token = ?", (token,))
+    if row is None:
+        raise NotFound("no such tunnel")
+    return str(row[0]), int(row[1])
 
 
 _COLUMNS = (

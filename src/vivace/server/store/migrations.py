@@ -146,6 +146,10 @@ MIGRATIONS: list[list[str]] = [
         "CREATE UNIQUE INDEX sandboxes_live_name ON sandboxes(app_id, live_name)",
         "CREATE UNIQUE INDEX sandboxes_container ON sandboxes(container_id)",
         "CREATE INDEX sandboxes_app ON sandboxes(app_id, created_at)",
+        # a sandbox's tunnels: an unguessable token per port (the URL is the capability)
+        """CREATE TABLE sandbox_tunnels (
+            token TEXT PRIMARY KEY, sandbox_id TEXT NOT NULL, port INTEGER NOT NULL)""",
+        "CREATE INDEX sandbox_tunnels_sandbox ON sandbox_tunnels(sandbox_id)",
     ],
 ]
 

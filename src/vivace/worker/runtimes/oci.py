@@ -24,6 +24,8 @@ import logging
 import os
 import shutil
 import signal
+import socket
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -657,6 +659,15 @@ class OciRuntime:
         )  # fmt: skip
         return proc, pid_file
 
+    async def connect(self, handle: OciHandle, port: int) -> socket.socket:
+        """A TCP connection to ``port`` on the container's loopback, made inside its network namespace."""
+        slot = handle.slot
+        if slot is None:
+            raise RuntimeError("tunnels need the worker's network namespaces (ip and iptables, as root)")
+        if self.name == "runsc" and slot.blocked:
+            raise RuntimeError("a runsc sandbox with block_network=True has gVisor's own network: no tunnels")
+        return await asyncio.to_thread(connect_in_netns, slot.path, port)
+
     def snapshot(self, handle: OciHandle, out: Any) -> str:
         """Write the container's writable layer to ``out`` as an image layer; its sha256 (blocking)."""
         from vivace.worker import layers
@@ -746,6 +757,33 @@ class OciRuntime:
             with contextlib.suppress(OSError):
                 d.rmdir()
         return removed
+
+
+def connect_in_netns(netns: str, port: int, timeout: float = 10.0) -> socket.socket:
+    """Connect to 127.0.0.1:``port`` in the network namespace ``netns``. A thread of its own enters the
+    namespace (setns changes only the calling thread's) and ends after; the socket keeps its namespace."""
+    result: dict[str, Any] = {}
+
+    def enter_and_connect() -> None:
+        try:
+            fd = os.open(netns, os.O_RDONLY)
+            try:
+                if _libc.setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns({netns}) failed")
+            finally:
+                os.close(fd)
+            sock = socket.create_connection(("127.0.0.1", port), timeout)
+            sock.setblocking(False)
+            result["sock"] = sock
+        except BaseException as err:
+            result["error"] = err
+
+    thread = threading.Thread(target=enter_and_connect, name="vivace-netns-connect")
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["sock"]  # type: ignore[no-any-return]
 
 
 def self_cgroup_pids(cgroup: ContainerCgroup) -> set[str]:
