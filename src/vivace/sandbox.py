@@ -585,8 +585,6 @@ class Sandbox:
         pty: bool = False,
     ) -> ContainerProcess:
         """Start ``args`` in the sandbox; returns at once with the running process."""
-        if pty:
-            raise exc.NotImplementedYetError("Sandbox.exec(pty=True) is not supported yet")
         if secrets:
             raise exc.NotImplementedYetError("Sandbox.exec(secrets=...) is not supported yet; use env=")
         for what, mode in (("stdout", stdout), ("stderr", stderr)):
@@ -602,7 +600,13 @@ class Sandbox:
             envs = proto.check_env(env)
         except proto.SandboxSpecError as err:
             raise exc.InvalidError(str(err)) from None
-        body = {"argv": argv, "env": envs, "workdir": workdir, "timeout": timeout}
+        body = {
+            "argv": argv,
+            "env": envs,
+            "workdir": workdir,
+            "timeout": timeout,
+            "pty": params.flag("pty", pty),
+        }
         if StreamType.DEVNULL in (stdout, stderr):
             body["discard"] = [
                 n for n, m in (("stdout", stdout), ("stderr", stderr)) if m is StreamType.DEVNULL

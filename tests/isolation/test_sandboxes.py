@@ -395,3 +395,23 @@ def test_tunnels_reach_a_port_inside_the_sandbox(env):
         assert r.status_code == 502 and "port 9000" in r.text
     finally:
         no_server.terminate()
+
+
+def test_exec_on_a_terminal(sb):
+    p = py(
+        sb,
+        "import os, sys\nprint(os.isatty(0), os.isatty(1), os.environ['TERM'])\nprint(input('name? ').upper())",
+        pty=True,
+    )
+    p.stdin.write(b"ada\n")
+    p.stdin.drain()
+    assert p.wait() == 0
+    out = p.stdout.read().replace("\r\n", "\n")
+    # the terminal echoes what was typed (here before the program asked), then the program's answer
+    assert "True True xterm-256color\n" in out and "name? ADA\n" in out, out
+    assert p.stderr.read() == ""  # one stream on a terminal
+    sh = sb.exec("/bin/sh", "-i", pty=True)
+    sh.stdin.write(b"echo $((6 * 7))\nexit 3\n")
+    sh.stdin.drain()
+    assert sh.wait() == 3
+    assert "42" in sh.stdout.read()

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -144,6 +145,43 @@ class SandboxProcess:
                 "the process has closed its stdin (or exited)", "stdin_closed"
             ) from None
         return self.stdin_offset
+
+
+class _QuietEof(asyncio.StreamReaderProtocol):
+    """A terminal's master end reads EIO once its process has gone: that is its end of file."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(None if isinstance(exc, OSError) else exc)
+
+
+class _TerminalInput:
+    """What is typed into a terminal (a blocking write of the master end, off the loop); its end of
+    input is Ctrl-D, as on a terminal, not a hang-up."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.pending = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.pending += data
+
+    async def drain(self) -> None:
+        data, self.pending = bytes(self.pending), bytearray()
+        view = memoryview(data)
+        while view:
+            n = await asyncio.to_thread(os.write, self.fd, view)
+            view = view[n:]
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self.fd, b"\x04")
+        self.release()
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
 
 
 class SandboxSupervisor(ContainerSupervisor):
@@ -313,6 +351,8 @@ class SandboxSupervisor(ContainerSupervisor):
             raise SandboxRequestError(f"at most {MAX_EXECS} processes may run in one sandbox at once", "busy")
         self._execs += 1
         pid = f"ex-{self._execs}"
+        if msg.get("pty"):
+            return await self._exec_tty(handle, pid, msg)
         proc, pid_file = await self.runtime.spawn(  # type: ignore[attr-defined]
             handle, list(msg["argv"]), env=dict(msg.get("env") or {}), cwd=msg.get("workdir")
         )
@@ -322,6 +362,22 @@ class SandboxSupervisor(ContainerSupervisor):
         self.procs[pid] = sp
         for name in proto.STREAMS:
             sp.tasks.append(asyncio.create_task(sp.streams[name].pump(getattr(proc, name), None)))
+        sp.tasks.append(asyncio.create_task(self._reap(sp, proc, pid_file, msg.get("timeout"))))
+        return pid
+
+    async def _exec_tty(self, handle: Any, pid: str, msg: dict[str, Any]) -> str:
+        """An exec'd process on a terminal: one output stream (stdout), stdin typed into the terminal."""
+        proc, pid_file, master = await self.runtime.spawn_tty(  # type: ignore[attr-defined]
+            handle, list(msg["argv"]), env=dict(msg.get("env") or {}), cwd=msg.get("workdir")
+        )
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: _QuietEof(reader), os.fdopen(master, "rb", buffering=0))
+        sp = SandboxProcess(pid, _TerminalInput(os.dup(master)), drop=False)  # type: ignore[arg-type]
+        sp.streams["stderr"].eof = True  # a terminal has one output
+        self.procs[pid] = sp
+        sp.tasks.append(asyncio.create_task(sp.streams["stdout"].pump(reader, None)))
+        sp.tasks.append(asyncio.create_task(sp.streams["stderr"].pump(None, None)))
         sp.tasks.append(asyncio.create_task(self._reap(sp, proc, pid_file, msg.get("timeout"))))
         return pid
 
@@ -341,6 +397,8 @@ class SandboxSupervisor(ContainerSupervisor):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*sp.tasks[:2]), 5)
         sp.finish(code if code >= 0 else 128 - code)
+        if isinstance(sp.stdin, _TerminalInput):
+            sp.stdin.release()
         with contextlib.suppress(OSError):
             pid_file.unlink()
 

@@ -195,7 +195,7 @@ async def exec_in_sandbox(request: Request) -> Response:
     if not set(discard) <= set(proto.STREAMS):
         raise Invalid(f"discard lists streams ({', '.join(proto.STREAMS)}) whose output is dropped")
     payload = {"type": "sb_exec", "argv": argv, "env": env, "workdir": workdir, "timeout": timeout,
-               "discard": sorted(set(discard))}  # fmt: skip
+               "discard": sorted(set(discard)), "pty": field(body, "pty", bool, False)}  # fmt: skip
     reply = await _relay(request, payload, [], 60)
     return JSONResponse({"process_id": reply["process_id"]})
 

@@ -633,8 +633,73 @@ class OciRuntime:
         code, out = await self._run_tool("exec", name, *argv, timeout=timeout)
         return code, out, b""
 
-    async def spawn(
+    async def spawn_tty(
         self, handle: OciHandle, argv: list[str], *, env: dict[str, str], cwd: str | None
+    ) -> tuple[asyncio.subprocess.Process, Path, int]:
+        """:meth:`spawn` on a pseudo-terminal the runtime makes inside the container: also returns the
+        terminal's master end, which the runtime hands over on a console socket (``SCM_RIGHTS``). runsc
+        (Debian's build) wants its own stdio to be the terminal instead: it gets a pty's slave end."""
+        if self.name == "runsc":
+            master, slave = os.openpty()
+            try:
+                proc, pid_file = await self.spawn(
+                    handle, argv, env={"TERM": "xterm-256color", **env}, cwd=cwd, terminal_fd=slave
+                )
+            except BaseException:
+                os.close(master)
+                raise
+            finally:
+                os.close(slave)
+            return proc, pid_file, master
+        console = handle.bundle / f"console-{handle._execs + 1}.sock"
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(console))
+            listener.listen(1)
+            listener.setblocking(False)
+            proc, pid_file = await self.spawn(
+                handle, argv, env={"TERM": "xterm-256color", **env}, cwd=cwd, console=console
+            )
+            loop = asyncio.get_running_loop()
+            accept = asyncio.ensure_future(loop.sock_accept(listener))
+            exited = asyncio.ensure_future(proc.wait())
+            try:
+                await asyncio.wait({accept, exited}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+                if not accept.done():
+                    why = b""
+                    if exited.done() and proc.stderr is not None:
+                        why = await proc.stderr.read(4096)
+                    raise RuntimeError(
+                        f"{self.name} exec gave no terminal: {why.decode(errors='replace').strip() or 'timed out'}"
+                    )
+                conn, _ = accept.result()
+                with conn:
+                    conn.setblocking(True)
+                    _msg, fds, _flags, _addr = await asyncio.to_thread(socket.recv_fds, conn, 4096, 1)
+            except BaseException:
+                accept.cancel()
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                raise
+            finally:
+                exited.cancel()
+            if not fds:
+                proc.kill()
+                raise RuntimeError(f"{self.name} sent no terminal on its console socket")
+            return proc, pid_file, fds[0]
+        finally:
+            listener.close()
+            console.unlink(missing_ok=True)
+
+    async def spawn(
+        self,
+        handle: OciHandle,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        cwd: str | None,
+        console: Path | None = None,
+        terminal_fd: int | None = None,
     ) -> tuple[asyncio.subprocess.Process, Path]:
         """Start ``argv`` in the running container with pipes for its stdio, as the container's user, with
         its environment plus ``env``, its capabilities (none), its seccomp profile and no new privileges.
@@ -644,7 +709,10 @@ class OciRuntime:
         process = dict(handle.process)
         merged = dict(item.split("=", 1) for item in process.get("env", []))
         merged.update(env)
-        process.update(args=argv, env=[f"{k}={v}" for k, v in merged.items()], terminal=False)
+        tty = console is not None or terminal_fd is not None
+        process.update(args=argv, env=[f"{k}={v}" for k, v in merged.items()], terminal=tty)
+        if tty:
+            process["consoleSize"] = {"height": 24, "width": 80}
         if cwd:
             process["cwd"] = cwd
         path = handle.bundle / f"exec-{handle._execs}.json"
@@ -653,8 +721,10 @@ class OciRuntime:
         pid_flag = "--internal-pid-file" if self.name == "runsc" else "--pid-file"
         proc = await asyncio.create_subprocess_exec(
             self.binary, *self.global_args, "exec", "--process", str(path), pid_flag, str(pid_file),
-            handle.cid,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            *(["--console-socket", str(console)] if console is not None else []), handle.cid,
+            stdin=asyncio.subprocess.PIPE if terminal_fd is None else terminal_fd,
+            stdout=asyncio.subprocess.PIPE if terminal_fd is None else terminal_fd,
+            stderr=asyncio.subprocess.PIPE if terminal_fd is None else terminal_fd,
             preexec_fn=functools.partial(self._preexec, self._control_netns(handle)),
         )  # fmt: skip
         return proc, pid_file
