@@ -68,7 +68,7 @@ class Agent:
             self.network = NetworkPool(
                 key, control_plane_host=host if host and not _is_loopback(host) else None
             )
-        self.ctx = RuntimeContext(config.workdir, key, config.pids_limit, self.network)
+        self.ctx = RuntimeContext(config.workdir, key, config.pids_limit, self.network, config.memory)
         found = available_runtimes(self.ctx)
         if config.runtimes:
             missing = [r for r in config.runtimes if r not in found]
@@ -215,13 +215,19 @@ class Agent:
         return self.runtimes[names[0]]
 
     def _start_warm_pool(self) -> None:
-        runtime = self.default_runtime()
-        pool = getattr(runtime, "warm", None)
-        if pool is None or self.config.warm_pool <= 0:
+        """Warm containers for functions (the default runtime) and sandboxes (the default sandbox
+        runtime), ``--warm-pool`` of each."""
+        if self.config.warm_pool <= 0:
             return
-        pool.size = self.config.warm_pool
-        pool.fill()
-        log.info("keeping %d warm %s containers", pool.size, runtime.name)
+        sandbox_rt = next((self.runtimes[n] for n in SANDBOX_DEFAULTS if n in self.runtimes), None)
+        for runtime, attr, what in ((self.default_runtime(), "warm", "containers"),
+                                    (sandbox_rt, "sandbox_warm", "sandboxes")):  # fmt: skip
+            pool = getattr(runtime, attr, None)
+            if runtime is None or pool is None:
+                continue
+            pool.size = self.config.warm_pool
+            pool.fill()
+            log.info("keeping %d warm %s %s", pool.size, runtime.name, what)
 
     def _reconcile(self) -> str | None:
         """Kill containers left by a previous run of this worker and forget their files."""

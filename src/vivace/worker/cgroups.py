@@ -274,6 +274,25 @@ def _rmdir(path: Path) -> None:
             time.sleep(0.01)
 
 
+def cap_memory(host: CgroupHost, relpath: str, mib: int) -> None:
+    """A hard memory limit on ``relpath`` (a worker's own cgroup, above all its containers): whatever a
+    container without a limit of its own does, the worker's containers together stay within what the
+    worker offers."""
+    if host.unified:
+        root = host.mounts[""]
+        parts = Path(relpath).parts
+        for i in range(len(parts)):
+            d = root.joinpath(*parts[: i + 1])
+            d.mkdir(exist_ok=True)
+            with contextlib.suppress(OSError):
+                _write(d.parent / "cgroup.subtree_control", "+memory +cpu +pids")
+        _write(root / relpath / "memory.max", str(mib << 20))
+        return
+    mem = host.mounts["memory"] / relpath
+    mem.mkdir(parents=True, exist_ok=True)
+    _write(mem / "memory.limit_in_bytes", str(mib << 20))
+
+
 def _write(path: Path, value: str) -> None:
     fd = os.open(path, os.O_WRONLY)
     try:

@@ -114,6 +114,7 @@ class SandboxProcess:
         self.stdin = stdin
         self.stdin_offset = 0
         self.returncode: int | None = None
+        self.socket: Any = None  # a tunnel connection's socket (kept alive with it)
         self.done = asyncio.Event()
         self.tasks: list[asyncio.Task[Any]] = []
 
@@ -139,7 +140,7 @@ class SandboxProcess:
             if eof:
                 self.stdin.close()
                 self.stdin = None
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, RuntimeError):  # RuntimeError: a closed transport
             self.stdin = None
             raise SandboxRequestError(
                 "the process has closed its stdin (or exited)", "stdin_closed"
@@ -209,6 +210,9 @@ class SandboxSupervisor(ContainerSupervisor):
             )
         self.spec.workdir.mkdir(parents=True, exist_ok=True)
         self.spec.socket_path.parent.mkdir(mode=0o755, exist_ok=True)  # unused: a sandbox has no socket
+        reserve = getattr(self.runtime, "reserve", None)
+        if reserve is not None:  # a warm sandbox may take this one
+            reserve(self.spec)
         try:
             await self._mount_volumes()
             self.handle = await self.runtime.start(self.spec)
@@ -218,7 +222,8 @@ class SandboxSupervisor(ContainerSupervisor):
             raise
         (self.spec.workdir / "pid").write_text(str(self.handle.pid))
         try:  # exec needs the runtime's state of the container: report it started only once that exists
-            await self.runtime.wait_created(self.handle)  # type: ignore[attr-defined]
+            if not getattr(self.handle, "created", False):
+                await self.runtime.wait_created(self.handle)  # type: ignore[attr-defined]
         except BaseException:
             self.handle.kill()
             await self.handle.wait()
@@ -418,6 +423,7 @@ class SandboxSupervisor(ContainerSupervisor):
         self._execs += 1
         pid = f"tc-{self._execs}"
         conn = SandboxProcess(pid, writer, drop=False)
+        conn.socket = sock  # the loop's transport uses its descriptor: collecting it would close that
         conn.streams["stderr"].eof = True  # a connection has one stream back
         self.procs[pid] = conn
 
@@ -427,6 +433,7 @@ class SandboxSupervisor(ContainerSupervisor):
             finally:
                 if conn.stdin is not None:
                     conn.stdin.close()
+                conn.socket.close()
                 conn.finish(0)
 
         conn.tasks.append(asyncio.create_task(pump()))

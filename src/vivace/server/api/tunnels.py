@@ -33,6 +33,7 @@ class _Conn:
         self.chan, self.cid, self.pid = chan, container_id, process_id
         self.sent = 0
         self.received = 0
+        self.peer_closed = False
 
     async def ask(
         self, payload: dict[str, Any], timeout: float, blobs: list[bytes] | None = None
@@ -45,9 +46,20 @@ class _Conn:
         return reply
 
     async def send(self, data: bytes) -> None:
+        """Send bytes on; once the sandbox's server has closed its side (it answered early), the rest is
+        dropped: its answer is what matters."""
         for i in range(0, len(data), proto.MAX_CHUNK):
+            if self.peer_closed:
+                return
             chunk = data[i : i + proto.MAX_CHUNK]
-            await self.ask({"type": "sb_write", "offset": self.sent, "eof": False}, 60, [chunk])
+            reply: dict[str, Any] = await self.chan.request(
+                {"type": "sb_write", "offset": self.sent, "eof": False, "container_id": self.cid,
+                 "process_id": self.pid}, 60, [chunk])  # fmt: skip
+            if reply.get("code") == "stdin_closed":
+                self.peer_closed = True
+                return
+            if reply.get("error"):
+                raise TunnelError(f"the sandbox's connection failed: {reply['error']}")
             self.sent += len(chunk)
 
     async def recv(self) -> bytes:
@@ -85,15 +97,21 @@ async def proxy(request: Request, target: Callable[[Request], Awaitable[tuple[An
         headers.append(("host", f"localhost:{port}"))
         headers.append(("connection", "close"))
         length = request.headers.get("content-length")
+        chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
         if length is not None:
             headers.append(("content-length", length))
-        else:
+        elif chunked:
             headers.append(("transfer-encoding", "chunked"))
-        await conn.send(client.send(h11.Request(method=request.method, target=path, headers=headers)))
-        async for chunk in request.stream():
-            if chunk:
-                await conn.send(client.send(h11.Data(data=chunk)))
-        await conn.send(client.send(h11.EndOfMessage()))
+        out = bytearray(client.send(h11.Request(method=request.method, target=path, headers=headers)) or b"")
+        if length is not None or chunked:  # a request without either has no body
+            async for chunk in request.stream():
+                if chunk:
+                    out += client.send(h11.Data(data=chunk)) or b""
+                    if len(out) >= proto.MAX_CHUNK:
+                        await conn.send(bytes(out))
+                        out.clear()
+        out += client.send(h11.EndOfMessage()) or b""
+        await conn.send(bytes(out))  # small requests go in one write
         head = await _next(client, conn)
         if not isinstance(head, h11.Response):
             raise TunnelError(f"the sandbox's server answered with {type(head).__name__}")

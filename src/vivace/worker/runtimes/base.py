@@ -85,6 +85,7 @@ class RuntimeContext:
     key: str  # short, host-unique name of this worker: its cgroups and namespaces carry it
     pids_limit: int | None = 4096
     network: NetworkPool | None = None  # None: isolated containers get no network at all
+    memory_cap: int | None = None  # MiB: all of this worker's containers together (its --memory)
 
     @property
     def images(self) -> Path:

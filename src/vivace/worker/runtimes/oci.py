@@ -24,17 +24,16 @@ import logging
 import os
 import shutil
 import signal
-import socket
-import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vivace.worker import gpus, idmap, images
-from vivace.worker.cgroups import CgroupHost, ContainerCgroup, Limits, detect, leftovers
+from vivace.worker.cgroups import CgroupHost, ContainerCgroup, Limits, cap_memory, detect, leftovers
 from vivace.worker.network import Slot
 from vivace.worker.runtimes.base import Capabilities, ContainerSpec, ExitStatus, ImageRootfs, RuntimeContext
+from vivace.worker.runtimes.oci_sandbox import SandboxOps, sandbox_stub
 from vivace.worker.runtimes.security import MASKED_PATHS, READONLY_PATHS, seccomp_profile
 from vivace.worker.runtimes.warm import WarmContainer, WarmPool, image_key
 
@@ -151,6 +150,7 @@ def oci_config(
     gpu: dict[str, Any] | None = None,
     userns: bool = False,
     root_path: str = "rootfs",
+    tmp_bind: Path | None = None,
 ) -> dict[str, Any]:
     """The OCI runtime spec for one container (pure: unit-tested).
 
@@ -175,7 +175,7 @@ def oci_config(
     }
     if sandbox:
         del env["VIVACE_SOCKET"]
-    if warm:
+    if warm and not sandbox:
         env["VIVACE_WARM"] = "1"
     user = image.user if image is not None else None
     if user is not None:
@@ -211,6 +211,17 @@ def oci_config(
             {"destination": bind.destination, "type": "bind", "source": str(bind.source),
              "options": ["rbind", "ro" if bind.read_only else "rw", "nosuid", "nodev"]}
         )  # fmt: skip
+    if (
+        tmp_bind is not None
+    ):  # runsc mounts a tmpfs of its own at /tmp otherwise (memory, past any disk limit)
+        mounts.append(
+            {
+                "destination": "/tmp",
+                "type": "bind",
+                "source": str(tmp_bind),
+                "options": ["rbind", "rw", "nosuid", "nodev"],
+            }
+        )
     if resolv_conf is not None:
         mounts.append(
             {"destination": "/etc/resolv.conf", "type": "bind", "source": str(resolv_conf),
@@ -284,6 +295,7 @@ class OciHandle:
         self._killed = False
         self.on_exit: Callable[[], object] | None = None
         self.process: dict[str, Any] = {}  # its OCI process: what an exec'd process inherits
+        self.created = False  # known to exist in the runtime's state (a warm container handed over)
         self._execs = 0
 
     async def wait(self) -> ExitStatus:
@@ -328,7 +340,7 @@ class OciHandle:
             self.proc.kill()
 
 
-class OciRuntime:
+class OciRuntime(SandboxOps):
     """One OCI runtime binary (crun, runc or runsc) behind the ``ContainerRuntime`` port."""
 
     capabilities = Capabilities(
@@ -355,7 +367,9 @@ class OciRuntime:
         self.roots = Path("/run/vivace") / ctx.key / "roots"
         self.global_args = ["--root", str(self.state_root)]
         if name == "runsc":
-            self.global_args += ["--platform=ptrace", "--host-uds=open"]
+            # --oci-seccomp: Debian's runsc ignores the spec's seccomp profile without it (its exec'd
+            # processes still run without one: gVisor's own kernel is their boundary)
+            self.global_args += ["--platform=ptrace", "--host-uds=open", "--oci-seccomp"]
             # GPUs under gVisor need its nvproxy, which Debian's 2022 build does not have
             self.capabilities = dataclasses.replace(OciRuntime.capabilities, gpu=False)
         elif name == "crun":
@@ -365,6 +379,7 @@ class OciRuntime:
             self.cgroups.unified_mount if (name == "crun" and self.cgroups.mode == "hybrid") else None
         )
         self.warm = WarmPool(self)
+        self.sandbox_warm = WarmPool(self, sandbox=True)
         self._claims: dict[str, WarmContainer] = {}  # reserved for a container that is starting
         self._oci_names: dict[str, str] = {}  # container id -> OCI name, where they differ (warm)
         self._driver_files: tuple[list[Path], list[Path]] | None = None  # NVIDIA libraries and tools
@@ -385,6 +400,13 @@ class OciRuntime:
         base = images.base_rootfs(self.ctx.images)
         images.runtime_bundle(self.ctx.images)
         self._prepare_userns(base / "rootfs")
+        if self.ctx.memory_cap:  # containers without a memory limit of their own stay within the worker's
+            try:
+                cap_memory(self.cgroups, f"vivace/{self.ctx.key}", self.ctx.memory_cap)
+            except OSError as err:
+                log.warning(
+                    "could not cap this worker's containers' memory at %d MiB: %s", self.ctx.memory_cap, err
+                )
 
     def _idmapped_base(self, base: Path) -> Path:
         return base.parent / f"{base.parent.name}.idmap-{self.name}"
@@ -462,15 +484,15 @@ class OciRuntime:
     def reserve(self, spec: ContainerSpec) -> None:
         """Called before the worker listens on the container's socket: when a warm container can serve
         ``spec``, take it and point ``spec.socket_path`` at the socket directory it already mounts."""
-        if spec.command is not None:  # a sandbox starts its own command
-            return
-        warm = self.warm.take(spec)
+        warm = (self.sandbox_warm if spec.command is not None else self.warm).take(spec)
         if warm is not None:
             self._claims[spec.container_id] = warm
             spec.socket_path = warm.dir / "sock" / "vivace.sock"
 
     async def start(self, spec: ContainerSpec) -> OciHandle:
         warm = self._claims.pop(spec.container_id, None)
+        if warm is not None and spec.command is not None:
+            return await self._claim_sandbox(warm, spec)
         if warm is not None:
             return await self._claim(warm, spec)
         handle, _ = await self._launch(spec, spec.container_id, spec.workdir)
@@ -541,7 +563,10 @@ class OciRuntime:
                 gpu=self._gpu_config(spec.gpus) if spec.gpus else None,
                 userns=self.userns,
                 root_path=str(rootfs),
+                tmp_bind=_root_tmp(rootfs) if self.name == "runsc" else None,
             )
+            if self.name == "runsc":
+                config["linux"]["seccomp"] = seccomp_profile(clone_filters=False)
             (bundle / "config.json").write_text(json.dumps(config))
             self.state_root.mkdir(parents=True, exist_ok=True)
             proc = await asyncio.create_subprocess_exec(
@@ -588,9 +613,10 @@ class OciRuntime:
         handle.on_exit = lambda: self._oci_names.pop(spec.container_id, None)
         return handle
 
-    async def start_warm(self, image: ImageRootfs | None = None) -> WarmContainer:
-        """One container for the pool: no user code, no function yet; on ``image``'s root when given."""
-        name = "warm-" + uuid.uuid4().hex[:12]
+    async def start_warm(self, image: ImageRootfs | None = None, *, sandbox: bool = False) -> WarmContainer:
+        """One container for the pool: no user code, no function yet; on ``image``'s root when given.
+        ``sandbox``: a sandbox's, whose main process will exec the sandbox's command."""
+        name = ("warm-sb" if sandbox else "warm-") + uuid.uuid4().hex[:12]
         cdir = self.ctx.workdir / "containers" / name
         (cdir / "sock").mkdir(parents=True, mode=0o755)
         (cdir / "src").mkdir()
@@ -598,9 +624,11 @@ class OciRuntime:
             container_id=name,
             workdir=cdir,
             socket_path=cdir / "sock" / "vivace.sock",
-            source_dir=cdir / "src",
+            source_dir=None if sandbox else cdir / "src",
             image=image,
         )
+        if sandbox:
+            spec.command = sandbox_stub(spec)
         handle, proc = await self._launch(spec, name, cdir, warm=True)
         (cdir / "pid").write_text(str(proc.pid))
         return WarmContainer(name, cdir, handle, proc, image_key(image))
@@ -626,163 +654,13 @@ class OciRuntime:
         """Stop the warm pool and every warm container not handed out."""
         claimed = list(self._claims.values())
         self._claims.clear()
-        await self.warm.close(claimed)
+        await self.warm.close([w for w in claimed if not w.name.startswith("warm-sb")])
+        await self.sandbox_warm.close([w for w in claimed if w.name.startswith("warm-sb")])
 
     async def exec(self, spec: ContainerSpec, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
         name = self._oci_names.get(spec.container_id, spec.container_id)
         code, out = await self._run_tool("exec", name, *argv, timeout=timeout)
         return code, out, b""
-
-    async def spawn_tty(
-        self, handle: OciHandle, argv: list[str], *, env: dict[str, str], cwd: str | None
-    ) -> tuple[asyncio.subprocess.Process, Path, int]:
-        """:meth:`spawn` on a pseudo-terminal the runtime makes inside the container: also returns the
-        terminal's master end, which the runtime hands over on a console socket (``SCM_RIGHTS``). runsc
-        (Debian's build) wants its own stdio to be the terminal instead: it gets a pty's slave end."""
-        if self.name == "runsc":
-            master, slave = os.openpty()
-            try:
-                proc, pid_file = await self.spawn(
-                    handle, argv, env={"TERM": "xterm-256color", **env}, cwd=cwd, terminal_fd=slave
-                )
-            except BaseException:
-                os.close(master)
-                raise
-            finally:
-                os.close(slave)
-            return proc, pid_file, master
-        console = handle.bundle / f"console-{handle._execs + 1}.sock"
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            listener.bind(str(console))
-            listener.listen(1)
-            listener.setblocking(False)
-            proc, pid_file = await self.spawn(
-                handle, argv, env={"TERM": "xterm-256color", **env}, cwd=cwd, console=console
-            )
-            loop = asyncio.get_running_loop()
-            accept = asyncio.ensure_future(loop.sock_accept(listener))
-            exited = asyncio.ensure_future(proc.wait())
-            try:
-                await asyncio.wait({accept, exited}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-                if not accept.done():
-                    why = b""
-                    if exited.done() and proc.stderr is not None:
-                        why = await proc.stderr.read(4096)
-                    raise RuntimeError(
-                        f"{self.name} exec gave no terminal: {why.decode(errors='replace').strip() or 'timed out'}"
-                    )
-                conn, _ = accept.result()
-                with conn:
-                    conn.setblocking(True)
-                    _msg, fds, _flags, _addr = await asyncio.to_thread(socket.recv_fds, conn, 4096, 1)
-            except BaseException:
-                accept.cancel()
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                raise
-            finally:
-                exited.cancel()
-            if not fds:
-                proc.kill()
-                raise RuntimeError(f"{self.name} sent no terminal on its console socket")
-            return proc, pid_file, fds[0]
-        finally:
-            listener.close()
-            console.unlink(missing_ok=True)
-
-    async def spawn(
-        self,
-        handle: OciHandle,
-        argv: list[str],
-        *,
-        env: dict[str, str],
-        cwd: str | None,
-        console: Path | None = None,
-        terminal_fd: int | None = None,
-    ) -> tuple[asyncio.subprocess.Process, Path]:
-        """Start ``argv`` in the running container with pipes for its stdio, as the container's user, with
-        its environment plus ``env``, its capabilities (none), its seccomp profile and no new privileges.
-        Returns the runtime's exec process (whose exit status is the command's) and the file that will
-        hold the command's pid (for :meth:`kill_exec`)."""
-        handle._execs += 1
-        process = dict(handle.process)
-        merged = dict(item.split("=", 1) for item in process.get("env", []))
-        merged.update(env)
-        tty = console is not None or terminal_fd is not None
-        process.update(args=argv, env=[f"{k}={v}" for k, v in merged.items()], terminal=tty)
-        if tty:
-            process["consoleSize"] = {"height": 24, "width": 80}
-        if cwd:
-            process["cwd"] = cwd
-        path = handle.bundle / f"exec-{handle._execs}.json"
-        pid_file = handle.bundle / f"exec-{handle._execs}.pid"
-        path.write_text(json.dumps(process))
-        pid_flag = "--internal-pid-file" if self.name == "runsc" else "--pid-file"
-        proc = await asyncio.create_subprocess_exec(
-            self.binary, *self.global_args, "exec", "--process", str(path), pid_flag, str(pid_file),
-            *(["--console-socket", str(console)] if console is not None else []), handle.cid,
-            stdin=asyncio.subprocess.PIPE if terminal_fd is None else terminal_fd,
-            stdout=asyncio.subprocess.PIPE if terminal_fd is None else terminal_fd,
-            stderr=asyncio.subprocess.PIPE if terminal_fd is None else terminal_fd,
-            preexec_fn=functools.partial(self._preexec, self._control_netns(handle)),
-        )  # fmt: skip
-        return proc, pid_file
-
-    async def connect(self, handle: OciHandle, port: int) -> socket.socket:
-        """A TCP connection to ``port`` on the container's loopback, made inside its network namespace."""
-        slot = handle.slot
-        if slot is None:
-            raise RuntimeError("tunnels need the worker's network namespaces (ip and iptables, as root)")
-        if self.name == "runsc" and slot.blocked:
-            raise RuntimeError("a runsc sandbox with block_network=True has gVisor's own network: no tunnels")
-        return await asyncio.to_thread(connect_in_netns, slot.path, port)
-
-    def snapshot(self, handle: OciHandle, out: Any) -> str:
-        """Write the container's writable layer to ``out`` as an image layer; its sha256 (blocking)."""
-        from vivace.worker import layers
-
-        cdir = handle.bundle.parent
-        upper = cdir / "disk" / "upper" if (cdir / "disk" / "upper").is_dir() else cdir / "upper"
-        shift = idmap.HOST_BASE if self.userns else 0
-        return layers.pack_layer(upper, out, layers.fastest_compression(), uid_shift=shift)
-
-    async def wait_created(self, handle: OciHandle, timeout: float = 60.0) -> None:
-        """Return once the runtime has created the container (``exec`` needs its state), or it exited."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        delay = 0.002
-        while handle.proc.returncode is None:
-            code, out = await self._run_tool("state", handle.cid, netns=self._control_netns(handle))
-            if code == 0:
-                with contextlib.suppress(ValueError):
-                    if json.loads(out).get("status") in ("created", "running"):
-                        return
-            if asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(f"{self.name} did not create container {handle.cid} within {timeout:g} s")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
-
-    def _control_netns(self, handle: OciHandle) -> str | None:
-        """runsc's control socket lives in the network namespace its sandbox started in."""
-        if self.name == "runsc" and handle.slot is not None and not handle.slot.blocked:
-            return handle.slot.path
-        return None
-
-    async def kill_exec(self, handle: OciHandle, pid_file: Path) -> None:
-        """SIGKILL an exec'd command (its pid from ``pid_file``: the host's for crun and runc, the
-        sandbox's own for runsc)."""
-        try:
-            pid = int(await asyncio.to_thread(pid_file.read_text))
-        except (OSError, ValueError):
-            return
-        if self.name == "runsc":
-            await self._run_tool(
-                "kill", "--pid", str(pid), handle.cid, "KILL", netns=self._control_netns(handle)
-            )
-            return
-        if str(pid) in self_cgroup_pids(handle.cgroup):  # never a reused pid outside the container
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
     def reconcile(self, keep: set[str]) -> list[str]:
         """Containers of this worker that a previous run left: kill them and remove their cgroups."""
@@ -829,41 +707,13 @@ class OciRuntime:
         return removed
 
 
-def connect_in_netns(netns: str, port: int, timeout: float = 10.0) -> socket.socket:
-    """Connect to 127.0.0.1:``port`` in the network namespace ``netns``. A thread of its own enters the
-    namespace (setns changes only the calling thread's) and ends after; the socket keeps its namespace."""
-    result: dict[str, Any] = {}
-
-    def enter_and_connect() -> None:
-        try:
-            fd = os.open(netns, os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), f"setns({netns}) failed")
-            finally:
-                os.close(fd)
-            sock = socket.create_connection(("127.0.0.1", port), timeout)
-            sock.setblocking(False)
-            result["sock"] = sock
-        except BaseException as err:
-            result["error"] = err
-
-    thread = threading.Thread(target=enter_and_connect, name="vivace-netns-connect")
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["sock"]  # type: ignore[no-any-return]
-
-
-def self_cgroup_pids(cgroup: ContainerCgroup) -> set[str]:
-    """Every pid in the container's cgroups (any hierarchy)."""
-    pids: set[str] = set()
-    for d in cgroup.dirs():
-        for f in d.rglob("cgroup.procs"):
-            with contextlib.suppress(OSError):
-                pids.update(f.read_text().split())
-    return pids
+def _root_tmp(rootfs: Path) -> Path:
+    """The root filesystem's own /tmp (made, sticky and world-writable, where the image has none)."""
+    tmp = rootfs / "tmp"
+    if not tmp.is_dir():
+        tmp.mkdir(mode=0o1777)
+        os.chmod(tmp, 0o1777)
+    return tmp
 
 
 def _link_tree(src: Path, dst: Path) -> None:

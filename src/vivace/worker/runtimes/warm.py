@@ -61,9 +61,10 @@ class WarmPool:
     READY_TIMEOUT = 60.0
     REFILL_DELAY = 0.5  # a replacement starts once the container just handed over is up, not beside it
 
-    def __init__(self, runtime: OciRuntime, size: int = 0) -> None:
+    def __init__(self, runtime: OciRuntime, size: int = 0, *, sandbox: bool = False) -> None:
         self.runtime = runtime
         self.size = size
+        self.sandbox = sandbox  # sandboxes' pool: a stub that execs the sandbox's command (base root only)
         self.ready: list[WarmContainer] = []
         self._filling: collections.Counter[tuple[str, ...] | None] = collections.Counter()
         self.images: collections.OrderedDict[tuple[str, ...], ImageRootfs] = collections.OrderedDict()
@@ -81,6 +82,8 @@ class WarmPool:
         if spec.mounts:
             return None  # volumes are bind-mounted when a container is created
         key = image_key(spec.image)
+        if self.sandbox and spec.image is not None:
+            return None  # sandboxes on images start cold (their pool keeps the worker's base only)
         if spec.image is not None and key is not None and self.size > 0:
             self._remember(key, spec.image)
         for i, warm in enumerate(self.ready):
@@ -114,7 +117,7 @@ class WarmPool:
         if self._closed or time.monotonic() - self._failed_at < self.RETRY_AFTER:
             return
         wanted: list[tuple[tuple[str, ...] | None, int]] = [(None, self.size)]
-        wanted += [(key, 1) for key in self.images] if self.size > 0 else []
+        wanted += [(key, 1) for key in self.images] if self.size > 0 and not self.sandbox else []
         for key, count in wanted:
             while sum(w.image == key for w in self.ready) + self._filling[key] < count:
                 self._filling[key] += 1
@@ -128,7 +131,7 @@ class WarmPool:
     async def _make(self, key: tuple[str, ...] | None = None, image: ImageRootfs | None = None) -> None:
         started = time.monotonic()
         try:
-            warm = await self.runtime.start_warm(image)
+            warm = await self.runtime.start_warm(image, sandbox=self.sandbox)
             await self._until_ready(warm)
         except Exception as err:
             if image is not None and key is not None:  # this image's fault, not the pool's
