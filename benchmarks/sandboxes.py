@@ -4,8 +4,10 @@ beside the container engines' own ``run`` of the same image content.
 - **Vivace**: ``Sandbox.create(app=...)`` then ``sb.exec("python3", "-c", "print(1)")`` until its
   stdout's first line arrives: the whole path (control plane, scheduler, worker, the runtime's ``run``
   and ``exec``, streams relayed back). Sequential: one sandbox at a time (each terminated, untimed, before
-  the next). Burst: all created at once from as many threads; each sample is one sandbox's create to
-  first output; creates per second is the burst's size over the time until the last first output.
+  the next), with the worker's warm pool of 2 (refilled between samples) and cold (no pool). Burst, cold:
+  all created at once from as many threads; each sample is one sandbox's create to first output;
+  creates per second is the burst's size over the time until the last first output. The control plane
+  runs in the benchmark's process, as in the other sections.
 - **Peers**: ``runsc run`` (gVisor, ptrace platform, no network) of ``python3 -c 'print(1)'`` on an
   overlay root already mounted, and ``docker run --rm --network none`` / ``podman run --rm --network
   none`` of that root imported as an image: a start and a command's output, with no control plane.
@@ -34,8 +36,10 @@ from benchmarks.stats import latency_summary
 
 PRINT_ONE = coldstart.PRINT_ONE
 ROWS = {
-    "vivace-runsc-seq": "Vivace sandbox (runsc), sequential",
-    "vivace-crun-seq": "Vivace sandbox (crun), sequential",
+    "vivace-runsc-warm": "Vivace sandbox (runsc), sequential, warm pool of 2",
+    "vivace-crun-warm": "Vivace sandbox (crun), sequential, warm pool of 2",
+    "vivace-runsc-seq": "Vivace sandbox (runsc), sequential, cold",
+    "vivace-crun-seq": "Vivace sandbox (crun), sequential, cold",
     "vivace-runsc-burst": "Vivace sandbox (runsc), burst",
     "vivace-crun-burst": "Vivace sandbox (crun), burst",
     "runsc": "`runsc run` (ptrace, no network), root already mounted",
@@ -83,6 +87,10 @@ def run(config: RunConfig, log: Callable[[str], None]) -> dict[str, Any]:
                 continue
             rows[f"vivace-{rt}-seq"] = seq
             rows[f"vivace-{rt}-burst"] = bur
+            log(f"sandboxes: Vivace {rt}: {n} sequential with the worker's warm pool")
+            rows[f"vivace-{rt}-warm"] = _attempt(
+                lambda rt=rt: _vivace_warm(work / f"vivace-{rt}-warm", rt, n)
+            )
     finally:
         coldstart._unmount_all(work)
         shutil.rmtree(work, ignore_errors=True)
@@ -107,7 +115,7 @@ def _vivace(work: Path, runtime: str, n: int, burst: int) -> tuple[dict[str, Any
     from benchmarks.cluster import local_cluster
 
     work.mkdir(parents=True)
-    # room for the whole burst: each sandbox asks for 0.01 cpu and 64 MiB
+    # room for the whole burst: each sandbox asks for 0.01 cpu and 64 MiB; cold: no warm pool
     with local_cluster(work, warm_pool=0, runtimes=[runtime], worker_cpu=16.0, worker_memory=32768):
         app = vivace.App.lookup(f"bench-sandboxes-{runtime}", create_if_missing=True)
         _first_output(app)  # untimed: the worker's first start builds its base root and runtime bundle
@@ -136,6 +144,24 @@ def _vivace(work: Path, runtime: str, n: int, burst: int) -> tuple[dict[str, Any
     burst_row = {"status": "ok", "version": version, **latency_summary(samples),
                  "creates_per_s": burst / wall, "wall_s": wall}  # fmt: skip
     return {"status": "ok", "version": version, **latency_summary(seq)}, burst_row
+
+
+def _vivace_warm(work: Path, runtime: str, n: int) -> tuple[str, list[float]]:
+    """Sequential creates with a warm pool of 2 (the worker's default), each after the pool refilled."""
+    coldstart._need_root(f"Vivace's {runtime} runtime")
+    coldstart._which(runtime)
+    import vivace
+    from benchmarks.cluster import local_cluster
+
+    work.mkdir(parents=True)
+    with local_cluster(work, warm_pool=2, runtimes=[runtime]):
+        app = vivace.App.lookup(f"bench-sandboxes-warm-{runtime}", create_if_missing=True)
+        _first_output(app)
+        samples = []
+        for _ in range(n):
+            time.sleep(1.5)  # the replacement warm sandbox starts 0.5 s after a hand-over
+            samples.append(_first_output(app))
+    return f"{vivace.__version__} ({runtime}, warm)", samples
 
 
 def _first_output(app: Any) -> float:

@@ -66,7 +66,9 @@ class Agent:
         if os.geteuid() == 0 and not have_tools():
             host = urllib.parse.urlsplit(config.server_url).hostname
             self.network = NetworkPool(
-                key, control_plane_host=host if host and not _is_loopback(host) else None
+                key,
+                size=_env_int("VIVACE_NETNS_POOL", 2),
+                control_plane_host=host if host and not _is_loopback(host) else None,
             )
         self.ctx = RuntimeContext(config.workdir, key, config.pids_limit, self.network, config.memory)
         found = available_runtimes(self.ctx)
@@ -466,6 +468,16 @@ class Agent:
             await self.api.post_json(f"/v1/workers/{self.worker_id}/events", body)
         except exc.Error as err:
             log.warning("could not report %s of %s: %s", event, cid, err)
+
+
+def _env_int(name: str, default: int) -> int:
+    """A non-negative integer setting from the environment (a bad value is an error, not a default)."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit():
+        raise exc.InvalidError(f"{name} must be a non-negative integer, got {raw!r}")
+    return int(raw)
 
 
 def _is_loopback(host: str) -> bool:
