@@ -585,8 +585,6 @@ class Sandbox:
         pty: bool = False,
     ) -> ContainerProcess:
         """Start ``args`` in the sandbox; returns at once with the running process."""
-        if secrets:
-            raise exc.NotImplementedYetError("Sandbox.exec(secrets=...) is not supported yet; use env=")
         for what, mode in (("stdout", stdout), ("stderr", stderr)):
             if not isinstance(mode, StreamType):
                 raise exc.InvalidError(f"{what} must be a vivace.sandbox.StreamType, got {mode!r}")
@@ -607,6 +605,14 @@ class Sandbox:
             "timeout": timeout,
             "pty": params.flag("pty", pty),
         }
+        if secrets:  # values are looked up by the control plane and go only to the sandbox's worker
+            from vivace.app import resolve_storage
+
+            if not self._info.get("app_id"):
+                await self._describe(0)
+            body["secrets"], _ = await resolve_storage(
+                self._info["app_id"], params.secrets(list(secrets)), {}
+            )
         if StreamType.DEVNULL in (stdout, stderr):
             body["discard"] = [
                 n for n, m in (("stdout", stdout), ("stderr", stderr)) if m is StreamType.DEVNULL

@@ -415,3 +415,52 @@ def test_exec_on_a_terminal(sb):
     sh.stdin.drain()
     assert sh.wait() == 3
     assert "42" in sh.stdout.read()
+
+
+def test_exec_secrets_reach_the_process_only(env):
+    _, app, _ = env
+    secret = vivace.Secret.from_dict({"API_TOKEN": "tok-exec-7c1f", "MODE": "secret"})
+    sb = vivace.Sandbox.create(app=app)
+    try:
+        p = sb.exec(
+            PY,
+            "-c",
+            "import os; print(os.environ['API_TOKEN'], os.environ['MODE'])",
+            env={"MODE": "env"},
+            secrets=[secret],
+        )
+        assert p.stdout.read() == "tok-exec-7c1f secret\n"  # a secret's key wins over env=
+        q = py(sb, "import os; print('API_TOKEN' in os.environ)")
+        assert q.stdout.read() == "False\n"  # only that process got it
+    finally:
+        sb.terminate()
+
+
+def test_a_function_makes_sandboxes_with_only_its_own_secrets(env):
+    rt, _, _ = env
+    vivace.Secret.objects.create(f"own-{rt}", {"OWN": "mine-5d2e"}, overwrite=True)
+    vivace.Secret.objects.create(f"other-{rt}", {"OTHER": "not-mine-9b7a"}, overwrite=True)
+    maker = vivace.App(f"sandbox-maker-{rt}")
+
+    @maker.function(serialized=True, secrets=[vivace.Secret.from_name(f"own-{rt}")])
+    def make(name: str) -> str:
+        import vivace as v
+
+        try:
+            sb = v.Sandbox.create(secrets=[v.Secret.from_name(name)], runtime=rt)
+        except v.exception.PermissionDeniedError as err:
+            return f"denied: {err}"
+        try:
+            p = sb.exec("python3", "-c", "import os; print(os.environ.get('OWN'), os.environ.get('OTHER'))")
+            return p.stdout.read().strip()
+        finally:
+            sb.terminate()
+
+    try:
+        with maker.run():
+            assert make.remote(f"own-{rt}") == "mine-5d2e None"  # inside a function, app= is its own
+            denied = make.remote(f"other-{rt}")
+            assert denied.startswith("denied: a function may give a sandbox only its own secrets"), denied
+    finally:
+        for name in (f"own-{rt}", f"other-{rt}"):
+            vivace.Secret.objects.delete(name)

@@ -39,6 +39,28 @@ def _check_scope(request: Request, app_id: str) -> None:
         raise Forbidden("a container may only reach its own app's sandboxes")
 
 
+async def _check_secret_scope(request: Request, secret_ids: list[str]) -> None:
+    """A container (a function making sandboxes) may hand a sandbox only the secrets its own function was
+    given: the sandbox's code is not trusted with any other of the app's or workspace's secrets."""
+    if request.state.token_kind != "container" or not secret_ids:
+        return
+    from vivace.protocol.versions import CONTAINER_HEADER
+
+    cid = request.headers.get(CONTAINER_HEADER, "")
+    raw = await plane_of(request).store.read(
+        lambda tx: tx.scalar(
+            "SELECT f.spec FROM containers c JOIN functions f ON f.id = c.function_id WHERE c.id = ?", (cid,)
+        )
+    )
+    allowed = set(json.loads(raw).get("secrets") or []) if raw else set()
+    extra = sorted(set(secret_ids) - allowed)
+    if extra:
+        raise Forbidden(
+            f"a function may give a sandbox only its own secrets; not {', '.join(extra)} "
+            "(add them to the function's secrets=)"
+        )
+
+
 def _checked(fn: Any, *args: Any) -> Any:
     try:
         return fn(*args)
@@ -69,6 +91,7 @@ async def create_sandbox(request: Request) -> Response:
         raise Invalid(f"invalid sandbox spec: {err}") from None
     if spec.max_inputs != 1 or spec.is_class or spec.batch_max_size or spec.min_containers:
         raise Invalid("a sandbox spec takes no function settings (classes, concurrency, batching, scaling)")
+    await _check_secret_scope(request, list(spec.secrets))
     plane = plane_of(request)
     out = await plane.store.write(lambda tx: svc.create(tx, app_id, spec, name, tags))
     plane.notifier.wake("autoscale")  # the scheduler places the new container
@@ -191,6 +214,20 @@ async def exec_in_sandbox(request: Request) -> Response:
     timeout = field(body, "timeout", (int, float), None, optional=True)
     if timeout is not None and not 0 < timeout <= proto.MAX_TIMEOUT:
         raise Invalid(f"timeout must be from 0 to {proto.MAX_TIMEOUT} seconds")
+    secret_ids = field(body, "secrets", list, [], optional=True)
+    if len(secret_ids) > 64 or not all(isinstance(s, str) and s.startswith("st-") for s in secret_ids):
+        raise Invalid("secrets must list at most 64 secret ids (st-...)")
+    await _check_secret_scope(request, secret_ids)
+    if secret_ids:  # their values go to the sandbox's worker only, after env= (a secret's key wins)
+        from vivace.server.services import secrets as secret_svc
+
+        plane = plane_of(request)
+        env = {
+            **env,
+            **await plane.store.read(lambda tx: secret_svc.env_for(tx, plane.secretbox, secret_ids)),
+        }
+        if any(k.startswith("VIVACE_") for k in env):
+            raise Invalid("a sandbox's environment may not set VIVACE_* variables")
     discard = field(body, "discard", list, [], optional=True)
     if not set(discard) <= set(proto.STREAMS):
         raise Invalid(f"discard lists streams ({', '.join(proto.STREAMS)}) whose output is dropped")
