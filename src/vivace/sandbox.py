@@ -461,8 +461,6 @@ class Sandbox:
         from vivace.app import App, _lookup_app, resolve_storage
         from vivace.image import Image
 
-        if pty:
-            raise exc.NotImplementedYetError("Sandbox.create(pty=True) is not supported yet")
         for what, ports in (("encrypted_ports", encrypted_ports), ("unencrypted_ports", unencrypted_ports)):
             try:
                 proto.check_ports(list(ports), what)
@@ -493,6 +491,7 @@ class Sandbox:
             "workdir": workdir,
             "idle_timeout": idle_timeout,
             "cidr_allowlist": allow,
+            "pty": params.flag("pty", pty),
         }
         try:
             settings = proto.check_settings(settings)

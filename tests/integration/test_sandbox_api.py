@@ -59,10 +59,9 @@ def test_bad_create_arguments_are_invalid(app, kwargs, message):
         vivace.Sandbox.create(app=app, **kwargs)
 
 
-def test_features_not_built_yet_say_so(app):
-    for kwargs in ({"pty": True},):
-        with pytest.raises(exc.NotImplementedYetError):
-            vivace.Sandbox.create(app=app, **kwargs)
+def test_more_bad_arguments(app):
+    with pytest.raises(exc.InvalidError, match="pty"):
+        vivace.Sandbox.create(app=app, pty="yes")
     with pytest.raises(exc.InvalidError, match="app="):
         vivace.Sandbox.create()
     with pytest.raises(exc.InvalidError):

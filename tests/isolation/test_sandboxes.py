@@ -464,3 +464,16 @@ def test_a_function_makes_sandboxes_with_only_its_own_secrets(env):
     finally:
         for name in (f"own-{rt}", f"other-{rt}"):
             vivace.Secret.objects.delete(name)
+
+
+def test_the_main_process_on_a_terminal(env):
+    _, app, _ = env
+    code = "import os, sys\nprint(os.isatty(0), os.isatty(1), os.environ['TERM'])\nprint(input('name? ').upper())"
+    sb = vivace.Sandbox.create(PY, "-c", code, app=app, pty=True)
+    sb.stdin.write(b"grace\n")
+    sb.stdin.drain()
+    sb.wait()
+    assert sb.returncode == 0
+    out = sb.stdout.read().replace("\r\n", "\n")
+    # the terminal echoes what was typed: before or after the prompt, as the timing fell
+    assert "True True xterm-256color\n" in out and "name? " in out and "GRACE\n" in out, out

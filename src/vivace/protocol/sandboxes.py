@@ -93,7 +93,7 @@ def check_settings(raw: Any) -> Dict[str, Any]:
     ``cidr_allowlist`` (None: open; [] with block_network), ``ports``."""
     if not isinstance(raw, dict):
         raise SandboxSpecError("sandbox settings must be an object")
-    unknown = sorted(set(raw) - {"command", "workdir", "idle_timeout", "cidr_allowlist", "ports"})
+    unknown = sorted(set(raw) - {"command", "workdir", "idle_timeout", "cidr_allowlist", "ports", "pty"})
     if unknown:
         raise SandboxSpecError(f"unknown sandbox settings: {', '.join(unknown)}")
     idle = raw.get("idle_timeout")
@@ -107,7 +107,14 @@ def check_settings(raw: Any) -> Dict[str, Any]:
         "idle_timeout": idle,
         "cidr_allowlist": check_cidrs(raw.get("cidr_allowlist")),
         "ports": check_ports(raw.get("ports"), "ports"),
+        "pty": _flag(raw.get("pty", False), "pty"),
     }
+
+
+def _flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise SandboxSpecError(f"{what} must be true or false")
+    return value
 
 
 def check_name(value: Any) -> Optional[str]:

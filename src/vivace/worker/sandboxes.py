@@ -194,6 +194,7 @@ class SandboxSupervisor(ContainerSupervisor):
         self.spec.command = list(settings.get("command") or [])
         self.spec.cwd = settings.get("workdir")
         self.spec.cidr_allowlist = settings.get("cidr_allowlist")
+        self.spec.tty = bool(settings.get("pty"))
         self.timeout = float(self.fspec.get("timeout") or 300)
         self.idle_timeout = settings.get("idle_timeout")
         self.procs: dict[str, SandboxProcess] = {}
@@ -230,9 +231,18 @@ class SandboxSupervisor(ContainerSupervisor):
             raise
         self.started = self.last_active = time.monotonic()
         proc = getattr(self.handle, "proc", None)
-        main = SandboxProcess(proto.MAIN, getattr(proc, "stdin", None), drop=True)
-        for name, reader in (("stdout", self.handle.stdout), ("stderr", self.handle.stderr)):
-            main.tasks.append(asyncio.create_task(self._pump_main(main.streams[name], reader, name)))
+        master = getattr(self.handle, "tty_master", None)
+        if master is not None:  # on a terminal: one output, and stdin typed into it
+            loop = asyncio.get_running_loop()
+            reader = asyncio.StreamReader()
+            await loop.connect_read_pipe(lambda: _QuietEof(reader), os.fdopen(master, "rb", buffering=0))
+            main = SandboxProcess(proto.MAIN, _TerminalInput(os.dup(master)), drop=True)  # type: ignore[arg-type]
+            streams: tuple[tuple[str, Any], ...] = (("stdout", reader), ("stderr", None))
+        else:
+            main = SandboxProcess(proto.MAIN, getattr(proc, "stdin", None), drop=True)
+            streams = (("stdout", self.handle.stdout), ("stderr", self.handle.stderr))
+        for name, stream in streams:
+            main.tasks.append(asyncio.create_task(self._pump_main(main.streams[name], stream, name)))
         self.procs[proto.MAIN] = main  # requests may come as soon as the control plane hears it started
 
     async def run(self) -> ExitStatus:
@@ -244,6 +254,8 @@ class SandboxSupervisor(ContainerSupervisor):
         finally:
             watchdog.cancel()
         main.finish(status.code)
+        if isinstance(main.stdin, _TerminalInput):
+            main.stdin.release()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*main.tasks), 2)
         for p in self.procs.values():  # exec'd processes died with the container

@@ -54,6 +54,7 @@ class ContainerSpec:
     command: list[str] | None = None
     cwd: str | None = None  # the sandbox's working directory (None: the image's)
     cidr_allowlist: list[str] | None = None  # the only destinations it may reach (None: any outside)
+    tty: bool = False  # the main process runs on a terminal
 
 
 @dataclass(frozen=True)

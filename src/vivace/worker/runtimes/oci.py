@@ -296,6 +296,7 @@ class OciHandle:
         self.on_exit: Callable[[], object] | None = None
         self.process: dict[str, Any] = {}  # its OCI process: what an exec'd process inherits
         self.created = False  # known to exist in the runtime's state (a warm container handed over)
+        self.tty_master: int | None = None  # the main process's terminal (Sandbox.create(pty=True))
         self._execs = 0
 
     async def wait(self) -> ExitStatus:
@@ -569,17 +570,34 @@ class OciRuntime(SandboxOps):
                 config["linux"]["seccomp"] = seccomp_profile(clone_filters=False)
             (bundle / "config.json").write_text(json.dumps(config))
             self.state_root.mkdir(parents=True, exist_ok=True)
-            proc = await asyncio.create_subprocess_exec(
-                self.binary, *self.global_args, *extra, "run", "--bundle", str(bundle), name,
-                stdin=asyncio.subprocess.PIPE if warm or spec.command is not None else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                preexec_fn=functools.partial(self._preexec, runsc_netns),
-            )  # fmt: skip
+            master = slave = None
+            if spec.tty:  # the main process on a terminal: the runtime's own stdio is the pty's slave end
+                master, slave = os.openpty()
+                config["process"].update(terminal=True, consoleSize={"height": 24, "width": 80})
+                config["process"]["env"].append("TERM=xterm-256color")
+                (bundle / "config.json").write_text(json.dumps(config))
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    self.binary, *self.global_args, *extra, "run", "--bundle", str(bundle), name,
+                    stdin=slave if slave is not None else (
+                        asyncio.subprocess.PIPE if warm or spec.command is not None else asyncio.subprocess.DEVNULL),
+                    stdout=slave if slave is not None else asyncio.subprocess.PIPE,
+                    stderr=slave if slave is not None else asyncio.subprocess.PIPE,
+                    preexec_fn=functools.partial(self._preexec, runsc_netns),
+                )  # fmt: skip
+            except BaseException:
+                if master is not None:
+                    os.close(master)
+                raise
+            finally:
+                if slave is not None:
+                    os.close(slave)
         except BaseException:
             await self.cleanup(name, bundle, cgroup, slot)
             raise
         handle = OciHandle(proc, self, cgroup, bundle, name, slot)
         handle.process = config["process"]
+        handle.tty_master = master
         return handle, proc
 
     def _gpu_config(self, given: list[gpus.Gpu]) -> dict[str, Any]:

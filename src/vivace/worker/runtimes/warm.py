@@ -82,7 +82,7 @@ class WarmPool:
         if spec.mounts:
             return None  # volumes are bind-mounted when a container is created
         key = image_key(spec.image)
-        if self.sandbox and spec.image is not None:
+        if self.sandbox and (spec.image is not None or spec.tty):
             return None  # sandboxes on images start cold (their pool keeps the worker's base only)
         if spec.image is not None and key is not None and self.size > 0:
             self._remember(key, spec.image)
