@@ -63,7 +63,8 @@ class FakeRuntime:
         self.fail = fail
         self.bad_images: set[str] = set()
 
-    async def start_warm(self, image=None):
+    async def start_warm(self, image=None, *, sandbox=False):
+        self.sandbox_starts = getattr(self, "sandbox_starts", 0) + int(sandbox)
         if self.fail or (image is not None and image.image_id in self.bad_images):
             raise OSError("no overlay here")
         proc = FakeProc()
@@ -277,3 +278,21 @@ async def test_no_warm_pool_means_no_warm_images():
     assert pool.take(spec(image=image("im-1"))) is None
     await settle()
     assert rt.started == [] and not pool.images
+
+
+@run
+async def test_a_sandbox_pool_starts_sandbox_stubs_and_serves_only_sandboxes_on_the_base():
+    rt = FakeRuntime()
+    pool = WarmPool(rt, size=2, sandbox=True)
+    pool.fill()
+    await settle()
+    assert len(pool.ready) == 2 and rt.sandbox_starts == 2
+    on_image = spec()
+    on_image.image = ImageRootfs("im-numpy", [Path("/l")])
+    assert pool.take(on_image) is None  # sandboxes on images start cold
+    tty = spec()
+    tty.tty = True
+    assert pool.take(tty) is None  # a terminal is fixed when the container starts
+    assert pool.take(spec()) is rt.started[0]
+    assert not pool.images  # never keeps warm sandboxes per image
+    await pool.close()

@@ -131,7 +131,11 @@ class WarmPool:
     async def _make(self, key: tuple[str, ...] | None = None, image: ImageRootfs | None = None) -> None:
         started = time.monotonic()
         try:
-            warm = await self.runtime.start_warm(image, sandbox=self.sandbox)
+            warm = await (
+                self.runtime.start_warm(image, sandbox=True)
+                if self.sandbox
+                else self.runtime.start_warm(image)
+            )
             await self._until_ready(warm)
         except Exception as err:
             if image is not None and key is not None:  # this image's fault, not the pool's
