@@ -188,6 +188,52 @@ async def test_start_failures_back_off():
 
 
 @run
+async def test_a_failed_start_is_retried_even_if_the_timer_fires_a_tick_early():
+    import time
+
+    rt = FakeRuntime(fail=True)
+    pool = WarmPool(rt, size=2)
+    pool.RETRY_AFTER = 0.05
+    pool.fill()
+    await settle()
+    assert pool.ready == []
+    # as if the retry's timer fired before the throttle's clock said RETRY_AFTER had passed (asyncio
+    # runs timers up to a clock tick early): the retry must still start what is missing
+    pool._failed_at = time.monotonic() + 1000
+    rt.fail = False  # the runtime recovers (runsc failing under load, then not)
+    await asyncio.sleep(0.2)
+    assert len(pool.ready) == 2
+    await pool.close()
+
+
+@run
+async def test_a_large_pool_fills_a_few_starts_at_a_time():
+    rt = FakeRuntime()
+    in_flight, most = [0], [0]
+    start = rt.start_warm
+
+    async def slow_start(image=None, *, sandbox=False):
+        in_flight[0] += 1
+        most[0] = max(most[0], in_flight[0])
+        await asyncio.sleep(0.001)
+        try:
+            return await start(image, sandbox=sandbox)
+        finally:
+            in_flight[0] -= 1
+
+    rt.start_warm = slow_start
+    pool = WarmPool(rt, size=20, sandbox=True)
+    pool.fill()
+    for _ in range(200):
+        await asyncio.sleep(0.002)
+        if len(pool.ready) == 20:
+            break
+    assert len(pool.ready) == 20 and len(rt.started) == 20
+    assert most[0] == pool.MAX_STARTING
+    await pool.close()
+
+
+@run
 async def test_a_container_that_never_says_ready_is_discarded():
     rt = FakeRuntime(first_line="Traceback (most recent call last):")
     pool = WarmPool(rt, size=1)

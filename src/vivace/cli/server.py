@@ -87,6 +87,14 @@ def server_stop() -> None:
     help="Generic containers kept started for fast starts (default runtime; 0: none).",
 )
 @click.option(
+    "--sandbox-pool",
+    type=click.IntRange(min=0, max=128),
+    default=None,
+    help="Sandboxes kept pre-created on the default sandbox runtime, for bursts of creates "
+    "(default: as --warm-pool; each holds one of the worker's 256 network slots and a running "
+    "container's memory).",
+)
+@click.option(
     "--layer-cache-gb",
     type=click.FloatRange(min=0.1),
     default=50.0,
@@ -103,6 +111,7 @@ def worker(
     runtimes: str | None,
     pids_limit: int,
     warm_pool: int,
+    sandbox_pool: int | None,
     layer_cache_gb: float,
 ) -> None:
     """Run a worker agent that executes containers for a control plane."""
@@ -125,6 +134,7 @@ def worker(
         runtimes=[r.strip() for r in runtimes.split(",") if r.strip()] if runtimes else None,
         pids_limit=pids_limit,
         warm_pool=warm_pool,
+        sandbox_pool=sandbox_pool,
         layer_cache_gb=layer_cache_gb,
     )
     try:

@@ -31,10 +31,12 @@ class LocalCluster:
         pids_limit: int | None = None,
         worker_env: dict[str, str] | None = None,
         warm_pool: int | None = None,
+        sandbox_pool: int | None = None,
         worker_user: int | None = None,
         worker_wrapper: list[str] | None = None,
     ) -> None:
         self.warm_pool = warm_pool
+        self.sandbox_pool = sandbox_pool
         self.worker_user = worker_user  # uid the worker runs as (None: this process's)
         self.worker_wrapper = worker_wrapper or []  # argv the worker runs under, as this process's user
         self.runtimes = runtimes
@@ -125,6 +127,8 @@ class LocalCluster:
             extra += ["--pids-limit", str(self.pids_limit)]
         if self.warm_pool is not None:
             extra += ["--warm-pool", str(self.warm_pool)]
+        if self.sandbox_pool is not None:
+            extra += ["--sandbox-pool", str(self.sandbox_pool)]
         switch: list[str] = []
         if self.worker_user is not None:  # its directory is its own; everything else it may only read
             import pwd

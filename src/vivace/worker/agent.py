@@ -54,6 +54,7 @@ class WorkerConfig:
     labels: dict[str, str] | None = None
     pids_limit: int | None = 4096
     warm_pool: int = 2  # generic containers kept started for the default runtime
+    sandbox_pool: int | None = None  # pre-created sandboxes on the default sandbox runtime (None: warm_pool)
     layer_cache_gb: float = DEFAULT_MAX_GB  # unpacked image layers kept beyond this are collected
 
 
@@ -217,17 +218,16 @@ class Agent:
         return self.runtimes[names[0]]
 
     def _start_warm_pool(self) -> None:
-        """Warm containers for functions (the default runtime) and sandboxes (the default sandbox
-        runtime), ``--warm-pool`` of each."""
-        if self.config.warm_pool <= 0:
-            return
+        """Warm containers for functions (the default runtime, ``--warm-pool``) and pre-created sandboxes
+        (the default sandbox runtime, ``--sandbox-pool``, else ``--warm-pool``)."""
         sandbox_rt = next((self.runtimes[n] for n in SANDBOX_DEFAULTS if n in self.runtimes), None)
-        for runtime, attr, what in ((self.default_runtime(), "warm", "containers"),
-                                    (sandbox_rt, "sandbox_warm", "sandboxes")):  # fmt: skip
+        sandboxes = self.config.warm_pool if self.config.sandbox_pool is None else self.config.sandbox_pool
+        for runtime, attr, what, size in ((self.default_runtime(), "warm", "containers", self.config.warm_pool),
+                                          (sandbox_rt, "sandbox_warm", "sandboxes", sandboxes)):  # fmt: skip
             pool = getattr(runtime, attr, None)
-            if runtime is None or pool is None:
+            if runtime is None or pool is None or size <= 0:
                 continue
-            pool.size = self.config.warm_pool
+            pool.size = size
             pool.fill()
             log.info("keeping %d warm %s %s", pool.size, runtime.name, what)
 

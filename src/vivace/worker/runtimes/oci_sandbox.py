@@ -27,6 +27,7 @@ log = logging.getLogger("vivace.worker")
 CLONE_NEWNET = 0x40000000
 # a warm sandbox's main process until it is taken: says it is ready, reads one line (unbuffered: what
 # follows on stdin is the sandbox's own) naming the command, its environment and directory, and execs it
+# (or, for a sandbox with no command, idles itself)
 _STUB = """
 import json, os, sys
 sys.stdout.write(%r + "\\n"); sys.stdout.flush()
@@ -37,6 +38,11 @@ while not line.endswith(b"\\n"):
         sys.exit(0)
     line += c
 m = json.loads(line)
+if m.get("idle"):  # no command: this process idles as the sandbox's PID 1 (no second interpreter start)
+    import signal
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        signal.pause()
 env = dict(os.environ); env.update(m["env"])
 if m["cwd"]:
     os.chdir(m["cwd"])
@@ -78,7 +84,8 @@ class SandboxOps:
             env.update(VIVACE_TASK_ID=spec.container_id, MODAL_TASK_ID=spec.container_id)
             argv = _process_args(spec)
             cwd = spec.cwd or handle.process.get("cwd")
-            line = json.dumps({"argv": argv, "env": env, "cwd": spec.cwd}).encode() + b"\n"
+            idle = not spec.command
+            line = json.dumps({"argv": argv, "env": env, "cwd": spec.cwd, "idle": idle}).encode() + b"\n"
             assert warm.proc.stdin is not None
             warm.proc.stdin.write(line)
             await warm.proc.stdin.drain()

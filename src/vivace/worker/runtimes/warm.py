@@ -60,6 +60,7 @@ class WarmPool:
     RETRY_AFTER = 5.0
     READY_TIMEOUT = 60.0
     REFILL_DELAY = 0.5  # a replacement starts once the container just handed over is up, not beside it
+    MAX_STARTING = 4  # warm starts in progress at once: a large pool fills without stalling the worker
 
     def __init__(self, runtime: OciRuntime, size: int = 0, *, sandbox: bool = False) -> None:
         self.runtime = runtime
@@ -113,13 +114,16 @@ class WarmPool:
             self.ready.remove(warm)
             self._spawn(_discard(warm))
 
-    def fill(self) -> None:
-        if self._closed or time.monotonic() - self._failed_at < self.RETRY_AFTER:
+    def fill(self, *, retrying: bool = False) -> None:
+        """Start what the pool lacks; after a failed start, only a retry (``retrying``) does, once
+        ``RETRY_AFTER`` has passed."""
+        if self._closed or (not retrying and time.monotonic() - self._failed_at < self.RETRY_AFTER):
             return
         wanted: list[tuple[tuple[str, ...] | None, int]] = [(None, self.size)]
         wanted += [(key, 1) for key in self.images] if self.size > 0 and not self.sandbox else []
         for key, count in wanted:
-            while sum(w.image == key for w in self.ready) + self._filling[key] < count:
+            while (sum(w.image == key for w in self.ready) + self._filling[key] < count
+                   and sum(self._filling.values()) < self.MAX_STARTING):  # fmt: skip
                 self._filling[key] += 1
                 self._spawn(self._make(key, self.images.get(key) if key is not None else None))
 
@@ -158,6 +162,7 @@ class WarmPool:
         log.info("warm %s container %s ready%s in %.0f ms", self.runtime.name, warm.name, on,
                  (time.monotonic() - started) * 1000)  # fmt: skip
         self._spawn(self._watch(warm))
+        self.fill()  # the next, if the pool is not full yet
 
     async def _until_ready(self, warm: WarmContainer) -> None:
         """Its runtime says so on stdout once it has imported what it needs; anything else is a failure."""
@@ -179,8 +184,9 @@ class WarmPool:
             raise RuntimeError(f"it did not start: {(line + err).decode(errors='replace').strip()[-500:]}")
 
     async def _refill_later(self, delay: float | None = None) -> None:
+        # the loop may wake a timer a clock tick early: a retry must not find itself still throttled
         await asyncio.sleep(self.RETRY_AFTER if delay is None else delay)
-        self.fill()
+        self.fill(retrying=delay is None)
 
     async def _watch(self, warm: WarmContainer) -> None:
         await warm.proc.wait()
