@@ -380,10 +380,12 @@ class SandboxFilesystem:
 
 
 class Tunnel:
-    """A way in to a port of a sandbox: ``url`` is an HTTP URL through the control plane (TLS where the
-    control plane has it); ``host`` and ``port`` are the URL's."""
+    """A way in to a port of a sandbox. ``url`` is an HTTP URL through the control plane (TLS where the
+    control plane has it); ``host`` and ``port`` are the URL's. For ``unencrypted_ports``, ``tcp_socket``
+    (``unencrypted_host``, ``unencrypted_port``) is an address on the control plane whose TCP connections
+    reach the port, byte for byte."""
 
-    def __init__(self, container_port: int, url: str) -> None:
+    def __init__(self, container_port: int, url: str, tcp: tuple[str, int] | None = None) -> None:
         from urllib.parse import urlsplit
 
         self.container_port = container_port
@@ -391,6 +393,8 @@ class Tunnel:
         parts = urlsplit(url)
         self.host = parts.hostname or ""
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.unencrypted_host: str | None = tcp[0] if tcp is not None else None
+        self.unencrypted_port: int | None = tcp[1] if tcp is not None else None
 
     @property
     def tls_socket(self) -> tuple[str, int]:
@@ -398,10 +402,15 @@ class Tunnel:
 
     @property
     def tcp_socket(self) -> tuple[str, int]:
-        raise exc.NotImplementedYetError("raw TCP tunnels are not supported yet: use Tunnel.url (HTTP)")
+        if self.unencrypted_host is None or self.unencrypted_port is None:
+            raise exc.InvalidError(
+                f"port {self.container_port} has no raw TCP tunnel: pass it in Sandbox.create(unencrypted_ports=...)"
+            )
+        return self.unencrypted_host, self.unencrypted_port
 
     def __repr__(self) -> str:
-        return f"Tunnel(port={self.container_port}, url={self.url!r})"
+        tcp = f", tcp={self.unencrypted_host}:{self.unencrypted_port}" if self.unencrypted_host else ""
+        return f"Tunnel(port={self.container_port}, url={self.url!r}{tcp})"
 
 
 # -- the sandbox -------------------------------------------------------------------------------------
@@ -487,6 +496,7 @@ class Sandbox:
         allow = None if outbound_cidr_allowlist is None else list(outbound_cidr_allowlist)
         settings = {
             "ports": sorted({*encrypted_ports, *unencrypted_ports}),
+            "tcp_ports": sorted(set(unencrypted_ports)),
             "command": list(args),
             "workdir": workdir,
             "idle_timeout": idle_timeout,
@@ -698,11 +708,17 @@ class Sandbox:
     @synchronized
     async def tunnels(self, timeout: int = 50) -> dict[int, Tunnel]:
         """Port -> ``Tunnel`` for the ports given at create (``encrypted_ports``, ``unencrypted_ports``):
-        an HTTP URL through the control plane that reaches the port inside the sandbox. Anyone with the
-        URL can use it (its unguessable token is the credential)."""
+        an HTTP URL through the control plane that reaches the port inside the sandbox, and for
+        ``unencrypted_ports`` a raw TCP address on the control plane too (``Tunnel.tcp_socket``). Anyone
+        with the URL or the address can use it (it is the credential)."""
         api = await get_client()
         found = (await api.get_json(f"/v1/sandboxes/{self.object_id}/tunnels"))["tunnels"]
-        return {int(p): Tunnel(int(p), t["url"]) for p, t in found.items()}
+        return {
+            int(p): Tunnel(
+                int(p), t["url"], (t["tcp"]["host"], int(t["tcp"]["port"])) if t.get("tcp") else None
+            )
+            for p, t in found.items()
+        }
 
     @synchronized
     async def snapshot_filesystem(self, timeout: int = 55) -> Any:

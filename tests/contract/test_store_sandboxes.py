@@ -126,3 +126,29 @@ def test_the_scheduler_places_sandboxes_only_on_workers_with_a_sandbox_runtime(h
 )
 def test_outcome_names_how_a_sandbox_ended(code: int | None, reason: str, result: str) -> None:
     assert svc.outcome(code, reason) == result
+
+
+def test_tunnels_record_which_ports_are_raw_tcp_and_where_they_listen(h: Any) -> None:
+    app_id = _app(h)
+    spec = FunctionSpec(
+        name="sandbox",
+        module="__sandbox__",
+        qualname="sandbox",
+        sandbox={"command": [], "ports": [8000, 7000], "tcp_ports": [7000]},
+    )
+    made = dict(h.w(lambda tx: svc.create(tx, app_id, spec, None, {})))
+    sid = made["sandbox_id"]
+    found = h.w(lambda tx: svc.tunnels(tx, sid))
+    assert {p: (tcp, listen) for p, (_, tcp, listen) in found.items()} == {
+        8000: (False, None),
+        7000: (True, None),
+    }
+    token = found[7000][0]
+    assert len(token) >= 32 and token != found[8000][0]
+    h.w(lambda tx: svc.set_listen_port(tx, token, 41234))
+    assert h.w(lambda tx: svc.tunnels(tx, sid))[7000][2] == 41234
+    assert h.w(lambda tx: svc.tunnel(tx, token)) == (sid, 7000)
+    other = _create(h, app_id)["sandbox_id"]
+    assert h.w(lambda tx: svc.running(tx, [sid, other, "sb-missing"])) == {sid, other}
+    h.w(lambda tx: svc.terminate(tx, sid))
+    assert h.w(lambda tx: svc.running(tx, [sid, other])) == {other}

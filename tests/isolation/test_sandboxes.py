@@ -3,6 +3,7 @@ binary and very large output, files, names and tags, timeouts, OOM, termination,
 the worker afterwards."""
 
 import hashlib
+import os
 import threading
 import time
 
@@ -395,6 +396,81 @@ def test_tunnels_reach_a_port_inside_the_sandbox(env):
         assert r.status_code == 502 and "port 9000" in r.text
     finally:
         no_server.terminate()
+
+
+TCP_SERVER = """
+import hashlib, socket, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('127.0.0.1', 7000)); s.listen(8)
+def serve(c):
+    c.sendall(b'hi\\n')
+    h, n = hashlib.sha256(), 0
+    while data := c.recv(65536):
+        h.update(data); n += len(data)
+    c.sendall(f'{n} {h.hexdigest()}'.encode())  # after the client's half-close
+    c.close()
+while True:
+    threading.Thread(target=serve, args=(s.accept()[0],)).start()
+"""
+
+
+def _tcp_round_trip(address, payload: bytes) -> tuple[bytes, bytes]:
+    """Connect, read the greeting, send ``payload``, half-close, read the answer to the end."""
+    import socket
+
+    with socket.create_connection(address, timeout=30) as c:
+        greeting = b""
+        while not greeting.endswith(b"\n"):
+            greeting += c.recv(1)
+        c.sendall(payload)
+        c.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := c.recv(65536):
+            answer += chunk
+    return greeting, answer
+
+
+def test_raw_tcp_tunnels_for_unencrypted_ports(env):
+    import concurrent.futures
+    import socket
+
+    _, app, _ = env
+    sb = vivace.Sandbox.create(
+        PY, "-c", TCP_SERVER, app=app, unencrypted_ports=[7000], encrypted_ports=[8000],
+        readiness_probe=vivace.Probe.with_tcp(7000),
+    )  # fmt: skip
+    try:
+        sb.wait_until_ready(timeout=60)
+        tunnels = sb.tunnels()
+        with pytest.raises(exc.InvalidError, match="unencrypted_ports"):
+            tunnels[8000].tcp_socket  # noqa: B018 (an HTTP tunnel only)
+        address = tunnels[7000].tcp_socket
+        assert address[0] == "127.0.0.1" and address[1] > 0
+        assert sb.tunnels()[7000].tcp_socket == address  # the same listener each time
+        payloads = [os.urandom(3 << 20), b"", os.urandom(1000)]  # binary, empty, small: at once
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            results = list(pool.map(lambda p: _tcp_round_trip(address, p), payloads))
+        for payload, (greeting, answer) in zip(payloads, results, strict=True):
+            assert greeting == b"hi\n"
+            assert answer == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}".encode()
+    finally:
+        sb.terminate()
+
+    def closed() -> bool:
+        try:
+            socket.create_connection(address, timeout=2).close()
+        except ConnectionRefusedError:
+            return True
+        return False
+
+    wait_for(closed, "the tunnel's listener to close after the sandbox stopped", 30)
+
+    nothing = vivace.Sandbox.create(app=app, unencrypted_ports=[7001])
+    try:  # nothing listens there: the connection is accepted, then closed without data
+        with socket.create_connection(nothing.tunnels()[7001].tcp_socket, timeout=30) as c:
+            assert c.recv(10) == b""
+    finally:
+        nothing.terminate()
 
 
 def test_exec_on_a_terminal(sb):

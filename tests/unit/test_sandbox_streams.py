@@ -115,6 +115,7 @@ def test_stdin_writes_are_idempotent_by_offset() -> None:
         ({"workdir": "tmp"}, "absolute"),
         ({"cidr_allowlist": ["999.0.0.0/8"]}, "CIDR"),
         ({"ports": [0]}, "port"),
+        ({"ports": [80], "tcp_ports": [81]}, "some of ports"),
         ({"surprise": 1}, "unknown"),
     ],
 )

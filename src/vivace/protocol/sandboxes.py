@@ -90,10 +90,13 @@ def check_ports(value: Any, what: str) -> List[int]:
 
 def check_settings(raw: Any) -> Dict[str, Any]:
     """``FunctionSpec.sandbox``: ``command`` (empty: idle), ``workdir``, ``idle_timeout``,
-    ``cidr_allowlist`` (None: open; [] with block_network), ``ports``."""
+    ``cidr_allowlist`` (None: open; [] with block_network), ``ports`` (each gets an HTTP tunnel),
+    ``tcp_ports`` (those of ``ports`` that also get a raw TCP tunnel: ``unencrypted_ports``)."""
     if not isinstance(raw, dict):
         raise SandboxSpecError("sandbox settings must be an object")
-    unknown = sorted(set(raw) - {"command", "workdir", "idle_timeout", "cidr_allowlist", "ports", "pty"})
+    unknown = sorted(
+        set(raw) - {"command", "workdir", "idle_timeout", "cidr_allowlist", "ports", "tcp_ports", "pty"}
+    )
     if unknown:
         raise SandboxSpecError(f"unknown sandbox settings: {', '.join(unknown)}")
     idle = raw.get("idle_timeout")
@@ -101,12 +104,17 @@ def check_settings(raw: Any) -> Dict[str, Any]:
         isinstance(idle, bool) or not isinstance(idle, (int, float)) or not 1 <= idle <= MAX_TIMEOUT
     ):
         raise SandboxSpecError(f"idle_timeout must be from 1 to {MAX_TIMEOUT} seconds, got {idle!r}")
+    ports = check_ports(raw.get("ports"), "ports")
+    tcp_ports = check_ports(raw.get("tcp_ports"), "tcp_ports")
+    if not set(tcp_ports) <= set(ports):
+        raise SandboxSpecError("tcp_ports must be some of ports")
     return {
         "command": check_argv(raw.get("command", []), "the sandbox's command", allow_empty=True),
         "workdir": check_workdir(raw.get("workdir")),
         "idle_timeout": idle,
         "cidr_allowlist": check_cidrs(raw.get("cidr_allowlist")),
-        "ports": check_ports(raw.get("ports"), "ports"),
+        "ports": ports,
+        "tcp_ports": tcp_ports,
         "pty": _flag(raw.get("pty", False), "pty"),
     }
 

@@ -16,6 +16,8 @@ class ServerConfig:
     # the key that seals secrets' values when VIVACE_SECRET_KEY is not set (default: secret.key in the
     # server's home, the directory that holds blob_dir)
     secret_key_file: str = ""
+    # the address raw TCP tunnels (a sandbox's unencrypted_ports) listen on: the API's own by default
+    tunnel_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if not self.secret_key_file:

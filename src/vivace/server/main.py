@@ -67,7 +67,9 @@ def serve(
     # thread waiting for the GIL adds milliseconds to every request
     sys.setswitchinterval(0.0002)
     config = ServerConfig(
-        store_url=store_url or f"sqlite:///{home / 'vivace.db'}", blob_dir=str(home / "blobs")
+        store_url=store_url or f"sqlite:///{home / 'vivace.db'}",
+        blob_dir=str(home / "blobs"),
+        tunnel_host=host,
     )
     if os.environ.get("VIVACE_APP_HEARTBEAT_TIMEOUT"):
         config.app_heartbeat_timeout = float(os.environ["VIVACE_APP_HEARTBEAT_TIMEOUT"])

@@ -41,6 +41,7 @@ class ControlPlane:
         self.container_scopes: dict[str, tuple[str, str, bool]] = {}
         self.ready_containers: set[str] = set()  # containers whose first lease (their ready mark) is stored
         self._tasks: list[asyncio.Task[None]] = []
+        self.tcp_tunnels: Any = None  # server.tcp_tunnels.TcpTunnels, made when a first one is asked for
 
     async def start(self) -> None:
         await asyncio.to_thread(self.store.start)
@@ -64,6 +65,8 @@ class ControlPlane:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
+        if self.tcp_tunnels is not None:
+            await self.tcp_tunnels.close()
         if self.notifier.bus is not None:
             bus, self.notifier.bus = self.notifier.bus, None
             await asyncio.to_thread(bus.close)

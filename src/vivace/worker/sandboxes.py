@@ -115,6 +115,7 @@ class SandboxProcess:
         self.stdin_offset = 0
         self.returncode: int | None = None
         self.socket: Any = None  # a tunnel connection's socket (kept alive with it)
+        self.writer: asyncio.StreamWriter | None = None  # a tunnel connection's (open after a half-close)
         self.done = asyncio.Event()
         self.tasks: list[asyncio.Task[Any]] = []
 
@@ -138,7 +139,10 @@ class SandboxProcess:
                 await self.stdin.drain()
                 self.stdin_offset += len(data)
             if eof:
-                self.stdin.close()
+                if self.socket is not None and self.stdin.can_write_eof():
+                    self.stdin.write_eof()  # a tunnel's connection: half-closed, its answer still comes
+                else:
+                    self.stdin.close()
                 self.stdin = None
         except (BrokenPipeError, ConnectionResetError, RuntimeError):  # RuntimeError: a closed transport
             self.stdin = None
@@ -326,8 +330,8 @@ class SandboxSupervisor(ContainerSupervisor):
             return {"process_id": await self.connect(int(msg["port"]))}, []
         if kind == "sb_close":
             proc = self.procs.get(str(msg.get("process_id")))
-            if proc is not None and proc.pid.startswith("tc-") and proc.stdin is not None:
-                proc.stdin.close()
+            if proc is not None and proc.pid.startswith("tc-") and proc.writer is not None:
+                proc.writer.close()
                 proc.stdin = None
             return {}, []
         if kind == "sb_snapshot":
@@ -436,6 +440,7 @@ class SandboxSupervisor(ContainerSupervisor):
         pid = f"tc-{self._execs}"
         conn = SandboxProcess(pid, writer, drop=False)
         conn.socket = sock  # the loop's transport uses its descriptor: collecting it would close that
+        conn.writer = writer
         conn.streams["stderr"].eof = True  # a connection has one stream back
         self.procs[pid] = conn
 
@@ -443,8 +448,8 @@ class SandboxSupervisor(ContainerSupervisor):
             try:
                 await conn.streams["stdout"].pump(reader, None)
             finally:
-                if conn.stdin is not None:
-                    conn.stdin.close()
+                writer.close()
+                conn.stdin = None
                 conn.socket.close()
                 conn.finish(0)
 

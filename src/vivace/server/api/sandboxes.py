@@ -322,11 +322,39 @@ async def snapshot_sandbox(request: Request) -> Response:
 
 @route(kinds=USERS)
 async def sandbox_tunnels(request: Request) -> Response:
-    """The sandbox's tunnels: for each port, a URL through this control plane that reaches it."""
+    """The sandbox's tunnels: for each port, a URL through this control plane that reaches it, and for
+    its ``unencrypted_ports`` an address on this control plane whose connections reach it (``tcp``)."""
     info = await _info(request)
-    found = await plane_of(request).store.read(lambda tx: svc.tunnels(tx, info["sandbox_id"]))
+    plane = plane_of(request)
+    sid = info["sandbox_id"]
+    found = await plane.store.read(lambda tx: svc.tunnels(tx, sid))
     base = str(request.base_url).rstrip("/")
-    return JSONResponse({"tunnels": {str(p): {"port": p, "url": f"{base}/t/{t}/"} for p, t in found.items()}})
+    host = plane.config.tunnel_host
+    if host in ("", "0.0.0.0", "::"):  # listening everywhere: the address the client reached us on
+        host = request.url.hostname or "127.0.0.1"
+    out = {}
+    for port, (token, tcp, listen) in found.items():
+        out[str(port)] = {"port": port, "url": f"{base}/t/{token}/", "tcp": None}
+        if tcp and info["state"] in ("pending", "assigned", "running"):
+            opened = await _tcp_tunnels(plane).ensure(token, sid, listen)
+            if opened != listen:
+                await plane.store.write(functools.partial(svc.set_listen_port, token=token, port=opened))
+            out[str(port)]["tcp"] = {"host": host, "port": opened}
+    return JSONResponse({"tunnels": out})
+
+
+def _tcp_tunnels(plane: Any) -> Any:
+    from vivace.server.tcp_tunnels import TcpTunnels
+
+    if plane.tcp_tunnels is None:
+
+        async def running(ids: list[str]) -> set[str]:
+            return await plane.store.read(functools.partial(svc.running, sandbox_ids=ids))  # type: ignore[no-any-return]
+
+        plane.tcp_tunnels = TcpTunnels(
+            plane.config.tunnel_host, functools.partial(_tunnel_target, plane), running
+        )
+    return plane.tcp_tunnels
 
 
 async def tunnel_proxy(request: Request) -> Response:
@@ -337,15 +365,14 @@ async def tunnel_proxy(request: Request) -> Response:
     from vivace.server.api.tunnels import proxy
 
     try:
-        return await proxy(request, _tunnel_target)
+        return await proxy(request, lambda r: _tunnel_target(plane_of(r), r.path_params["token"]))
     except ApiError as err:
         return problem(err)
 
 
-async def _tunnel_target(request: Request) -> tuple[Any, str, int]:
-    """(the worker's channel, the sandbox's container, the port) for the request's tunnel token."""
-    plane = plane_of(request)
-    sid, port = await plane.store.read(functools.partial(svc.tunnel, token=request.path_params["token"]))
+async def _tunnel_target(plane: Any, token: str) -> tuple[Any, str, int]:
+    """(the worker's channel, the sandbox's container, the port) for a tunnel's token."""
+    sid, port = await plane.store.read(functools.partial(svc.tunnel, token=token))
     info = await _started(plane, await plane.store.read(functools.partial(svc.get, sandbox_id=sid)))
     if info["state"] != "running":
         raise ApiError(f"the tunnel's sandbox is {info['state']}", code="sandbox_not_running", status=502)

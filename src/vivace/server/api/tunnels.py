@@ -62,6 +62,14 @@ class _Conn:
                 raise TunnelError(f"the sandbox's connection failed: {reply['error']}")
             self.sent += len(chunk)
 
+    async def send_eof(self) -> None:
+        """Half-close: the sandbox's server reads an end of file and may still answer."""
+        reply: dict[str, Any] = await self.chan.request(
+            {"type": "sb_write", "offset": self.sent, "eof": True, "container_id": self.cid,
+             "process_id": self.pid}, 60)  # fmt: skip
+        if reply.get("error") and reply.get("code") != "stdin_closed":
+            raise TunnelError(f"the sandbox's connection failed: {reply['error']}")
+
     async def recv(self) -> bytes:
         """The next bytes from the sandbox; b"" once it closed the connection."""
         while True:

@@ -50,19 +50,37 @@ def create(tx: Tx, app_id: str, spec: FunctionSpec, name: str | None, tags: dict
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (sid, app_id, fid, cid, name, name, json.dumps(tags), tx.now),
     )
+    tcp = set((spec.sandbox or {}).get("tcp_ports") or [])
     for port in (spec.sandbox or {}).get("ports") or []:
         tx.execute(
-            "INSERT INTO sandbox_tunnels (token, sandbox_id, port) VALUES (?, ?, ?)",
-            (secrets.token_urlsafe(24), sid, int(port)),
+            "INSERT INTO sandbox_tunnels (token, sandbox_id, port, tcp) VALUES (?, ?, ?, ?)",
+            (secrets.token_urlsafe(24), sid, int(port), int(port in tcp)),
         )
     return {"sandbox_id": sid, "container_id": cid, "app_id": app_id}
 
 
-def tunnels(tx: Tx, sandbox_id: str) -> dict[int, str]:
-    """Port -> token of the sandbox's tunnels."""
+def tunnels(tx: Tx, sandbox_id: str) -> dict[int, tuple[str, bool, int | None]]:
+    """Port -> (token, whether it is also a raw TCP tunnel, the port last listened on for it)."""
     get(tx, sandbox_id)
-    rows = tx.fetchall("SELECT port, token FROM sandbox_tunnels WHERE sandbox_id = ?", (sandbox_id,))
-    return {int(port): str(token) for port, token in rows}
+    rows = tx.fetchall(
+        "SELECT port, token, tcp, listen_port FROM sandbox_tunnels WHERE sandbox_id = ?", (sandbox_id,)
+    )
+    return {int(port): (str(token), bool(tcp), listen) for port, token, tcp, listen in rows}
+
+
+def set_listen_port(tx: Tx, token: str, port: int) -> None:
+    tx.execute("UPDATE sandbox_tunnels SET listen_port = ? WHERE token = ?", (port, token))
+
+
+def running(tx: Tx, sandbox_ids: list[str]) -> set[str]:
+    """Those of the sandboxes whose container has not stopped."""
+    marks = ", ".join("?" for _ in sandbox_ids)
+    rows = tx.fetchall(
+        "SELECT s.id FROM sandboxes s JOIN containers c ON c.id = s.container_id "
+        f"WHERE s.id IN ({marks}) AND c.state <> 'stopped'",
+        tuple(sandbox_ids),
+    )
+    return {str(r[0]) for r in rows}
 
 
 def tunnel(tx: Tx, token: str) -> tuple[str, int]:

@@ -151,6 +151,12 @@ MIGRATIONS: list[list[str]] = [
             token TEXT PRIMARY KEY, sandbox_id TEXT NOT NULL, port INTEGER NOT NULL)""",
         "CREATE INDEX sandbox_tunnels_sandbox ON sandbox_tunnels(sandbox_id)",
     ],
+    [
+        # raw TCP tunnels (unencrypted_ports): tcp = 1, and the port a control plane listens on for it
+        # (reopened there after a restart when free)
+        "ALTER TABLE sandbox_tunnels ADD COLUMN tcp INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE sandbox_tunnels ADD COLUMN listen_port INTEGER",
+    ],
 ]
 
 
