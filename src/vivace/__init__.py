@@ -16,18 +16,21 @@ from vivace.queue import Queue
 from vivace.retries import Retries
 from vivace.runtime_api import current_function_call_id, current_input_id, is_local
 from vivace.sandbox import Probe, Sandbox
+from vivace.schedule import Cron, Period
 from vivace.secret import Secret
 from vivace.volume import Volume
 
 __all__ = [
     "App",
     "Cls",
+    "Cron",
     "Dict",
     "Error",
     "Function",
     "FunctionCall",
     "Image",
     "Obj",
+    "Period",
     "Probe",
     "Queue",
     "Retries",

@@ -112,7 +112,9 @@ class App:
         if _warn_parentheses_missing is not None:
             raise exc.InvalidError("use @app.function() with parentheses")
         params.reject_unknown(kwargs, "@app.function()")
-        params.check_not_yet("schedule", schedule)
+        from vivace.schedule import schedule_spec
+
+        schedule_fields = schedule_spec(schedule)
         settings = _settings(locals())
         if name is not None and (not isinstance(name, str) or not name):
             raise exc.InvalidError("name must be a non-empty string")
@@ -137,7 +139,12 @@ class App:
             fields = _modifier_fields(f, fname)
             if gen and fields.get("batch_max_size"):
                 raise exc.InvalidError(f"{fname}: a batched function cannot be a generator")
-            spec = self._spec(f, fname, settings, is_generator=gen, **fields)
+            if schedule_fields is not None and _required_parameters(f):
+                raise exc.InvalidError(
+                    f"{fname} has a schedule, so the control plane calls it with no arguments: "
+                    f"it must not require any ({', '.join(_required_parameters(f))})"
+                )
+            spec = self._spec(f, fname, settings, is_generator=gen, schedule=schedule_fields, **fields)
             fn = Function(self, f, spec)
             fn._image = _image_arg(image)
             fn._storage = {"secrets": settings["secrets"], "volumes": settings["volumes"]}
@@ -455,6 +462,18 @@ def _image_arg(image: Any) -> Any:
     if image is not None and not isinstance(image, Image):
         raise exc.InvalidError(f"image must be a vivace.Image, got {type(image).__name__}")
     return image
+
+
+def _required_parameters(f: Callable[..., Any]) -> list[str]:
+    try:
+        sig = inspect.signature(f)
+    except (TypeError, ValueError):
+        return []
+    return [
+        p.name
+        for p in sig.parameters.values()
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
 
 
 def _settings(p: dict[str, Any]) -> dict[str, Any]:

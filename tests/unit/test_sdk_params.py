@@ -65,7 +65,6 @@ def test_bad_parameters_are_typed_errors(kw, match):
 @pytest.mark.parametrize(
     "kw",
     [
-        {"schedule": object()},
         {"cloud": "aws"},
         {"region": "us"},
         {"nonpreemptible": True},

@@ -47,6 +47,17 @@ def app_stop(app_ref: str) -> None:
     click.echo(f"Stopped {res['app_id']}")
 
 
+@app.command("schedules")
+@click.argument("app_ref")
+def app_schedules(app_ref: str) -> None:
+    """The app's scheduled functions: schedule, last run and next run (local time)."""
+    rows = _api("GET", f"/v1/apps/{app_ref}/schedules")["schedules"]
+    for r in rows:
+        s = r["schedule"]
+        r["schedule"] = f"cron {s['cron']} ({s['timezone']})" if "cron" in s else f"every {s['period']:g} s"
+    echo_table(rows, ["name", "schedule", "last_tick", "next_run"], {"last_tick": _ts, "next_run": _ts})
+
+
 def _follow(params: dict[str, Any], follow: bool) -> None:
     cursor = 0
     while True:

@@ -29,6 +29,7 @@ class CallKind(str, enum.Enum):
     MAP = "map"
     SPAWN = "spawn"
     GENERATOR = "generator"
+    SCHEDULE = "schedule"  # fired by the control plane for a function's schedule
 
 
 def input_id(seq: int) -> str:

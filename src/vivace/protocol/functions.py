@@ -90,6 +90,8 @@ class FunctionSpec:
     volumes: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     # a sandbox's own settings (protocol/sandboxes.py): its container runs their command, not functions
     sandbox: Optional[Dict[str, Any]] = None
+    # when the control plane calls it with no arguments (protocol/schedules.py): cron or period
+    schedule: Optional[Dict[str, Any]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -172,6 +174,13 @@ class FunctionSpec:
             try:
                 object.__setattr__(self, "sandbox", check_settings(self.sandbox))
             except SandboxSpecError as err:
+                raise SpecError(str(err)) from None
+        if self.schedule is not None:
+            from vivace.protocol.schedules import ScheduleError, check_schedule
+
+            try:
+                object.__setattr__(self, "schedule", check_schedule(self.schedule))
+            except ScheduleError as err:
                 raise SpecError(str(err)) from None
         if self.image_mounts and self.image_id is None:
             raise SpecError("image_mounts attach files over an image: image_id is required")

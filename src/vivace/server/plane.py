@@ -55,7 +55,9 @@ class ControlPlane:
             bus = PgWakeBus(self.config.store_url, self.notifier.from_peer, asyncio.get_running_loop())
             await asyncio.to_thread(bus.start)
             self.notifier.bus = bus
-        for loop in (self._autoscale_loop, self._reap_loop, self._image_gc_loop, self._storage_gc_loop):
+        loops = (self._autoscale_loop, self._reap_loop, self._image_gc_loop, self._storage_gc_loop,
+                 self._schedule_loop)  # fmt: skip
+        for loop in loops:
             self._tasks.append(asyncio.create_task(loop()))
 
     async def stop(self) -> None:
@@ -152,6 +154,22 @@ class ControlPlane:
         for app_id in lapsed:
             log.info("app %s stopped: its client stopped sending heartbeats", app_id)
             await self.stop_app(app_id, "client disconnected")
+
+    async def _schedule_loop(self) -> None:
+        from vivace.server.services import schedules
+
+        while True:
+            try:
+                fired = await self.store.write(schedules.fire_due)
+            except Exception:
+                log.exception("schedule tick failed")
+                fired = []
+            for fid, call_id, tick in fired:
+                log.info("schedule of function %s fired call %s (tick %s)", fid, call_id,
+                         time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(tick)))  # fmt: skip
+            if fired:
+                self.inputs_changed(*{fid for fid, _, _ in fired})
+            await asyncio.sleep(self.config.tick)
 
     async def _image_gc_loop(self) -> None:
         while True:

@@ -44,6 +44,14 @@ ROUTES: list[tuple[str, str, Any, str | None, str, str]] = [
     ),
     ("POST", "/v1/apps/{app_id}/stop", resources.stop_app, None, "json", "Stop an app and its containers"),
     (
+        "GET",
+        "/v1/apps/{app_id}/schedules",
+        resources.app_schedules,
+        None,
+        "json",
+        "An app's scheduled functions and their next runs",
+    ),
+    (
         "POST",
         "/v1/apps/{app_id}/functions",
         resources.register_function,

@@ -91,6 +91,18 @@ async def stop_app(request: Request) -> Response:
 
 
 @route()
+async def app_schedules(request: Request) -> Response:
+    """The app's scheduled functions: each one's schedule, last tick fired and next run."""
+    from vivace.server.services import schedules
+
+    plane = plane_of(request)
+    ref = request.path_params["app_id"]
+    app_id = await plane.store.read(lambda tx: apps.find_app(tx, ref))
+    rows = await plane.store.read(lambda tx: schedules.upcoming(tx, app_id))
+    return JSONResponse({"app_id": app_id, "schedules": rows})
+
+
+@route()
 async def register_function(request: Request) -> Response:
     """Frames: header ``{"spec": {...}}``, optional payload: the cloudpickled function (serialized=True)."""
     app_id = request.path_params["app_id"]

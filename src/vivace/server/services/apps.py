@@ -77,14 +77,16 @@ def register_function(
     if state not in LIVE_STATES:
         raise Gone(f"app {app_id} has stopped")
     spec_json = json.dumps(spec.to_dict(), sort_keys=True)
+    schedule = json.dumps(spec.schedule, sort_keys=True) if spec.schedule is not None else None
     row = tx.fetchone(
         "SELECT id, spec, definition FROM functions WHERE app_id = ? AND name = ?", (app_id, spec.name)
     )
     if row is None:
         fid = ids.new_id(ids.FUNCTION)
         tx.execute(
-            "INSERT INTO functions (id, app_id, name, spec, definition, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (fid, app_id, spec.name, spec_json, definition, tx.now),
+            "INSERT INTO functions (id, app_id, name, spec, definition, created_at, schedule) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (fid, app_id, spec.name, spec_json, definition, tx.now, schedule),
         )
         return fid, []
     fid = row[0]
@@ -93,8 +95,9 @@ def register_function(
         tx.execute("UPDATE functions SET active = 1 WHERE id = ? AND active = 0", (fid,))
         return fid, []
     tx.execute(
-        "UPDATE functions SET spec = ?, definition = ?, active = 1, start_failures = 0 WHERE id = ?",
-        (spec_json, definition, fid),
+        "UPDATE functions SET spec = ?, definition = ?, active = 1, start_failures = 0, schedule = ? "
+        "WHERE id = ?",
+        (spec_json, definition, schedule, fid),
     )
     stale = tx.fetchall("SELECT id FROM containers WHERE function_id = ? AND state <> 'stopped'", (fid,))
     stale_ids = [r[0] for r in stale]

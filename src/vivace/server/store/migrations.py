@@ -157,6 +157,15 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE sandbox_tunnels ADD COLUMN tcp INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE sandbox_tunnels ADD COLUMN listen_port INTEGER",
     ],
+    [
+        # a function's schedule (FunctionSpec.schedule as JSON; NULL: none), for the schedule loop's query
+        "ALTER TABLE functions ADD COLUMN schedule TEXT",
+        # one row per (function, tick) fired: the unique key makes each tick fire once, across replicas
+        # and restarts; call_id is the call it made
+        """CREATE TABLE schedule_ticks (
+            function_id TEXT NOT NULL, tick_at {DOUBLE} NOT NULL, call_id TEXT NOT NULL,
+            created_at {DOUBLE} NOT NULL, PRIMARY KEY (function_id, tick_at))""",
+    ],
 ]
 
 
