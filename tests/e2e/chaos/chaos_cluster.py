@@ -78,8 +78,10 @@ def _alive(pid: int) -> bool:
 class Cluster:
     """One control plane (``vivace server``), optionally one worker, and client scripts, all as processes."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, store_url: str | None = None, env: dict[str, str] | None = None) -> None:
         self.home = home
+        self.store_url = store_url  # None: SQLite in home; a postgresql:// URL for replicas on one database
+        self.extra_env = env or {}  # added to the server's environment (VIVACE_SECRET_KEY for replicas)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.logs = home / "logs"
@@ -109,9 +111,11 @@ class Cluster:
     def start_server(self, timeout: float = 30.0) -> None:
         assert self.server is None or self.server.poll() is not None, "the server is already running"
         self.server_starts += 1
+        store = ["--store", self.store_url] if self.store_url else []
         self.server = self._spawn(
-            [*VIVACE, "server", "--home", str(self.home), "--port", str(self.port)],
+            [*VIVACE, "server", "--home", str(self.home), "--port", str(self.port), *store],
             f"server-{self.server_starts}.log",
+            env={**_clean_env(), **self.extra_env},
         )
 
         def up() -> bool:
