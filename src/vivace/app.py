@@ -66,6 +66,7 @@ class App:
         self.registered_classes: dict[str, Any] = {}  # name -> Cls
         self.local_entrypoints: dict[str, LocalEntrypoint] = {}
         self.app_id: str | None = None
+        self.version: int | None = None  # after deploy(): the app's version that deploy made
         self._heartbeat: asyncio.Task[None] | None = None
         self._log_task: asyncio.Task[None] | None = None
         self._log_cursor = 0
@@ -292,7 +293,16 @@ class App:
             raise exc.InvalidError("a deployed app needs a name: App('name') or deploy(name=...)")
         run_sync(self._start("deployed", False))
         run_sync(self._finish(stop=False))
+        self.version = run_sync(self._record_deploy())
         return self
+
+    async def _record_deploy(self) -> int:
+        """The deploy's functions, recorded as the app's next version (the ones it no longer has retire)."""
+        fids = [fn._function_id for fn in self.registered_functions.values() if fn._function_id]
+        res = await (await get_client()).post_json(
+            f"/v1/apps/{self.app_id}/deployments", {"function_ids": fids}
+        )
+        return int(res["version"])
 
     def stop(self) -> None:
         """Stop the app and its containers."""

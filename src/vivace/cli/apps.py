@@ -47,6 +47,27 @@ def app_stop(app_ref: str) -> None:
     click.echo(f"Stopped {res['app_id']}")
 
 
+@app.command("history")
+@click.argument("app_ref")
+def app_history(app_ref: str) -> None:
+    """The app's deploys, newest first (the newest 20 are kept)."""
+    rows = _api("GET", f"/v1/apps/{app_ref}/versions")["versions"]
+    for r in rows:
+        r["functions"] = ", ".join(r["functions"])
+    echo_table(rows, ["version", "created_at", "functions", "note"], {"created_at": _ts})
+
+
+@app.command("rollback")
+@click.argument("app_ref")
+@click.argument("version", type=click.IntRange(min=1), required=False)
+def app_rollback(app_ref: str, version: int | None) -> None:
+    """Deploy VERSION of the app again (default: the one before the current), as a new version."""
+    res = _api("POST", f"/v1/apps/{app_ref}/rollback", json_body={"version": version})
+    click.echo(
+        f"Rolled {res['app_id']} back to version {res['rolled_back_to']} (now version {res['version']})"
+    )
+
+
 @app.command("schedules")
 @click.argument("app_ref")
 def app_schedules(app_ref: str) -> None:

@@ -146,7 +146,7 @@ def deploy(ref: str, name: str | None) -> None:
     """Deploy an app so its functions can be called by name."""
     module, app, _ = load_app(ref)
     app.deploy(name or app.name or module.__name__)
-    click.echo(f"Deployed app {app.name!r} ({app.app_id}) with functions:")
+    click.echo(f"Deployed app {app.name!r} ({app.app_id}), version {app.version}, with functions:")
     for fname, fn in app.registered_functions.items():
         click.echo(f"  {fname}  {fn.object_id}")
 

@@ -44,6 +44,23 @@ ROUTES: list[tuple[str, str, Any, str | None, str, str]] = [
     ),
     ("POST", "/v1/apps/{app_id}/stop", resources.stop_app, None, "json", "Stop an app and its containers"),
     (
+        "POST",
+        "/v1/apps/{app_id}/deployments",
+        resources.record_deploy,
+        "json",
+        "json",
+        "Record the end of a deploy as the app's next version",
+    ),
+    ("GET", "/v1/apps/{app_id}/versions", resources.app_history, None, "json", "An app's deploy history"),
+    (
+        "POST",
+        "/v1/apps/{app_id}/rollback",
+        resources.rollback_app,
+        "json",
+        "json",
+        "Deploy an earlier version of an app again",
+    ),
+    (
         "GET",
         "/v1/apps/{app_id}/schedules",
         resources.app_schedules,

@@ -91,6 +91,60 @@ async def stop_app(request: Request) -> Response:
 
 
 @route()
+async def record_deploy(request: Request) -> Response:
+    """The end of a deploy: ``{"function_ids": [...]}`` are the app's functions now; recorded as its next
+    version, and the functions it no longer has are retired."""
+    from vivace.server.services import versions
+
+    body = await json_body(request)
+    fids = body.get("function_ids")
+    if not isinstance(fids, list) or not all(isinstance(f, str) for f in fids) or len(fids) > 10_000:
+        raise Invalid("'function_ids' must be a list of function ids")
+    note = body.get("note")
+    if note is not None and (not isinstance(note, str) or len(note) > 500):
+        raise Invalid("'note' must be a string of at most 500 characters")
+    plane = plane_of(request)
+    app_id = request.path_params["app_id"]
+    out = await plane.store.write(lambda tx: versions.record(tx, app_id, fids, note))
+    if out["retired"]:
+        plane.workers_changed()
+    plane.notifier.wake("autoscale")
+    return JSONResponse({"app_id": app_id, "version": out["version"]})
+
+
+@route()
+async def app_history(request: Request) -> Response:
+    from vivace.server.services import versions
+
+    plane = plane_of(request)
+    ref = request.path_params["app_id"]
+    app_id = await plane.store.read(lambda tx: apps.find_app(tx, ref))
+    rows = await plane.store.read(lambda tx: versions.history(tx, app_id))
+    return JSONResponse({"app_id": app_id, "versions": rows})
+
+
+@route()
+async def rollback_app(request: Request) -> Response:
+    """``{"version": n}`` (or null: the one before the current) deployed again, as a new version."""
+    from vivace.server.services import versions
+
+    body = await json_body(request)
+    version = body.get("version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+        raise Invalid("'version' must be a positive integer or null")
+    plane = plane_of(request)
+    ref = request.path_params["app_id"]
+    app_id = await plane.store.read(lambda tx: apps.find_app(tx, ref))
+    out = await plane.store.write(lambda tx: versions.rollback(tx, app_id, version))
+    if out["retired"]:
+        plane.workers_changed()
+    plane.notifier.wake("autoscale")
+    return JSONResponse(
+        {"app_id": app_id, "version": out["version"], "rolled_back_to": out["rolled_back_to"]}
+    )
+
+
+@route()
 async def app_schedules(request: Request) -> Response:
     """The app's scheduled functions: each one's schedule, last tick fired and next run."""
     from vivace.server.services import schedules

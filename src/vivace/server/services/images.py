@@ -184,7 +184,7 @@ LAYER_GRACE = 3600.0  # a layer no image names is kept this long (a build may be
 
 def collect(tx: Tx, image_ttl: float = IMAGE_TTL, layer_grace: float = LAYER_GRACE) -> list[str]:
     """Forget images unused for ``image_ttl`` seconds that no function of a running or deployed app
-    names, then layers no image names any more (older than ``layer_grace``). Returns the blob digests
+    names (nor a kept version of one), then layers no image names any more (older than ``layer_grace``). Returns the blob digests
     that only those layers used, for the caller to delete from the blob store."""
     named: set[str] = set()
     for (spec,) in tx.fetchall(
@@ -193,6 +193,9 @@ def collect(tx: Tx, image_ttl: float = IMAGE_TTL, layer_grace: float = LAYER_GRA
         image_id = json.loads(spec).get("image_id")
         if image_id:
             named.add(image_id)
+    from vivace.server.services.versions import image_ids_kept
+
+    named |= image_ids_kept(tx)  # what a rollback would start again
     for image_id, used_at in tx.fetchall("SELECT id, used_at FROM images WHERE state <> 'building'"):
         if image_id not in named and used_at < tx.now - image_ttl:
             tx.execute("DELETE FROM images WHERE id = ? AND state <> 'building'", (image_id,))

@@ -166,6 +166,15 @@ MIGRATIONS: list[list[str]] = [
             function_id TEXT NOT NULL, tick_at {DOUBLE} NOT NULL, call_id TEXT NOT NULL,
             created_at {DOUBLE} NOT NULL, PRIMARY KEY (function_id, tick_at))""",
     ],
+    [
+        # each deploy of an app is a version: the functions it had (name, id, spec, definition digest),
+        # for `vivace app history` and `vivace app rollback`; the newest VERSIONS_KEPT are kept
+        """CREATE TABLE app_versions (
+            app_id TEXT NOT NULL, version INTEGER NOT NULL, created_at {DOUBLE} NOT NULL, note TEXT,
+            functions TEXT NOT NULL, PRIMARY KEY (app_id, version))""",
+        # serialized functions' payloads by sha256, so that a rollback can bring an old one back
+        "CREATE TABLE definitions (digest TEXT PRIMARY KEY, data {BLOB} NOT NULL)",
+    ],
 ]
 
 
