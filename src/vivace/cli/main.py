@@ -59,6 +59,7 @@ def _register() -> None:
     for cmd in (
         runs.run,
         runs.deploy,
+        runs.serve,
         runs.python_script,
         apps.app,
         apps.container,

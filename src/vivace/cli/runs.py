@@ -1,4 +1,5 @@
-"""``vivace run``, ``vivace deploy`` and ``vivace python``: each resolves ``import modal`` to vivace."""
+"""``vivace run``, ``vivace deploy``, ``vivace serve`` and ``vivace python``: each resolves ``import modal`` to
+vivace."""
 
 from __future__ import annotations
 
@@ -168,3 +169,100 @@ def python_script(script: str, args: tuple[str, ...]) -> None:
     sys.argv = [script, *args]
     sys.path.insert(0, str(path.parent.resolve()))
     runpy.run_path(script, run_name="__main__")
+
+
+WATCH_INTERVAL = 1.0  # seconds between looks at the watched files
+WATCH_LIMIT = 5000  # files looked at, at most (a huge tree is watched in part, and says so)
+_SKIP_DIRS = {".git", ".venv", "venv", "__pycache__", "node_modules", ".mypy_cache", ".ruff_cache"}
+
+
+def _snapshot(root: Path) -> dict[str, float]:
+    """Modification times of the Python files under ``root`` (skipping virtualenvs, caches, .git)."""
+    out: dict[str, float] = {}
+    for path in sorted(root.rglob("*.py")):
+        if _SKIP_DIRS & set(path.relative_to(root).parts[:-1]):
+            continue
+        with contextlib.suppress(OSError):
+            out[str(path)] = path.stat().st_mtime
+        if len(out) >= WATCH_LIMIT:
+            break
+    return out
+
+
+@click.command()
+@click.argument("ref")
+@click.option("--no-reload", is_flag=True, help="Don't restart the app when its files change.")
+@click.option("-q", "--quiet", is_flag=True, help="Don't show logs.")
+def serve(ref: str, no_reload: bool, quiet: bool) -> None:
+    """Run an app until Ctrl-C, restarting it whenever a Python file beside FILE.py changes.
+
+    The app runs as with `vivace run` (its schedules fire, its functions take calls) and stops when this
+    command ends. Each restart stops the old app (its containers finish or requeue their inputs) and
+    starts the new code as a new app.
+    """
+    import signal
+    import subprocess
+    import time
+
+    if no_reload:
+        from vivace._sdk.output import enable_output
+
+        _, app, _ = load_app(ref)
+        # a parent's SIGTERM (a reload) ends the run the way Ctrl-C does: the app is stopped
+        signal.signal(signal.SIGTERM, _interrupt)
+        output = enable_output() if not quiet else contextlib.nullcontext()
+        with contextlib.suppress(KeyboardInterrupt), output, app.run():
+            click.echo(f"Serving app {app.app_id}; Ctrl-C to stop.", err=True)
+            while True:
+                time.sleep(3600)
+        click.echo(f"Stopped app {app.app_id}.", err=True)
+        return
+    path = Path(ref.partition("::")[0])
+    if not path.is_file() or path.suffix != ".py":
+        raise click.UsageError(f"{path} is not a Python file")
+    root = path.resolve().parent
+    argv = [sys.executable, "-m", "vivace.cli.main", "serve", "--no-reload", *(["-q"] if quiet else []), ref]
+    seen = _snapshot(root)
+    if len(seen) >= WATCH_LIMIT:
+        click.echo(f"Watching the first {WATCH_LIMIT} Python files under {root} only.", err=True)
+    click.echo(f"Watching {len(seen)} Python file(s) under {root} for changes.", err=True)
+    child = subprocess.Popen(argv)
+    try:
+        while True:
+            time.sleep(WATCH_INTERVAL)
+            now = _snapshot(root)
+            if now != seen:
+                changed = sorted(p for p in set(now) | set(seen) if now.get(p) != seen.get(p))
+                click.echo(
+                    f"Changed: {', '.join(Path(p).name for p in changed[:5])}; restarting the app.", err=True
+                )
+                seen = now
+                _stop(child)
+                child = subprocess.Popen(argv)
+            elif child.poll() is not None:
+                click.echo(
+                    f"The app exited ({child.returncode}); waiting for a change to start it again.", err=True
+                )
+                while _snapshot(root) == seen:
+                    time.sleep(WATCH_INTERVAL)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop(child)
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop(child: Any) -> None:
+    import signal
+    import subprocess
+
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
