@@ -160,7 +160,8 @@ class ControlPlane:
 
         while True:
             try:
-                fired = await self.store.write(schedules.fire_due)
+                due = await self.store.read(schedules.anything_due)
+                fired = await self.store.write(schedules.fire_due) if due else []
             except Exception:
                 log.exception("schedule tick failed")
                 fired = []

@@ -48,17 +48,29 @@ def _scheduled(
     return out
 
 
-def fire_due(tx: Tx) -> list[tuple[str, str, float]]:
-    """Make the calls of every schedule whose tick is due and not fired yet: [(function, call, tick)]."""
-    fired = []
+def _due(tx: Tx) -> list[tuple[str, float]]:
+    """(function, tick) for each schedule with a tick due now that has not fired."""
+    out = []
     for fid, _name, schedule, anchor, last in _scheduled(tx):
         try:
             tick = due_tick(schedule, last, anchor, tx.now)
         except ScheduleError as err:  # validated when registered: only a changed zone database gets here
             log.warning("schedule of function %s cannot fire: %s", fid, err)
             continue
-        if tick is None:
-            continue
+        if tick is not None:
+            out.append((fid, tick))
+    return out
+
+
+def anything_due(tx: Tx) -> bool:
+    """Whether :func:`fire_due` has work (a read, so that an idle loop takes no write lock)."""
+    return bool(_due(tx))
+
+
+def fire_due(tx: Tx) -> list[tuple[str, str, float]]:
+    """Make the calls of every schedule whose tick is due and not fired yet: [(function, call, tick)]."""
+    fired = []
+    for fid, tick in _due(tx):
         call_id = ids.new_id(ids.FUNCTION_CALL)
         inserted = tx.execute(
             "INSERT INTO schedule_ticks (function_id, tick_at, call_id, created_at) VALUES (?, ?, ?, ?) "
