@@ -49,3 +49,21 @@ def test_deploy_history_and_rollback(cluster: Any) -> None:
         capture_output=True, text=True, timeout=120, env=dict(os.environ),
     )  # fmt: skip
     assert bad.returncode != 0 and "no version 42" in (bad.stdout + bad.stderr)
+
+
+def test_a_redeploy_lets_calls_in_flight_finish_on_the_old_code(cluster: Any, app_loader: Any) -> None:
+    import uuid
+
+    load_app = app_loader
+    queue_name = f"drain-{uuid.uuid4().hex[:8]}"
+    os.environ["VIVACE_TEST_DRAIN_QUEUE"] = queue_name
+    try:
+        v1 = load_app("draining_v1")
+    finally:
+        os.environ.pop("VIVACE_TEST_DRAIN_QUEUE", None)
+    v1.app.deploy()
+    call = vivace.Function.from_name("draining", "slow").spawn()
+    assert vivace.Queue.from_name(queue_name, create_if_missing=True).get(timeout=60) == "started"
+    load_app("draining_v2").app.deploy()  # while the call runs (8 s, beyond the 5 s default grace)
+    assert call.get(timeout=90) == "v1"  # finished where it ran, not cut off and retried on v2
+    assert vivace.Function.from_name("draining", "slow").remote() == "v2"

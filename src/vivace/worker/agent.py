@@ -303,10 +303,11 @@ class Agent:
                 await self._register(self.worker_id)
                 continue
             header, blobs = ApiClient.decode_frames(resp)
+            grace = header.get("grace") or {}
             for cid in header.get("stop", []):
                 running = self.containers.get(cid)
                 if running is not None:
-                    self._spawn(running.stop("asked by the control plane"))
+                    self._spawn(running.stop("asked by the control plane", grace.get(cid)))
             for cid, seqs in header.get("cancel", {}).items():
                 if cid in self.containers:
                     self.containers[cid].cancel.update(seqs)

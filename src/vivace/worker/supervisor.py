@@ -173,12 +173,22 @@ class ContainerSupervisor:
                 self.kill(f"no heartbeat for {timeout:g} s")
                 return
 
-    async def stop(self, reason: str) -> None:
+    async def stop(self, reason: str, grace: float | None = None) -> None:
+        """SIGTERM (the container finishes its running inputs, takes no new ones), then SIGKILL after
+        ``grace`` seconds (default ``STOP_GRACE``; a redeploy drains: the function's timeout)."""
         if self.handle is None or self.stop_reason is not None:
             return
         self.stop_reason = reason
         self.handle.terminate()
-        await asyncio.sleep(STOP_GRACE)
+        wait = STOP_GRACE if grace is None else max(STOP_GRACE, min(float(grace), 86400.0))
+        proc = getattr(
+            self.handle, "proc", None
+        )  # its process (waiting on it twice is safe; handle.wait cleans up)
+        if proc is None:
+            await asyncio.sleep(wait)
+        else:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), wait)
         self.handle.kill()
 
     def kill(self, reason: str) -> None:

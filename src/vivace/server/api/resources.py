@@ -192,7 +192,7 @@ async def register_function(request: Request) -> Response:
 def _register(tx: Any, app_id: str, spec: FunctionSpec, definition: bytes | None) -> tuple[str, list[str]]:
     fid, stale = apps.register_function(tx, app_id, spec, definition)
     for cid in stale:
-        containers.request_stop(tx, cid, "function redeployed")
+        containers.request_stop(tx, cid, containers.REDEPLOYED)
     return fid, stale
 
 
@@ -243,7 +243,7 @@ def _variant(
 ) -> tuple[str, FunctionSpec, list[str]]:
     fid, spec, stale = apps.register_variant(tx, base_id, params, options)
     for cid in stale:
-        containers.request_stop(tx, cid, "function redeployed")
+        containers.request_stop(tx, cid, containers.REDEPLOYED)
     return fid, spec, stale
 
 

@@ -142,7 +142,10 @@ async def poll(request: Request) -> Response:
             blobs.append(a.definition)
         start.append(item)
     cancel = {c: sorted(plane.cancel_requests.pop(c)) for c in held if c in plane.cancel_requests}
-    return frame_response({"start": start, "stop": sorted(set(res.stop)), "cancel": cancel}, blobs)
+    grace = {c: g for c, g in res.grace.items() if c in res.stop}
+    return frame_response(
+        {"start": start, "stop": sorted(set(res.stop)), "grace": grace, "cancel": cancel}, blobs
+    )
 
 
 @route(kinds=("worker",))

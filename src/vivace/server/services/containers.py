@@ -185,6 +185,14 @@ def stuck_starting(tx: Tx) -> list[tuple[str, float]]:
     return out
 
 
+# stop reasons after which a container drains: its running inputs may finish (up to the function's
+# timeout) instead of the default grace, so that a deploy does not cut calls in flight
+REDEPLOYED = "function redeployed"
+ROLLED_BACK = "rolled back"
+REMOVED = "function removed by a deploy"
+DRAIN_REASONS = frozenset({REDEPLOYED, ROLLED_BACK, REMOVED})
+
+
 def request_stop(tx: Tx, container_id: str, reason: str) -> bool:
     row = tx.fetchone("SELECT state FROM containers WHERE id = ?", (container_id,))
     if row is None:

@@ -51,7 +51,7 @@ def record(tx: Tx, app_id: str, function_ids: list[str], note: str | None = None
         if spec.get("variant_of") in names:
             continue  # a variant of a function still deployed (a redeploy retired its old code already)
         tx.execute("UPDATE functions SET active = 0 WHERE id = ?", (fid,))
-        stopping += _stop_all(tx, fid, "function removed by a deploy")
+        stopping += _stop_all(tx, fid, containers.REMOVED)
     functions = []
     for fid in sorted(wanted, key=lambda f: by_id[f][1]):
         _, name, spec_json, definition = by_id[fid]
@@ -125,7 +125,7 @@ def rollback(tx: Tx, app_id: str, version: int | None) -> dict[str, Any]:
         spec = FunctionSpec.from_dict(f["spec"])
         fid, stale = apps.register_function(tx, app_id, spec, definition)
         for cid in stale:
-            containers.request_stop(tx, cid, "rolled back")
+            containers.request_stop(tx, cid, containers.ROLLED_BACK)
         stopping += stale
         ids.append(fid)
     out = record(tx, app_id, ids, note=f"rollback to version {target}")

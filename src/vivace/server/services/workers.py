@@ -8,7 +8,7 @@ from typing import Any
 
 from vivace.protocol import ids
 from vivace.server.errors import Forbidden, Gone, NotFound
-from vivace.server.services.containers import MAX_START_FAILURES, mark_stopped
+from vivace.server.services.containers import DRAIN_REASONS, MAX_START_FAILURES, mark_stopped
 from vivace.server.store.base import Tx
 
 
@@ -62,6 +62,9 @@ class Assignment:
 class PollResult:
     start: list[Assignment] = field(default_factory=list)
     stop: list[str] = field(default_factory=list)
+    # containers to stop that may take longer than the default grace: seconds their inputs may run on
+    # (a redeploy drains: the function's timeout)
+    grace: dict[str, float] = field(default_factory=dict)
 
 
 def poll(tx: Tx, worker_id: str, held: list[str]) -> PollResult:
@@ -80,15 +83,17 @@ def poll(tx: Tx, worker_id: str, held: list[str]) -> PollResult:
         )
     result = PollResult()
     held_set = set(held)
-    for cid, state_, fid, app_id, token, spec, definition, gpus in tx.fetchall(
-        "SELECT c.id, c.state, c.function_id, c.app_id, c.lease_token, f.spec, f.definition, c.gpus "
-        "FROM containers c JOIN functions f ON f.id = c.function_id "
+    for cid, state_, fid, app_id, token, spec, definition, gpus, reason in tx.fetchall(
+        "SELECT c.id, c.state, c.function_id, c.app_id, c.lease_token, f.spec, f.definition, c.gpus, "
+        "c.stop_reason FROM containers c JOIN functions f ON f.id = c.function_id "
         "WHERE c.worker_id = ? AND c.state <> 'stopped'",
         (worker_id,),
     ):
         if state_ == "stopping":
             if cid in held_set:
                 result.stop.append(cid)
+                if reason in DRAIN_REASONS:
+                    result.grace[cid] = float(json.loads(spec).get("timeout") or 300.0)
             else:
                 mark_stopped(tx, cid, None, "stopped before it started")
         elif state_ == "assigned" and cid not in held_set:
