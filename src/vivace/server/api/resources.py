@@ -81,11 +81,16 @@ async def app_heartbeat(request: Request) -> Response:
     return JSONResponse({"ok": True})
 
 
+async def _app_of(request: Request) -> str:
+    """The app the path names (``{app_id}``: its id, or a deployed app's name)."""
+    ref = request.path_params["app_id"]
+    return await plane_of(request).store.read(lambda tx: apps.find_app(tx, ref))  # type: ignore[no-any-return]
+
+
 @route()
 async def stop_app(request: Request) -> Response:
     plane = plane_of(request)
-    ref = request.path_params["app_id"]
-    app_id = await plane.store.read(lambda tx: apps.find_app(tx, ref))
+    app_id = await _app_of(request)
     await plane.stop_app(app_id, "stopped by request")
     return JSONResponse({"app_id": app_id, "stopped": True})
 
@@ -117,8 +122,7 @@ async def app_history(request: Request) -> Response:
     from vivace.server.services import versions
 
     plane = plane_of(request)
-    ref = request.path_params["app_id"]
-    app_id = await plane.store.read(lambda tx: apps.find_app(tx, ref))
+    app_id = await _app_of(request)
     rows = await plane.store.read(lambda tx: versions.history(tx, app_id))
     return JSONResponse({"app_id": app_id, "versions": rows})
 
@@ -133,8 +137,7 @@ async def rollback_app(request: Request) -> Response:
     if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
         raise Invalid("'version' must be a positive integer or null")
     plane = plane_of(request)
-    ref = request.path_params["app_id"]
-    app_id = await plane.store.read(lambda tx: apps.find_app(tx, ref))
+    app_id = await _app_of(request)
     out = await plane.store.write(lambda tx: versions.rollback(tx, app_id, version))
     if out["retired"]:
         plane.workers_changed()
@@ -150,8 +153,7 @@ async def app_schedules(request: Request) -> Response:
     from vivace.server.services import schedules
 
     plane = plane_of(request)
-    ref = request.path_params["app_id"]
-    app_id = await plane.store.read(lambda tx: apps.find_app(tx, ref))
+    app_id = await _app_of(request)
     rows = await plane.store.read(lambda tx: schedules.upcoming(tx, app_id))
     return JSONResponse({"app_id": app_id, "schedules": rows})
 
