@@ -19,6 +19,7 @@ from vivace.sandbox import Probe, Sandbox
 from vivace.schedule import Cron, Period
 from vivace.secret import Secret
 from vivace.volume import Volume
+from vivace.web import asgi_app, fastapi_endpoint, web_server, wsgi_app
 
 __all__ = [
     "App",
@@ -38,6 +39,7 @@ __all__ = [
     "Secret",
     "Volume",
     "__version__",
+    "asgi_app",
     "batched",
     "concurrent",
     "current_function_call_id",
@@ -46,9 +48,12 @@ __all__ = [
     "enter",
     "exception",
     "exit",
+    "fastapi_endpoint",
     "is_local",
     "method",
     "parameter",
+    "web_server",
+    "wsgi_app",
 ]
 
 # names Modal removed: using one is an error that says what replaced it

@@ -145,7 +145,14 @@ class App:
                     f"{fname} has a schedule, so the control plane calls it with no arguments: "
                     f"it must not require any ({', '.join(_required_parameters(f))})"
                 )
-            spec = self._spec(f, fname, settings, is_generator=gen, schedule=schedule_fields, **fields)
+            from vivace.web import web_settings
+
+            web = web_settings(f)
+            if web is not None and (gen or schedule_fields is not None or fields.get("batch_max_size")):
+                raise exc.InvalidError(f"{fname}: a web endpoint cannot be a generator, scheduled or batched")
+            spec = self._spec(
+                f, fname, settings, is_generator=gen, schedule=schedule_fields, web=web, **fields
+            )
             fn = Function(self, f, spec)
             fn._image = _image_arg(image)
             fn._storage = {"secrets": settings["secrets"], "volumes": settings["volumes"]}

@@ -103,7 +103,12 @@ def method_info(value: Any) -> dict[str, Any] | None:
     """What ``@method`` recorded on ``value``; a ``@batched`` method is a method too (as in Modal)."""
     if not callable(value):
         return None
+    from vivace.web import web_settings
+
     info = getattr(value, decorators.METHOD, None)
+    web = web_settings(value)
+    if web is not None:  # a web endpoint is a method too (as in Modal); requests are its inputs
+        return {"is_generator": False, "web": web}
     if info is None and hasattr(value, decorators.BATCHED):
         return {"is_generator": False}
     return dict(info) if info is not None else None

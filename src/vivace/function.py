@@ -162,7 +162,29 @@ class Function:
         fid = await self._resolve()
         if self._is_generator():
             raise exc.InvalidError(f"{self._name!r} is a generator: use .remote_gen() instead of .{how}()")
+        web = self._web_settings()
+        if web is not None and web["kind"] != "fastapi":
+            raise exc.InvalidError(
+                f"{self._name!r} serves a web app: send it HTTP requests at .get_web_url(), not .{how}()"
+            )
         return fid
+
+    def _web_settings(self) -> dict[str, Any] | None:
+        spec = self._spec or (self._base.spec if self._base is not None else self.spec)
+        if self._method is None:
+            return spec.web
+        return (spec.methods.get(self._method) or {}).get("web")
+
+    @synchronized
+    async def get_web_url(self) -> str | None:
+        """The URL of this function's web endpoint (``None`` if it has none)."""
+        root = self
+        while root._base is not None:  # a method or variant: the function that serves the URL
+            root = root._base
+        fid = await root._resolve()
+        data = await (await get_client()).get_json(f"/v1/functions/{fid}/web")
+        url = data["urls"].get(self._method or "")
+        return str(url) if url is not None else None
 
     @synchronized
     async def remote(self, *args: Any, **kwargs: Any) -> Any:

@@ -162,11 +162,16 @@ def token() -> None:
 
 
 @token.command("new")
-@click.option("--kind", type=click.Choice(["user", "worker"]), default="user", show_default=True)
+@click.option("--kind", type=click.Choice(["user", "worker", "proxy"]), default="user", show_default=True)
 @click.option("--label", default=None)
 def token_new(kind: str, label: str | None) -> None:
+    """Create a token. A proxy token opens web endpoints with requires_proxy_auth=True (send its id and
+    secret as the Modal-Key and Modal-Secret headers) and nothing else."""
     res = _api("POST", "/v1/tokens", json_body={"kind": kind, "label": label})
     click.echo(f"token id:     {res['token_id']}\ntoken secret: {res['token_secret']}")
+    if kind == "proxy":
+        click.echo("Send them as the headers Modal-Key: <token id> and Modal-Secret: <secret>.", err=True)
+        return
     click.echo(
         "The secret is shown once. Use it as VIVACE_TOKEN_ID / VIVACE_TOKEN_SECRET, or for a worker:"
         f" --token {res['token_id']}:<secret>",

@@ -150,6 +150,30 @@ def deploy(ref: str, name: str | None) -> None:
     click.echo(f"Deployed app {app.name!r} ({app.app_id}), version {app.version}, with functions:")
     for fname, fn in app.registered_functions.items():
         click.echo(f"  {fname}  {fn.object_id}")
+    _echo_web_urls(app)
+
+
+def _echo_web_urls(app: Any) -> None:
+    """Each web endpoint's URL, under the functions."""
+    from vivace._sdk.connection import get_client
+    from vivace._sync import run_sync
+
+    async def urls() -> list[tuple[str, str]]:
+        api = await get_client()
+        out = []
+        for fname, fn in app.registered_functions.items():
+            if fn.spec.web is None and not any(m.get("web") for m in fn.spec.methods.values()):
+                continue
+            data = await api.get_json(f"/v1/functions/{fn.object_id}/web")
+            for method, url in sorted(data["urls"].items()):
+                out.append((f"{fname}.{method}" if method else fname, url))
+        return out
+
+    found = run_sync(urls())
+    if found:
+        click.echo("Web endpoints:")
+        for name, url in found:
+            click.echo(f"  {name}  {url}")
 
 
 @click.command("python", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -213,6 +237,7 @@ def serve(ref: str, no_reload: bool, quiet: bool) -> None:
         output = enable_output() if not quiet else contextlib.nullcontext()
         with contextlib.suppress(KeyboardInterrupt), output, app.run():
             click.echo(f"Serving app {app.app_id}; Ctrl-C to stop.", err=True)
+            _echo_web_urls(app)
             while True:
                 time.sleep(3600)
         click.echo(f"Stopped app {app.app_id}.", err=True)

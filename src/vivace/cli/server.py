@@ -18,9 +18,21 @@ from vivace._sdk.config import vivace_home
 @click.option("--home", type=click.Path(path_type=Path), default=None, help="State directory (VIVACE_HOME).")
 @click.option("--store", default=None, help="sqlite:///PATH (default under --home) or postgresql://...")
 @click.option("--embedded", is_flag=True, help="Also run a local worker (the embedded default).")
+@click.option(
+    "--web-domain",
+    default=None,
+    help="Serve web endpoints at <app>-<label>.DOMAIN (wildcard DNS to this server; DOMAIN may end in "
+    ":PORT). They are always reachable by path too, at <server>/web/<app>-<label>/.",
+)
 @click.pass_context
 def server(
-    ctx: click.Context, host: str, port: int, home: Path | None, store: str | None, embedded: bool
+    ctx: click.Context,
+    host: str,
+    port: int,
+    home: Path | None,
+    store: str | None,
+    embedded: bool,
+    web_domain: str | None,
 ) -> None:
     """Run the control plane."""
     if ctx.invoked_subcommand is not None:
@@ -34,9 +46,29 @@ def server(
         ) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        serve(host=host, port=port, home=home or vivace_home(), store_url=store, embedded=embedded)
+        if web_domain is not None:
+            _check_domain(web_domain)
+        serve(
+            host=host,
+            port=port,
+            home=home or vivace_home(),
+            store_url=store,
+            embedded=embedded,
+            web_domain=web_domain,
+        )
     except SecretKeyError as err:
         raise click.ClickException(f"cannot start: {err}") from None
+
+
+def _check_domain(domain: str) -> None:
+    import re
+
+    name, _, port = domain.partition(":")
+    ok = re.fullmatch(
+        r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", name
+    )
+    if not ok or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+        raise click.BadParameter(f"{domain!r} is not a lowercase DNS name (with an optional :PORT)")
 
 
 @server.command("status")

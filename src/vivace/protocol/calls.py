@@ -30,6 +30,7 @@ class CallKind(str, enum.Enum):
     SPAWN = "spawn"
     GENERATOR = "generator"
     SCHEDULE = "schedule"  # fired by the control plane for a function's schedule
+    WEB = "web"  # an HTTP request to the function's web endpoint (protocol/web.py)
 
 
 def input_id(seq: int) -> str:

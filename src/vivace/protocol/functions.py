@@ -92,6 +92,9 @@ class FunctionSpec:
     sandbox: Optional[Dict[str, Any]] = None
     # when the control plane calls it with no arguments (protocol/schedules.py): cron or period
     schedule: Optional[Dict[str, Any]] = None
+    # a web endpoint (protocol/web.py): HTTP requests to its URL become its inputs; a class's web methods
+    # carry theirs in ``methods``
+    web: Optional[Dict[str, Any]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -182,6 +185,10 @@ class FunctionSpec:
                 object.__setattr__(self, "schedule", check_schedule(self.schedule))
             except ScheduleError as err:
                 raise SpecError(str(err)) from None
+        if self.web is not None:
+            object.__setattr__(self, "web", _checked_web(self.web))
+            if self.is_class or self.is_generator or self.batch_max_size or self.schedule is not None:
+                raise SpecError("a web endpoint cannot be a class, a generator, batched or scheduled")
         if self.image_mounts and self.image_id is None:
             raise SpecError("image_mounts attach files over an image: image_id is required")
         r = self.retries
@@ -211,10 +218,23 @@ def _check_methods(spec: "FunctionSpec") -> None:
             raise SpecError(f"method names must be Python identifiers, got {name!r}")
         if (
             not isinstance(info, dict)
-            or set(info) != {"is_generator"}
+            or not {"is_generator"} <= set(info) <= {"is_generator", "web"}
             or not isinstance(info["is_generator"], bool)
         ):
-            raise SpecError(f"method {name!r} must be described as {{'is_generator': bool}}")
+            raise SpecError(f"method {name!r} must be described as {{'is_generator': bool, 'web': ...}}")
+        if info.get("web") is not None:
+            info["web"] = _checked_web(info["web"])
+            if info["is_generator"]:
+                raise SpecError(f"method {name!r}: a web endpoint cannot be a generator")
+
+
+def _checked_web(raw: Any) -> Dict[str, Any]:
+    from vivace.protocol.web import WebSpecError, check_web
+
+    try:
+        return check_web(raw)
+    except WebSpecError as err:
+        raise SpecError(str(err)) from None
 
 
 MAX_SECRETS = 64

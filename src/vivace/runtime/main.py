@@ -48,6 +48,7 @@ class Runtime:
         self.user_cls: Any = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._local = threading.local()  # one worker-socket connection per thread
+        self.web: Dict[Optional[str], Any] = {}  # web endpoints by method (None: the function's own)
 
     # -- start -----------------------------------------------------------------------------------
     def load(self) -> None:
@@ -77,6 +78,26 @@ class Runtime:
             raise TypeError(f"{spec['module']}.{spec['qualname']} is not callable")
         else:
             self.fn = raw
+        self._start_web()
+
+    def _start_web(self) -> None:
+        """Build the function's web endpoint, or one per web method of a class (after ``@enter``)."""
+        settings: Dict[Optional[str], Any] = {}
+        if self.spec.get("web"):
+            settings[None] = self.spec["web"]
+        for name, info in (self.spec.get("methods") or {}).items():
+            if info.get("web"):
+                settings[name] = info["web"]
+        if not settings:
+            return
+        from vivace.runtime.web import WebEndpoint
+
+        for name, web in settings.items():
+            target = self.fn if name is None else getattr(self.instance, name)
+            assert target is not None
+            endpoint = WebEndpoint(web, target, self.run_coro)
+            endpoint.start()
+            self.web[name] = endpoint
 
     def _run_hooks(self, mark: str) -> None:
         from vivace.cls import lifecycle
@@ -90,6 +111,8 @@ class Runtime:
                 self.run_coro(result)
 
     def run_exit_hooks(self) -> None:
+        for endpoint in self.web.values():
+            endpoint.stop()
         if self.instance is None:
             return
         try:
@@ -169,7 +192,7 @@ class Runtime:
         self, item: Dict[str, Any], payload: bytes, emit: Callable[[Dict[str, Any], Optional[bytes]], None]
     ) -> None:
         """Run one input on this thread and hand its output to ``emit``."""
-        from vivace._sdk.serialization import pack_exception, serialize
+        from vivace._sdk.serialization import pack_exception
 
         seq = item["seq"]
         context.set_input(f"in-{seq}", item["call"])
@@ -178,14 +201,10 @@ class Runtime:
         started = time.monotonic()
         status, data, error = OutputStatus.SUCCESS.value, None, None
         try:
-            fn, args, kwargs, is_gen = self.target(payload)
-            if is_gen:
-                self._run_generator(fn, seq, args, kwargs)
+            if self.web and payload[:4] == b"VVF1":  # an HTTP request (protocol.web), not a pickled call
+                data = self.respond(seq, payload)
             else:
-                result = fn(*args, **kwargs)
-                if inspect.iscoroutine(result):
-                    result = self.run_coro(result, seq)
-                data = serialize(result)
+                data = self.call(seq, payload)
         except BaseException as err:  # the user's failure, reported with its traceback
             if isinstance(err, SystemExit) and self.stopping:
                 raise
@@ -195,6 +214,42 @@ class Runtime:
             self.cancellers.pop(seq, None)
             context.set_input(None, None)
         emit(_output(seq, status, error, started), data)
+
+    def call(self, seq: int, payload: bytes) -> Optional[bytes]:
+        """Run a pickled call; its result, pickled (None for a generator: its items went out)."""
+        from vivace._sdk.serialization import serialize
+
+        fn, args, kwargs, is_gen = self.target(payload)
+        if is_gen:
+            self._run_generator(fn, seq, args, kwargs)
+            return None
+        result = fn(*args, **kwargs)
+        if inspect.iscoroutine(result):
+            result = self.run_coro(result, seq)
+        return serialize(result)
+
+    def respond(self, seq: int, payload: bytes) -> bytes:
+        """Answer an HTTP request: its pieces but the last go out as items, the last is the output."""
+        from vivace.protocol.web import decode_request
+
+        head, body = decode_request(payload)
+        endpoint = self.web.get(head.get("call"))
+        if endpoint is None:
+            raise LookupError(f"{self.spec['name']} has no web endpoint {head.get('call')!r}")
+        sock = self.sock_for_thread()
+        part = 0
+
+        def emit(piece: bytes) -> None:
+            nonlocal part
+            sock.exchange(
+                {"outputs": [{"seq": seq, "part": part, "status": "item", "blob": 0}], "want": 0, "wait": 0},
+                [piece],
+            )
+            part += 1
+
+        return endpoint.respond(  # type: ignore[no-any-return]
+            head, body, emit, lambda coro: self.run_coro(coro, seq)
+        )
 
     def _run_generator(self, fn: Callable[..., Any], seq: int, args: Any, kwargs: Any) -> None:
         from vivace._sdk.serialization import serialize

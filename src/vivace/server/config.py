@@ -18,6 +18,9 @@ class ServerConfig:
     secret_key_file: str = ""
     # the address raw TCP tunnels (a sandbox's unencrypted_ports) listen on: the API's own by default
     tunnel_host: str = "127.0.0.1"
+    # web endpoints answer at <app>-<label>.<web_domain> (wildcard DNS to this server; may end in :port);
+    # None: only by path, at <server>/web/<app>-<label>/
+    web_domain: str | None = None
 
     def __post_init__(self) -> None:
         if not self.secret_key_file:

@@ -57,6 +57,7 @@ def serve(
     embedded: bool,
     cpu: float | None = None,
     memory: int | None = None,
+    web_domain: str | None = None,
 ) -> None:
     import uvicorn
 
@@ -70,6 +71,7 @@ def serve(
         store_url=store_url or f"sqlite:///{home / 'vivace.db'}",
         blob_dir=str(home / "blobs"),
         tunnel_host=host,
+        web_domain=web_domain,
     )
     if os.environ.get("VIVACE_APP_HEARTBEAT_TIMEOUT"):
         config.app_heartbeat_timeout = float(os.environ["VIVACE_APP_HEARTBEAT_TIMEOUT"])

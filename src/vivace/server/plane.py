@@ -42,6 +42,7 @@ class ControlPlane:
         self.ready_containers: set[str] = set()  # containers whose first lease (their ready mark) is stored
         self._tasks: list[asyncio.Task[None]] = []
         self.tcp_tunnels: Any = None  # server.tcp_tunnels.TcpTunnels, made when a first one is asked for
+        self.web_routes: dict[str, tuple[float, Any]] = {}  # host -> (expiry, services.web.Route)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.store.start)
@@ -104,6 +105,25 @@ class ControlPlane:
 
     def workers_changed(self) -> None:
         self.notifier.wake("workers")
+
+    async def cancel_call(self, call_id: str, terminate: bool) -> set[str]:
+        """Cancel a call's pending inputs and interrupt its running ones (``terminate``: stop their
+        containers instead); returns the containers stopped."""
+        from vivace.server.services import calls
+        from vivace.server.services.containers import request_stop
+
+        def op(tx: Any) -> tuple[set[str], dict[str, list[int]]]:
+            stop, interrupt = calls.cancel_call(tx, call_id, terminate)
+            for cid in stop:
+                request_stop(tx, cid, "function call cancelled")
+            return stop, interrupt
+
+        stop, interrupt = await self.store.write(op)
+        for cid, seqs in interrupt.items():
+            self.cancel_requests.setdefault(cid, set()).update(seqs)
+        self.outputs_changed({call_id})
+        self.workers_changed()
+        return stop
 
     # -- loops -----------------------------------------------------------------------------------
     async def _autoscale_loop(self) -> None:

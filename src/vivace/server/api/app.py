@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from vivace._version import __version__
+from vivace.server import gateway
 from vivace.server.api import calls, images, resources, sandboxes, secrets, storage, volumes, workers
 from vivace.server.api.common import route
 from vivace.server.errors import ApiError, NotFound
@@ -92,6 +94,7 @@ ROUTES: list[tuple[str, str, Any, str | None, str, str]] = [
         "json",
         "Bind class parameters or options to a function (idempotent by content)",
     ),
+    ("GET", "/v1/functions/{function_id}/web", gateway.web_urls, None, "json", "A function's web URLs"),
     (
         "GET",
         "/v1/functions/{function_id}/stats",
@@ -411,6 +414,9 @@ def create_app(plane: ControlPlane, *, manage_plane: bool = True) -> Starlette:
         WebSocketRoute("/v1/workers/{worker_id}/channel", workers.channel),
         # a sandbox's tunnel: its unguessable token is the credential (see api/tunnels.py)
         Route("/t/{token}/{path:path}", sandboxes.tunnel_proxy, methods=TUNNEL_METHODS),
+        # web endpoints by path (by host: gateway.ByHost); public unless requires_proxy_auth
+        Route("/web/{host}", gateway.by_path, methods=gateway.METHODS),
+        Route("/web/{host}/{path:path}", gateway.by_path, methods=gateway.METHODS),
     ]
 
     @contextlib.asynccontextmanager
@@ -424,7 +430,10 @@ def create_app(plane: ControlPlane, *, manage_plane: bool = True) -> Starlette:
                 await plane.stop()
 
     app = Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: method_not_allowed}
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={404: not_found, 405: method_not_allowed},
+        middleware=[Middleware(gateway.ByHost, domain=plane.config.web_domain)],
     )
     app.state.plane = plane
     return app

@@ -145,21 +145,7 @@ async def cancel_call(request: Request) -> Response:
     await allow_call(request, call_id)
     body = await json_body(request)
     terminate = field(body, "terminate_containers", bool, False)
-    plane = plane_of(request)
-
-    def op(tx: Any) -> tuple[set[str], dict[str, list[int]]]:
-        from vivace.server.services.containers import request_stop
-
-        stop, interrupt = calls.cancel_call(tx, call_id, terminate)
-        for cid in stop:
-            request_stop(tx, cid, "function call cancelled")
-        return stop, interrupt
-
-    stop, interrupt = await plane.store.write(op)
-    for cid, seqs in interrupt.items():
-        plane.cancel_requests.setdefault(cid, set()).update(seqs)
-    plane.outputs_changed({call_id})
-    plane.workers_changed()
+    stop = await plane_of(request).cancel_call(call_id, terminate)
     return JSONResponse({"cancelled": True, "containers_stopped": sorted(stop)})
 
 

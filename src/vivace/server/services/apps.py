@@ -88,9 +88,11 @@ def register_function(
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (fid, app_id, spec.name, spec_json, definition, tx.now, schedule),
         )
+        _web_routes(tx, app_id, fid, spec)
         return fid, []
     fid = row[0]
     old_def = None if row[2] is None else bytes(row[2])
+    _web_routes(tx, app_id, fid, spec)
     if row[1] == spec_json and old_def == definition:
         tx.execute("UPDATE functions SET active = 1 WHERE id = ? AND active = 0", (fid,))
         return fid, []
@@ -117,6 +119,13 @@ def register_function(
                     )
                 ]
     return fid, stale_ids
+
+
+def _web_routes(tx: Tx, app_id: str, fid: str, spec: FunctionSpec) -> None:
+    if spec.variant_of is None:  # a variant answers calls only; its base serves the URL
+        from vivace.server.services import web
+
+        web.set_routes(tx, app_id, fid, spec)
 
 
 # spec fields a variant may override (with_options, with_concurrency, with_batching)

@@ -9,7 +9,7 @@ import secrets
 from vivace.protocol import ids
 from vivace.server.store.base import Tx
 
-KINDS = ("user", "worker")
+KINDS = ("user", "worker", "proxy")  # proxy: only for web endpoints with requires_proxy_auth
 
 
 def hash_secret(secret: str) -> str:

@@ -175,6 +175,14 @@ MIGRATIONS: list[list[str]] = [
         # serialized functions' payloads by sha256, so that a rollback can bring an old one back
         "CREATE TABLE definitions (digest TEXT PRIMARY KEY, data {BLOB} NOT NULL)",
     ],
+    [
+        # web endpoints: the host label each one answers to (protocol/web.py host_label), per function and
+        # method ('' for a function's own); the gateway serves the newest live one with a host
+        """CREATE TABLE web_routes (
+            function_id TEXT NOT NULL, method TEXT NOT NULL, host TEXT NOT NULL, app_id TEXT NOT NULL,
+            deployed INTEGER NOT NULL, created_at {DOUBLE} NOT NULL, PRIMARY KEY (function_id, method))""",
+        "CREATE INDEX web_routes_host ON web_routes(host)",
+    ],
 ]
 
 

@@ -1,0 +1,284 @@
+"""The HTTP gateway: a request to a web endpoint becomes one input of its function; its outputs are the
+response, streamed as the container produces them.
+
+Endpoints are reached by host (``<app>-<label>.<web domain>``, with ``--web-domain``) or by path
+(``/web/<app>-<label>/...`` on the API's own address, for setups without wildcard DNS). Being an input,
+a request waits in the backlog while a container starts (a cold request is slow, never refused),
+counts towards scaling like any call (``@concurrent`` lets a container take several) and ends with the
+function's timeout (504). The gateway's own refusals are 4xx: an unknown endpoint 404, a missing or
+wrong proxy token 401, a body over ``MAX_REQUEST_BODY`` 413. A client that goes away cancels its input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from vivace.protocol import frames, ids
+from vivace.protocol import web as proto
+from vivace.protocol.calls import FINAL, CallKind, OutputStatus
+from vivace.server.api.common import USERS, allow_function, plane_of, problem, route
+from vivace.server.errors import ApiError, TooLarge, Unauthorized
+from vivace.server.services import calls, tokens
+from vivace.server.services import web as routes
+from vivace.server.store.base import StoreError
+
+log = logging.getLogger("vivace.gateway")
+ROUTE_TTL = 1.0  # seconds a host's route is cached (a redeploy shows within this)
+START_ALLOWANCE = 600.0  # a request waits this long beyond the function's timeout for its first byte
+POLL = 25.0
+PROXY_KEY, PROXY_SECRET = "modal-key", "modal-secret"
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+class EndpointFailed(ApiError):
+    status, code = 502, "endpoint_failed"
+
+
+class EndpointTimeout(ApiError):
+    status, code = 504, "endpoint_timeout"
+
+
+async def by_path(request: Request) -> Response:
+    """``/web/<host>/<path>``: an ASGI app sees root path ``/web/<host>`` and the whole path (as ASGI
+    servers give it); a WSGI app the path after its ``SCRIPT_NAME``; a web_server ``/<path>``."""
+    host = request.path_params["host"]
+    root = f"/web/{host}"
+    return await serve(request, host, root + "/" + request.path_params.get("path", ""), root)
+
+
+class ByHost:
+    """ASGI middleware: with ``--web-domain D``, a request for ``<label>.D`` goes to that endpoint;
+    everything else (the API itself) passes through."""
+
+    def __init__(self, app: Any, domain: str | None) -> None:
+        self.app, self.domain = app, domain
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.domain and scope["type"] == "http":
+            raw = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            label = host_of(raw, self.domain)
+            if label is not None:
+                request = Request(scope, receive)
+                response = await serve(request, label, scope["path"] or "/")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+@route(kinds=USERS)
+async def web_urls(request: Request) -> Response:
+    """The URLs a function's web endpoints answer at: ``{"urls": {method or "": url}}``."""
+    function_id = request.path_params["function_id"]
+    await allow_function(request, function_id)
+    plane = plane_of(request)
+    hosts = await plane.store.read(lambda tx: routes.hosts_of(tx, function_id))
+    return JSONResponse({"urls": {m: url_for(request, plane.config.web_domain, h) for m, h in hosts.items()}})
+
+
+def url_for(request: Request, domain: str | None, host: str) -> str:
+    if domain:
+        return f"{request.url.scheme}://{host}.{domain}/"
+    return f"{str(request.base_url).rstrip('/')}/web/{host}/"
+
+
+def host_of(request_host: str, domain: str) -> str | None:
+    """The endpoint's host label when ``request_host`` is ``<label>.<domain>`` (any port)."""
+    name = request_host.rsplit(":", 1)[0] if request_host.count(":") == 1 else request_host
+    name, domain = name.lower().rstrip("."), domain.lower().rsplit(":", 1)[0].rstrip(".")
+    if not name.endswith("." + domain):
+        return None
+    label = name[: -len(domain) - 1]
+    return label if label and "." not in label else None
+
+
+async def serve(request: Request, host: str, path: str, root_path: str = "") -> Response:
+    try:
+        return await _serve(request, host, path, root_path)
+    except ApiError as err:
+        return problem(err)
+    except StoreError as err:
+        log.error("web %s %s: %s", request.method, host, err)
+        return problem(
+            ApiError("the control plane's store failed; retry", code="store_unavailable", status=503)
+        )
+
+
+async def _serve(request: Request, host: str, path: str, root_path: str) -> Response:
+    plane = plane_of(request)
+    route = await _route(plane, host)
+    web = route.web
+    if web.get("requires_proxy_auth"):
+        await _check_proxy_auth(plane, request)
+    body = await _read_body(request)
+    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in (PROXY_KEY, PROXY_SECRET)]
+    client = (request.client.host, request.client.port) if request.client else None
+    server = request.scope.get("server")
+    payload = proto.encode_request(
+        request.method, path, request.url.query.encode("latin-1"), headers, body,
+        scheme=request.url.scheme, root_path=root_path, client=client,
+        server=tuple(server) if server else None, call=route.method,
+    )  # fmt: skip
+    data, ref = (
+        await asyncio.to_thread(plane.stash, payload) if len(payload) > 1 << 20 else plane.stash(payload)
+    )
+    call_id = ids.new_id(ids.FUNCTION_CALL)
+
+    def op(tx: Any) -> tuple[str, int]:
+        calls.create_call(tx, call_id, route.function_id, CallKind.WEB.value)
+        return calls.put_inputs(tx, call_id, [(0, data, ref)], 1)
+
+    await plane.store.write(op)
+    plane.inputs_changed(route.function_id)
+    stream = _Outputs(plane, call_id)
+    wait = float(route.spec.timeout) + START_ALLOWANCE
+    try:
+        first = await stream.next(request, time.monotonic() + wait)
+        status, out_headers, chunk = _first_piece(first, route.spec.timeout)
+    except BaseException:
+        await stream.cancel()
+        raise
+
+    async def rest() -> AsyncIterator[bytes]:
+        finished = first.part == FINAL
+        try:
+            if chunk:
+                yield chunk
+            while not finished:
+                out = await stream.next(None, time.monotonic() + wait)
+                finished = out.part == FINAL
+                if out.status not in ("item", OutputStatus.SUCCESS.value):
+                    log.warning("web %s: the response stopped early: %s", host, out.status)
+                    return
+                _, _, more = proto.decode_piece(stream.data(out))
+                if more:
+                    yield more
+        finally:
+            if not finished:
+                await stream.cancel()
+
+    return StreamingResponse(rest(), status_code=status, headers=_response_headers(out_headers))
+
+
+async def _route(plane: Any, host: str) -> routes.Route:
+    cache: dict[str, tuple[float, routes.Route]] = plane.web_routes
+    hit = cache.get(host)
+    now = time.monotonic()
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    route: routes.Route = await plane.store.read(lambda tx: routes.find(tx, host))
+    if len(cache) > 10_000:
+        cache.clear()
+    cache[host] = (now + ROUTE_TTL, route)
+    return route
+
+
+async def _check_proxy_auth(plane: Any, request: Request) -> None:
+    key, secret = request.headers.get(PROXY_KEY), request.headers.get(PROXY_SECRET)
+    if not key or not secret:
+        raise Unauthorized(
+            "this endpoint requires proxy auth: send the Modal-Key and Modal-Secret headers of a proxy "
+            "token (vivace token new --kind proxy)"
+        )
+    kind = await plane.store.read(lambda tx: tokens.verify(tx, key, secret))
+    if kind != "proxy":
+        raise Unauthorized("the Modal-Key / Modal-Secret pair is not a valid proxy token")
+
+
+async def _read_body(request: Request) -> bytes:
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise ApiError("Content-Length must be a number", code="bad_request", status=400)
+        if int(length) > proto.MAX_REQUEST_BODY:
+            raise TooLarge(f"the request body is over {proto.MAX_REQUEST_BODY >> 20} MiB")
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > proto.MAX_REQUEST_BODY:
+                raise TooLarge(f"the request body is over {proto.MAX_REQUEST_BODY >> 20} MiB")
+    except ClientDisconnect:
+        raise ApiError(
+            "the client went away while sending its body", code="client_closed", status=400
+        ) from None
+    return bytes(body)
+
+
+def _first_piece(out: calls.OutputRow, timeout: float) -> tuple[int, list[tuple[str, str]], bytes]:
+    if out.status == OutputStatus.TIMEOUT.value:
+        raise EndpointTimeout(f"the endpoint did not answer within its timeout ({timeout:g} s)")
+    if out.status == OutputStatus.INIT_FAILURE.value:
+        raise EndpointFailed("the endpoint's container failed to start; see `vivace app logs`")
+    if out.status == OutputStatus.CANCELLED.value:
+        raise ApiError("the request was cancelled (the app stopped?)", code="cancelled", status=503)
+    if out.status not in ("item", OutputStatus.SUCCESS.value):
+        raise EndpointFailed(f"the endpoint failed ({out.status}); see `vivace app logs`")
+    raw = out.data if out.data is not None else b""
+    try:
+        status, headers, chunk = proto.decode_piece(raw)
+    except frames.FrameError as err:
+        raise EndpointFailed(f"the endpoint answered with something that is not a response: {err}") from None
+    if status is None:
+        raise EndpointFailed("the endpoint's first answer had no status")
+    return status, headers, chunk
+
+
+def _response_headers(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in pairs:
+        key = k.lower()
+        if key in proto.HOP_BY_HOP:
+            continue
+        out[key] = f"{out[key]}, {v}" if key in out and key != "set-cookie" else v
+    return out
+
+
+class _Outputs:
+    """The outputs of one web call, in order, as they are stored."""
+
+    def __init__(self, plane: Any, call_id: str) -> None:
+        self.plane, self.call_id = plane, call_id
+        self.cursor = 0
+        self.ready: list[calls.OutputRow] = []
+
+    async def next(self, request: Request | None, deadline: float) -> calls.OutputRow:
+        plane = self.plane
+        while not self.ready:
+            ev = plane.notifier.event(f"outputs:{self.call_id}")
+            page = await plane.store.read(lambda tx: calls.get_outputs(tx, self.call_id, self.cursor, 100))
+            self.cursor = page.cursor
+            if page.outputs:
+                self.ready = list(page.outputs)
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise EndpointTimeout("no container answered the request in time")
+            await plane.notifier.wait(ev, min(left, 2.0 if request is not None else POLL))
+            if request is not None and await request.is_disconnected():
+                raise ApiError("the client went away", code="client_closed", status=499)
+        out = self.ready.pop(0)
+        if out.data is None and out.data_ref is not None:
+            out = _with_data(out, await asyncio.to_thread(plane.unstash, None, out.data_ref))
+        return out
+
+    def data(self, out: calls.OutputRow) -> bytes:
+        return out.data if out.data is not None else b""
+
+    async def cancel(self) -> None:
+        try:
+            await self.plane.cancel_call(self.call_id, False)
+        except Exception as err:  # the request ends either way; the input then runs to its end
+            log.debug("web call %s: could not cancel: %s", self.call_id, err)
+
+
+def _with_data(out: calls.OutputRow, data: bytes) -> calls.OutputRow:
+    import dataclasses
+
+    return dataclasses.replace(out, data=data, data_ref=None)
