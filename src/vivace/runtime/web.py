@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from vivace.protocol import web as proto
 
 Emit = Callable[[bytes], None]  # sends one piece that is not the last
+Pieces = Iterator[Tuple[bytes, bool]]  # (piece, whether it is the last)
 
 
 class WebEndpoint:
@@ -66,20 +67,19 @@ class WebEndpoint:
     def respond(
         self, head: Dict[str, Any], body: bytes, emit: Emit, run_coro: Optional[Callable[..., Any]] = None
     ) -> bytes:
-        """Answer one request: pieces but the last go to ``emit``; the last is returned. ``run_coro``
-        runs the app's coroutines (so that cancelling the input cancels them)."""
+        """Answer one request: pieces but the last go to ``emit`` as soon as they are made; the last is
+        returned. ``run_coro`` runs the app's coroutines (so that cancelling the input cancels them)."""
         if self.kind == "wsgi":
-            pieces: Iterator[bytes] = _wsgi(self.app, head, body)
+            pieces: Pieces = _wsgi(self.app, head, body)
         elif self.kind == "server":
             pieces = _proxy(int(self.settings["port"]), head, body)
         else:
             pieces = _iter_async(_asgi(self.app, head, body), run_coro or self.run_coro)
-        last: Optional[bytes] = None
-        for piece in pieces:
-            if last is not None:
-                emit(last)
-            last = piece
-        return last if last is not None else proto.error_piece(500, "the app sent no response")
+        for piece, last in pieces:
+            if last:
+                return piece
+            emit(piece)
+        return proto.encode_piece(b"")  # the body ended after the last piece sent
 
 
 # -- ASGI ------------------------------------------------------------------------------------------
@@ -149,16 +149,20 @@ async def _asgi(app: Any, head: Dict[str, Any], body: bytes) -> Any:
             if status is None:
                 continue
             if not started or chunk or finished:
-                for i in range(0, max(len(chunk), 1), proto.PIECE_SIZE):
+                ends = range(0, max(len(chunk), 1), proto.PIECE_SIZE)
+                for i in ends:
                     part = bytes(chunk[i : i + proto.PIECE_SIZE])
-                    yield proto.encode_piece(part, None if started else status, None if started else headers)
+                    piece = proto.encode_piece(
+                        part, None if started else status, None if started else headers
+                    )
+                    yield piece, finished and i == ends[-1]
                     started = True
         if not finished:
             err = task.exception() if task.done() and not task.cancelled() else None
             if err is not None:
                 traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
-            if not started:
-                yield proto.error_piece(500, "Internal Server Error")
+            end = proto.encode_piece(b"") if started else proto.error_piece(500, "Internal Server Error")
+            yield end, True
     finally:
         done.set()
         if not task.done():
@@ -186,11 +190,11 @@ class _Lifespan:
                 await self.app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},
                                inbox.get, outbox.put)  # fmt: skip
             except BaseException:
-                if not self.supported_confirmed:
-                    self.supported = False
-                    await outbox.put({"type": "lifespan.unsupported"})
-                else:
+                if self.supported_confirmed:
                     raise
+            if not self.supported_confirmed:  # it raised or returned on the scope: no lifespan
+                self.supported = False
+                await outbox.put({"type": "lifespan.unsupported"})
 
         self.task = asyncio.ensure_future(run())
         await inbox.put({"type": "lifespan.startup"})
@@ -211,7 +215,7 @@ class _Lifespan:
             pass
 
 
-def _iter_async(agen: Any, run_coro: Callable[..., Any]) -> Iterator[bytes]:
+def _iter_async(agen: Any, run_coro: Callable[..., Any]) -> Pieces:
     while True:
         try:
             yield run_coro(agen.__anext__())
@@ -236,7 +240,7 @@ def _fastapi_app(fn: Callable[..., Any], settings: Dict[str, Any]) -> Any:
 # -- WSGI ------------------------------------------------------------------------------------------
 
 
-def _wsgi(app: Any, head: Dict[str, Any], body: bytes) -> Iterator[bytes]:
+def _wsgi(app: Any, head: Dict[str, Any], body: bytes) -> Pieces:
     """PEP 3333 in the input's thread; the body the app returns streams in pieces."""
     environ: Dict[str, Any] = {
         "REQUEST_METHOD": head["method"],
@@ -277,22 +281,24 @@ def _wsgi(app: Any, head: Dict[str, Any], body: bytes) -> Iterator[bytes]:
         result = app(environ, start_response)
     except BaseException:
         traceback.print_exc()
-        yield proto.error_piece(500, "Internal Server Error")
+        yield proto.error_piece(500, "Internal Server Error"), True
         return
     first = True
+    whole = isinstance(result, (list, tuple))  # the whole body at once: one piece when it fits
+    chunks = [b"".join(result)] if whole else result
     try:
         buf = bytearray()
-        for data in result:
+        for data in chunks:
             buf += data
-            if len(buf) >= proto.PIECE_SIZE or (first and started):
-                yield _wsgi_piece(started, bytes(buf), first)
-                buf.clear()
+            while len(buf) > proto.PIECE_SIZE or (buf and not whole):
+                n = min(len(buf), proto.PIECE_SIZE)
+                yield _wsgi_piece(started, bytes(buf[:n]), first), False
+                del buf[:n]
                 first = False
         if first and not started:
-            yield proto.error_piece(500, "the WSGI app did not call start_response")
+            yield proto.error_piece(500, "the WSGI app did not call start_response"), True
             return
-        if buf or first:
-            yield _wsgi_piece(started, bytes(buf), first)
+        yield _wsgi_piece(started, bytes(buf), first), True
     finally:
         close = getattr(result, "close", None)
         if close is not None:
@@ -331,7 +337,7 @@ def _wait_for_port(port: int, timeout: float) -> None:
             time.sleep(0.05)
 
 
-def _proxy(port: int, head: Dict[str, Any], body: bytes) -> Iterator[bytes]:
+def _proxy(port: int, head: Dict[str, Any], body: bytes) -> Pieces:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=None)
     first = True
     target = _local_path(head) + ("?" + head["query"] if head.get("query") else "")
@@ -347,16 +353,17 @@ def _proxy(port: int, head: Dict[str, Any], body: bytes) -> Iterator[bytes]:
         headers = [[k, v] for k, v in resp.getheaders() if k.lower() not in proto.HOP_BY_HOP]
         while True:
             data = resp.read1(proto.PIECE_SIZE) if not resp.isclosed() else b""
+            done = not data or resp.length == 0  # length: what a sized body has left to read
             if first:
-                yield proto.encode_piece(data, resp.status, headers)
+                yield proto.encode_piece(data, resp.status, headers), done
                 first = False
-            elif data:
-                yield proto.encode_piece(data)
-            if not data:
+            elif data or done:
+                yield proto.encode_piece(data), done
+            if done:
                 return
     except (OSError, http.client.HTTPException) as err:
         sys.stderr.write(f"vivace: the server on port {port} failed a request: {err}\n")
-        if first:
-            yield proto.error_piece(502, f"the server on port {port} failed: {err}")
+        failed = proto.error_piece(502, f"the server on port {port} failed: {err}")
+        yield (failed if first else proto.encode_piece(b"")), True
     finally:
         conn.close()

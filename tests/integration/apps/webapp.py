@@ -32,7 +32,7 @@ def private():
     return "secret stuff"
 
 
-@app.function()
+@app.function(max_containers=1)
 @vivace.concurrent(max_inputs=20)
 @vivace.asgi_app()
 def streaming():
@@ -49,6 +49,18 @@ def streaming():
                 await asyncio.sleep(delay)
 
         return StreamingResponse(gen(), media_type="text/event-stream")
+
+    @web.get("/gate")
+    async def gate(queue: str):
+        """Sends a line, waits until the test releases it (an item on the queue), sends another."""
+        q = vivace.Queue.from_name(queue, create_if_missing=True)
+
+        async def gen():
+            yield "before\n"
+            await q.get.aio(timeout=60)
+            yield "after\n"
+
+        return StreamingResponse(gen(), media_type="text/plain")
 
     @web.post("/echo")
     async def echo(request: Request):

@@ -13,8 +13,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from vivace._version import __version__
-from vivace.server import gateway
-from vivace.server.api import calls, images, resources, sandboxes, secrets, storage, volumes, workers
+from vivace.server.api import (
+    calls,
+    gateway,
+    images,
+    resources,
+    sandboxes,
+    secrets,
+    storage,
+    volumes,
+    workers,
+)
 from vivace.server.api.common import route
 from vivace.server.errors import ApiError, NotFound
 from vivace.server.plane import ControlPlane
@@ -433,7 +442,7 @@ def create_app(plane: ControlPlane, *, manage_plane: bool = True) -> Starlette:
         routes=routes,
         lifespan=lifespan,
         exception_handlers={404: not_found, 405: method_not_allowed},
-        middleware=[Middleware(gateway.ByHost, domain=plane.config.web_domain)],
+        middleware=[Middleware(gateway.ByHost, config=plane.config)],
     )
     app.state.plane = plane
     return app

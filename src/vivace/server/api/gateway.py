@@ -57,13 +57,14 @@ class ByHost:
     """ASGI middleware: with ``--web-domain D``, a request for ``<label>.D`` goes to that endpoint;
     everything else (the API itself) passes through."""
 
-    def __init__(self, app: Any, domain: str | None) -> None:
-        self.app, self.domain = app, domain
+    def __init__(self, app: Any, config: Any) -> None:
+        self.app, self.config = app, config
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if self.domain and scope["type"] == "http":
+        domain = self.config.web_domain
+        if domain and scope["type"] == "http":
             raw = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
-            label = host_of(raw, self.domain)
+            label = host_of(raw, domain)
             if label is not None:
                 request = Request(scope, receive)
                 response = await serve(request, label, scope["path"] or "/")

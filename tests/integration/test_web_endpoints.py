@@ -1,0 +1,176 @@
+"""Web endpoints through the real gateway, worker and containers, with a real HTTP client: every kind of
+endpoint answers at its URL, bad requests get the right 4xx, responses stream, big bodies pass both
+ways, a slow request ends in 504, proxy auth holds, host routing works, and ``@concurrent`` lets one
+container serve held-open requests at once."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+import vivace
+from vivace import exception as exc
+from vivace._sdk.connection import get_client
+from vivace._sync import run_sync
+from vivace.protocol.versions import VERSION_HEADER
+
+
+@pytest.fixture(scope="module")
+def web(app_loader: Any) -> Iterator[Any]:
+    sys.modules.pop("webapp", None)
+    mod = app_loader("webapp")
+    with mod.app.run():
+        yield mod
+
+
+def test_every_kind_of_endpoint_answers_at_its_url(web: Any) -> None:
+    url = web.hello.get_web_url()
+    assert url.endswith("/web/webtest-hello-dev/")
+    assert httpx.get(url, params={"name": "ada"}, timeout=120).json() == {"hello": "ada", "container": True}
+    add = web.add.get_web_url()
+    assert "/web/webtest-typed-dev/" in add  # its label=
+    assert httpx.post(add, json={"values": [1, 2, 3]}, timeout=120).json() == {"sum": 6, "size": 0}
+    assert httpx.get(add, timeout=120).status_code == 405  # fastapi_endpoint(method="POST")
+    wsgi = httpx.get(web.classic.get_web_url() + "a/b?c=d", timeout=120)
+    assert (wsgi.status_code, wsgi.headers["x-kind"], wsgi.text) == (201, "wsgi", "GET /a/b?c=d")
+    served = httpx.get(web.files.get_web_url() + "hello.txt", timeout=120)
+    assert (served.status_code, served.text) == (200, "served by http.server\n")
+    predict = web.Model().predict.get_web_url()
+    assert httpx.get(predict, params={"x": 2}, timeout=120).json() == {"y": 84}  # after @enter
+    assert web.Model().plain.remote() == 42
+    where = httpx.get(web.streaming.get_web_url() + "where?a=1", cookies={"k": "v"}, timeout=120).json()
+    assert where["path"].endswith("/web/webtest-streaming-dev/where")
+    assert where["root_path"].endswith("/web/webtest-streaming-dev")
+    assert (where["query"], where["cookies"]) == ("a=1", {"k": "v"})
+    boom = httpx.get(web.streaming.get_web_url() + "boom", timeout=120)
+    assert (boom.status_code, boom.text) == (500, "Internal Server Error")  # the app's own 500
+    assert web.hello.remote("direct")["hello"] == "direct"  # a fastapi_endpoint is a function too
+    with pytest.raises(exc.InvalidError, match="get_web_url"):
+        web.streaming.remote()
+
+
+def test_bad_requests_get_the_right_4xx(web: Any, cluster: Any) -> None:
+    missing = httpx.get(f"{cluster.url}/web/no-such-endpoint/", timeout=30)
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+    bad_json = httpx.post(
+        web.add.get_web_url(), content=b"{nope", headers={"content-type": "application/json"}, timeout=120
+    )
+    assert bad_json.status_code == 422 and bad_json.json()["detail"][0]["type"] == "json_invalid"
+    wrong_type = httpx.post(web.add.get_web_url(), json=[1, 2], timeout=120)
+    assert wrong_type.status_code == 422
+    # a declared length over the limit is refused before any of the body is read
+    parts = urlsplit(web.add.get_web_url())
+    with socket.create_connection((parts.hostname, parts.port), timeout=30) as s:
+        s.sendall(
+            f"POST {parts.path} HTTP/1.1\r\nHost: x\r\nContent-Length: {65 << 20}\r\n"
+            "Content-Type: application/json\r\n\r\n".encode()
+        )
+        assert s.recv(4096).startswith(b"HTTP/1.1 413")
+
+    def chunks() -> Iterator[bytes]:  # no length given: counted as it arrives
+        for _ in range(66):
+            yield b"x" * (1 << 20)
+
+    streamed = httpx.post(web.streaming.get_web_url() + "echo", content=chunks(), timeout=120)
+    assert streamed.status_code == 413 and streamed.json()["code"] == "too_large"
+
+
+def test_responses_stream_as_the_app_sends_them(web: Any) -> None:
+    queue = f"gate-{uuid.uuid4().hex[:8]}"
+    url = web.streaming.get_web_url() + "gate"
+    with httpx.stream("GET", url, params={"queue": queue}, timeout=120) as r:
+        lines = r.iter_lines()
+        assert next(lines) == "before"  # arrives while the app still waits for the test
+        vivace.Queue.from_name(queue, create_if_missing=True).put("go")
+        assert next(lines) == "after"
+    with httpx.stream("GET", web.streaming.get_web_url() + "events", params={"n": 3, "delay": 0.05}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert [line for line in r.iter_lines() if line] == ["data: 0", "data: 1", "data: 2"]
+
+
+def test_big_bodies_pass_both_ways(web: Any) -> None:
+    body = bytes(range(256)) * (40 << 12)  # 40 MiB
+    up = httpx.post(web.streaming.get_web_url() + "echo", content=body, timeout=120).json()
+    assert up == {"sha256": hashlib.sha256(body).hexdigest(), "size": len(body)}
+    down = httpx.get(web.streaming.get_web_url() + "big", params={"mib": 5}, timeout=120)
+    assert down.status_code == 200 and down.content == b"x" * (5 << 20)
+
+
+def test_a_request_past_the_function_timeout_gets_504(web: Any) -> None:
+    slow = httpx.post(web.add.get_web_url(), json={"values": [1], "sleep": 6}, timeout=120)
+    assert slow.status_code == 504 and slow.json()["code"] == "endpoint_timeout"
+    assert httpx.post(web.add.get_web_url(), json={"values": [2]}, timeout=120).json()["sum"] == 2
+
+
+def test_proxy_auth_takes_a_proxy_token_and_nothing_else(web: Any, cluster: Any) -> None:
+    url = web.private.get_web_url()
+    assert httpx.get(url, timeout=120).status_code == 401
+    user = {"Modal-Key": cluster.creds["token_id"], "Modal-Secret": cluster.creds["token_secret"]}
+    assert httpx.get(url, headers=user, timeout=120).status_code == 401  # a user token is not a proxy token
+
+    async def proxy_token() -> dict[str, str]:
+        return await (await get_client()).post_json("/v1/tokens", {"kind": "proxy", "label": "web test"})
+
+    token = run_sync(proxy_token())
+    headers = {"Modal-Key": token["token_id"], "Modal-Secret": token["token_secret"]}
+    ok = httpx.get(url, headers=headers, timeout=120)
+    assert (ok.status_code, ok.json()) == (200, "secret stuff")
+    assert httpx.get(url, headers={**headers, "Modal-Secret": "ts-wrong"}, timeout=120).status_code == 401
+    api = httpx.get(
+        f"{cluster.url}/v1/apps",
+        headers={
+            "authorization": f"Bearer {token['token_id']}:{token['token_secret']}",
+            VERSION_HEADER: vivace.__version__,
+        },
+        timeout=30,
+    )
+    assert api.status_code == 403  # a proxy token opens endpoints, not the API
+
+
+def test_endpoints_answer_by_host_name_under_the_web_domain(web: Any, cluster: Any) -> None:
+    cluster.config.web_domain = f"vivace.test:{cluster.port}"
+    try:
+        assert web.hello.get_web_url() == f"http://webtest-hello-dev.vivace.test:{cluster.port}/"
+        headers = {"host": f"webtest-hello-dev.vivace.test:{cluster.port}"}
+        r = httpx.get(f"{cluster.url}/?name=host", headers=headers, timeout=120)
+        assert r.json()["hello"] == "host"
+        r = httpx.get(f"{cluster.url}/", headers={"host": f"nothing.vivace.test:{cluster.port}"}, timeout=30)
+        assert r.status_code == 404
+        assert httpx.get(f"{cluster.url}/healthz", timeout=30).status_code == 200  # the API is unchanged
+    finally:
+        cluster.config.web_domain = None
+
+
+def test_a_concurrent_endpoint_serves_held_requests_at_once_in_one_container(web: Any) -> None:
+    queue = f"gate-{uuid.uuid4().hex[:8]}"
+    url = web.streaming.get_web_url() + "gate"
+    first_lines: list[str] = []
+    bodies: list[str] = []
+    started = threading.Barrier(6)
+
+    def one() -> None:
+        with httpx.stream("GET", url, params={"queue": queue}, timeout=120) as r:
+            lines = r.iter_lines()
+            first_lines.append(next(lines))
+            started.wait(timeout=100)
+            bodies.append(next(lines))
+
+    threads = [threading.Thread(target=one) for _ in range(5)]
+    for t in threads:
+        t.start()
+    started.wait(timeout=100)  # five requests in flight at once, with max_containers=1
+    q = vivace.Queue.from_name(queue, create_if_missing=True)
+    for _ in range(5):
+        q.put("go")
+    for t in threads:
+        t.join(timeout=100)
+    assert first_lines == ["before"] * 5 and bodies == ["after"] * 5
