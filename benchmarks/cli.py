@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import autoscale, coldstart, driver, images, repro, sandboxes, scale, storage, volumes
+from benchmarks import autoscale, coldstart, driver, images, repro, sandboxes, scale, storage, volumes, web
 from benchmarks.charts import write_charts
 from benchmarks.config import FULL, QUICK, RunConfig
 from benchmarks.machine import machine_info
@@ -27,6 +27,7 @@ SECTIONS: dict[str, Callable[[RunConfig, Callable[[str], None]], dict[str, Any]]
     "storage": storage.run,
     "volumes": volumes.run,
     "sandboxes": sandboxes.run,
+    "web": web.run,
 }
 """Benchmarks that drive Vivace and its peers themselves, each writing one section of the results."""
 RESULTS = driver.REPO_ROOT / "benchmarks" / "results" / "latest.json"

@@ -45,6 +45,10 @@ def render_markdown(results: Mapping[str, Any], charts: Mapping[str, str] | None
         from benchmarks import sandboxes
 
         parts += sandboxes.render(results["sandboxes"])
+    if results.get("web"):
+        from benchmarks import web
+
+        parts += web.render(results["web"])
     if results.get("reproducibility"):
         from benchmarks import repro
 

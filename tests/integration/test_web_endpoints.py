@@ -174,3 +174,16 @@ def test_a_concurrent_endpoint_serves_held_requests_at_once_in_one_container(web
     for t in threads:
         t.join(timeout=100)
     assert first_lines == ["before"] * 5 and bodies == ["after"] * 5
+
+
+def test_a_restarted_app_takes_over_its_url_at_once(app_loader: Any) -> None:
+    sys.modules.pop("webrestart", None)
+    mod = app_loader("webrestart")
+    with mod.app.run():
+        url = mod.ping.get_web_url()
+        assert httpx.get(url, timeout=120).status_code == 200  # the gateway now caches this route
+    with mod.app.run():  # a new app at the same URL, within the cache's second
+        assert mod.ping.get_web_url() == url
+        again = httpx.get(url, timeout=120)
+        assert again.status_code == 200, again.text
+    assert httpx.get(url, timeout=120).status_code == 404  # stopped: nothing serves it

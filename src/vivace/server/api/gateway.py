@@ -24,7 +24,7 @@ from vivace.protocol import frames, ids
 from vivace.protocol import web as proto
 from vivace.protocol.calls import FINAL, CallKind, OutputStatus
 from vivace.server.api.common import USERS, allow_function, plane_of, problem, route
-from vivace.server.errors import ApiError, TooLarge, Unauthorized
+from vivace.server.errors import ApiError, Gone, TooLarge, Unauthorized
 from vivace.server.services import calls, tokens
 from vivace.server.services import web as routes
 from vivace.server.store.base import StoreError
@@ -114,28 +114,29 @@ async def serve(request: Request, host: str, path: str, root_path: str = "") -> 
 async def _serve(request: Request, host: str, path: str, root_path: str) -> Response:
     plane = plane_of(request)
     route = await _route(plane, host)
-    web = route.web
-    if web.get("requires_proxy_auth"):
+    if route.web.get("requires_proxy_auth"):  # before reading a body from someone not allowed
         await _check_proxy_auth(plane, request)
     body = await _read_body(request)
     headers = [(k, v) for k, v in request.headers.items() if k.lower() not in (PROXY_KEY, PROXY_SECRET)]
     client = (request.client.host, request.client.port) if request.client else None
     server = request.scope.get("server")
-    payload = proto.encode_request(
-        request.method, path, request.url.query.encode("latin-1"), headers, body,
-        scheme=request.url.scheme, root_path=root_path, client=client,
-        server=tuple(server) if server else None, call=route.method,
-    )  # fmt: skip
-    data, ref = (
-        await asyncio.to_thread(plane.stash, payload) if len(payload) > 1 << 20 else plane.stash(payload)
-    )
     call_id = ids.new_id(ids.FUNCTION_CALL)
-
-    def op(tx: Any) -> tuple[str, int]:
-        calls.create_call(tx, call_id, route.function_id, CallKind.WEB.value)
-        return calls.put_inputs(tx, call_id, [(0, data, ref)], 1)
-
-    await plane.store.write(op)
+    for attempt in (1, 2):
+        payload = proto.encode_request(
+            request.method, path, request.url.query.encode("latin-1"), headers, body,
+            scheme=request.url.scheme, root_path=root_path, client=client,
+            server=tuple(server) if server else None, call=route.method,
+        )  # fmt: skip
+        try:
+            await _put_request(plane, call_id, route.function_id, payload)
+            break
+        except Gone:  # the cached route's app stopped (a redeploy, a serve restart): look again once
+            if attempt == 2:
+                raise
+            plane.web_routes.pop(host, None)
+            route = await _route(plane, host)
+            if route.web.get("requires_proxy_auth"):
+                await _check_proxy_auth(plane, request)
     plane.inputs_changed(route.function_id)
     stream = _Outputs(plane, call_id)
     wait = float(route.spec.timeout) + START_ALLOWANCE
@@ -165,6 +166,19 @@ async def _serve(request: Request, host: str, path: str, root_path: str) -> Resp
                 await stream.cancel()
 
     return StreamingResponse(rest(), status_code=status, headers=_response_headers(out_headers))
+
+
+async def _put_request(plane: Any, call_id: str, function_id: str, payload: bytes) -> None:
+    """The request as a call of one input, stored (a big body goes to the blob store)."""
+    data, ref = (
+        await asyncio.to_thread(plane.stash, payload) if len(payload) > 1 << 20 else plane.stash(payload)
+    )
+
+    def op(tx: Any) -> tuple[str, int]:
+        calls.create_call(tx, call_id, function_id, CallKind.WEB.value)
+        return calls.put_inputs(tx, call_id, [(0, data, ref)], 1)
+
+    await plane.store.write(op)
 
 
 async def _route(plane: Any, host: str) -> routes.Route:
