@@ -64,3 +64,13 @@ def test_class_methods_get_hosts_of_their_own(h: Any) -> None:
     assert h.w(lambda tx: svc.hosts_of(tx, fid)) == {"predict": "zoo-model-predict", "health": "zoo-zoo-ok"}
     route = h.w(lambda tx: svc.find(tx, "zoo-model-predict"))
     assert (route.method, route.web["kind"]) == ("predict", "fastapi")
+
+
+def test_websocket_messages_are_read_in_order_after_a_sequence_and_dropped_with_the_session(h: Any) -> None:
+    assert [h.w(lambda tx, d=d: svc.put_message(tx, "fc-1", d)) for d in (b"a", b"b", b"c")] == [1, 2, 3]
+    h.w(lambda tx: svc.put_message(tx, "fc-2", b"other"))
+    assert h.w(lambda tx: svc.messages(tx, "fc-1", 0)) == [(1, b"a"), (2, b"b"), (3, b"c")]
+    assert h.w(lambda tx: svc.messages(tx, "fc-1", 2)) == [(3, b"c")]
+    h.w(lambda tx: svc.drop_messages(tx, "fc-1"))
+    assert h.w(lambda tx: svc.messages(tx, "fc-1", 0)) == []
+    assert h.w(lambda tx: svc.messages(tx, "fc-2", 0)) == [(1, b"other")]

@@ -187,3 +187,28 @@ def test_a_restarted_app_takes_over_its_url_at_once(app_loader: Any) -> None:
         again = httpx.get(url, timeout=120)
         assert again.status_code == 200, again.text
     assert httpx.get(url, timeout=120).status_code == 404  # stopped: nothing serves it
+
+
+def test_websockets_carry_text_and_bytes_both_ways_until_either_side_closes(web: Any) -> None:
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    url = web.streaming.get_web_url().replace("http://", "ws://") + "ws"
+    with connect(url, subprotocols=["chat"], open_timeout=120) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "chat"
+        for i in range(3):
+            ws.send(f"hi {i}")
+            assert ws.recv(timeout=60) == f"echo hi {i}"
+        ws.send(b"\x00\x01\x02" * 1000)
+        assert ws.recv(timeout=60) == b"\x02\x01\x00" * 1000
+        ws.send("bye")
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=60)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4000
+    with connect(url, open_timeout=120) as ws:  # the client closes first: the app sees it and ends
+        ws.send("one")
+        assert ws.recv(timeout=60) == "echo one"
+    with pytest.raises(InvalidStatus) as refused:  # an endpoint that is not an ASGI app
+        connect(web.hello.get_web_url().replace("http://", "ws://"), open_timeout=60).close()
+    assert refused.value.response.status_code == 400
+    assert b"only an asgi_app endpoint takes WebSockets" in refused.value.response.body

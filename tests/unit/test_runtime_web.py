@@ -178,3 +178,48 @@ def test_each_piece_goes_out_before_the_app_makes_the_next() -> None:
     last = endpoint.respond(_request(), b"", emit)
     assert [proto.decode_piece(p)[2] for p in sent] == [b"first"]
     assert proto.decode_piece(last) == (None, [], b"second")
+
+
+def test_a_websocket_session_gets_the_clients_messages_and_sends_events_back() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            raise RuntimeError("none")
+        assert scope["type"] == "websocket" and scope["subprotocols"] == ["v1", "v2"]
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept", "subprotocol": "v2"})
+        while True:
+            msg = await receive()
+            if msg["type"] == "websocket.disconnect":
+                return  # returns without a close of its own
+            await send({"type": "websocket.send", "bytes": msg["bytes"] * 2} if "bytes" in msg
+                       else {"type": "websocket.send", "text": msg["text"].upper()})  # fmt: skip
+
+    client = [
+        proto.encode_message({"type": "websocket.receive", "text": "hi"}),
+        proto.encode_message({"type": "websocket.receive", "bytes": b"\x01"}),
+        proto.encode_message({"type": "websocket.disconnect", "code": 1001}),
+    ]
+    asked: list[int] = []
+
+    def fetch(after: int) -> list[tuple[int, bytes]]:
+        asked.append(after)
+        return [(after + 1, client[after])] if after < len(client) else []
+
+    endpoint = _asgi_endpoint(app)
+    head, _ = proto.decode_request(
+        proto.encode_request("GET", "/ws", b"", [("sec-websocket-protocol", "v1, v2")], b"", websocket=True)
+    )
+    sent: list[bytes] = []
+    last = endpoint.respond(head, b"", sent.append, fetch=fetch)
+    events = [e for p in [*sent, last] for e in proto.decode_ws_piece(p)]
+    assert events == [
+        {"type": "websocket.accept", "subprotocol": "v2", "headers": []},
+        {"type": "websocket.send", "text": "HI"},
+        {"type": "websocket.send", "blob": 0, "bytes": b"\x01\x01"},
+        {"type": "websocket.close", "code": 1000, "reason": ""},
+    ]
+    assert asked == [0, 1, 2]
+    wsgi = WebEndpoint({"kind": "wsgi"}, lambda: lambda e, s: [], _run)
+    assert proto.decode_ws_piece(wsgi.respond(head, b"", sent.append, fetch=fetch)) == [
+        {"type": "websocket.close", "code": 1003, "reason": ""}
+    ]

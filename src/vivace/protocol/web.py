@@ -12,7 +12,7 @@ Runs inside user images too: 3.10-compatible and stdlib only.
 
 import hashlib
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from vivace.protocol import frames
 
@@ -110,11 +110,14 @@ def encode_request(
     client: Optional[Tuple[str, int]] = None,
     server: Optional[Tuple[str, int]] = None,
     call: Optional[str] = None,
+    websocket: bool = False,
 ) -> bytes:
-    """``call``: the method of a class that answers (None for a function)."""
+    """``call``: the method of a class that answers (None for a function); ``websocket``: the request
+    opens a WebSocket session (its client's messages follow through ``encode_message``)."""
     head = {
         "web": 1,
         "call": call,
+        "websocket": websocket,
         "method": method,
         "path": path,
         "query": query.decode("latin-1"),
@@ -170,3 +173,76 @@ def decode_piece(data: bytes) -> Tuple[Optional[int], List[Tuple[str, str]], byt
 def error_piece(status: int, message: str) -> bytes:
     body = (message + "\n").encode()
     return encode_piece(body, status, [["content-type", "text/plain; charset=utf-8"]])
+
+
+# -- WebSockets ------------------------------------------------------------------------------------
+# The client's messages reach the container one by one (``encode_message``: an ASGI websocket.receive
+# or websocket.disconnect); the app's go back as pieces whose header lists ASGI events under "ws"
+# (accept, send, close), binary data in the piece's payloads.
+
+
+def encode_message(message: Mapping[str, Any]) -> bytes:
+    head: Dict[str, Any] = {"type": message["type"]}
+    blobs: List[bytes] = []
+    if message.get("bytes") is not None:
+        head["blob"] = 0
+        blobs.append(bytes(message["bytes"]))
+    elif message.get("text") is not None:
+        head["text"] = message["text"]
+    if message.get("code") is not None:
+        head["code"] = int(message["code"])
+    return frames.encode(head, blobs)
+
+
+def decode_message(data: bytes) -> Dict[str, Any]:
+    head, blobs = frames.decode(data)
+    out: Dict[str, Any] = {"type": head.get("type")}
+    if out["type"] not in ("websocket.receive", "websocket.disconnect"):
+        raise frames.FrameError(f"not a client WebSocket message: {out['type']!r}")
+    if "blob" in head:
+        out["bytes"] = blobs[0]
+    elif "text" in head:
+        out["text"] = head["text"]
+    if "code" in head:
+        out["code"] = head["code"]
+    return out
+
+
+def encode_ws_piece(events: List[Dict[str, Any]]) -> bytes:
+    """The app's ASGI events (accept, send, close) as one piece."""
+    out: List[Dict[str, Any]] = []
+    blobs: List[bytes] = []
+    for ev in events:
+        kind = ev["type"]
+        item: Dict[str, Any] = {"type": kind}
+        if kind == "websocket.accept":
+            item["subprotocol"] = ev.get("subprotocol")
+            item["headers"] = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in ev.get("headers") or []]
+        elif kind == "websocket.send":
+            if ev.get("bytes") is not None:
+                item["blob"] = len(blobs)
+                blobs.append(bytes(ev["bytes"]))
+            else:
+                item["text"] = ev.get("text") or ""
+        elif kind == "websocket.close":
+            item["code"] = int(ev.get("code") or 1000)
+            item["reason"] = ev.get("reason") or ""
+        else:
+            continue
+        out.append(item)
+    return frames.encode({"ws": out}, blobs)
+
+
+def decode_ws_piece(data: bytes) -> List[Dict[str, Any]]:
+    head, blobs = frames.decode(data)
+    events = head.get("ws")
+    if not isinstance(events, list):
+        raise frames.FrameError("not a WebSocket piece")
+    out = []
+    for ev in events:
+        if not isinstance(ev, dict):
+            raise frames.FrameError("a WebSocket event must be an object")
+        if "blob" in ev:
+            ev = {**ev, "bytes": blobs[int(ev["blob"])]}
+        out.append(ev)
+    return out

@@ -27,6 +27,7 @@ from vivace.runtime.socket import SocketError, WorkerSocket
 HEARTBEAT_INTERVAL = 1.0
 LEASE_WAIT = 25.0
 MAX_BATCH = 64  # the control plane gives more than one input only to functions with short inputs
+MESSAGE_WAIT = 20.0  # a WebSocket session's long-poll for its client's next messages
 WARM_READY = "vivace: warm container ready"  # a warm container's first line on stdout
 ENTER = "_vivace_enter"  # the marks vivace.decorators sets (not imported: the runtime starts lean)
 EXIT = "_vivace_exit"
@@ -247,8 +248,18 @@ class Runtime:
             )
             part += 1
 
+        def fetch(after: int) -> List[Tuple[int, bytes]]:  # a WebSocket client's next messages
+            from vivace.protocol import frames
+
+            raw = self.sock_for_thread().get_bytes(
+                f"/api/v1/web/calls/{call_id}/messages?after={after}&wait={MESSAGE_WAIT:g}"
+            )
+            header, blobs = frames.decode(raw)
+            return [(int(m["seq"]), blobs[m["blob"]]) for m in header["messages"]]
+
+        call_id = context.function_call_id()
         return endpoint.respond(  # type: ignore[no-any-return]
-            head, body, emit, lambda coro: self.run_coro(coro, seq)
+            head, body, emit, lambda coro: self.run_coro(coro, seq), fetch
         )
 
     def _run_generator(self, fn: Callable[..., Any], seq: int, args: Any, kwargs: Any) -> None:

@@ -24,6 +24,7 @@ from vivace.protocol import web as proto
 
 Emit = Callable[[bytes], None]  # sends one piece that is not the last
 Pieces = Iterator[Tuple[bytes, bool]]  # (piece, whether it is the last)
+Fetch = Callable[[int], List[Tuple[int, bytes]]]  # a WebSocket client's messages after a sequence number
 
 
 class WebEndpoint:
@@ -65,12 +66,22 @@ class WebEndpoint:
 
     # -- one request -------------------------------------------------------------------------------
     def respond(
-        self, head: Dict[str, Any], body: bytes, emit: Emit, run_coro: Optional[Callable[..., Any]] = None
+        self,
+        head: Dict[str, Any],
+        body: bytes,
+        emit: Emit,
+        run_coro: Optional[Callable[..., Any]] = None,
+        fetch: Optional[Fetch] = None,
     ) -> bytes:
         """Answer one request: pieces but the last go to ``emit`` as soon as they are made; the last is
-        returned. ``run_coro`` runs the app's coroutines (so that cancelling the input cancels them)."""
-        if self.kind == "wsgi":
-            pieces: Pieces = _wsgi(self.app, head, body)
+        returned. ``run_coro`` runs the app's coroutines (so that cancelling the input cancels them);
+        ``fetch(after)`` returns a WebSocket client's messages after ``after`` (blocking, long-poll)."""
+        if head.get("websocket"):
+            if self.kind != "asgi" or fetch is None:
+                return proto.encode_ws_piece([{"type": "websocket.close", "code": 1003}])
+            pieces: Pieces = _iter_async(_asgi_ws(self.app, head, fetch), run_coro or self.run_coro)
+        elif self.kind == "wsgi":
+            pieces = _wsgi(self.app, head, body)
         elif self.kind == "server":
             pieces = _proxy(int(self.settings["port"]), head, body)
         else:
@@ -165,6 +176,63 @@ async def _asgi(app: Any, head: Dict[str, Any], body: bytes) -> Any:
             yield end, True
     finally:
         done.set()
+        if not task.done():
+            task.cancel()
+
+
+async def _asgi_ws(app: Any, head: Dict[str, Any], fetch: Fetch) -> Any:
+    """Run the app on one WebSocket session: the client's messages come through ``fetch``, the app's
+    events go back as pieces; the session ends when either side closes."""
+    scope = asgi_scope(head)
+    protocols = [
+        v.strip() for k, v in head["headers"] if k.lower() == "sec-websocket-protocol" for v in v.split(",")
+    ]
+    scope.update(type="websocket", scheme="wss" if head.get("scheme") == "https" else "ws",
+                 subprotocols=[p for p in protocols if p])  # fmt: skip
+    scope.pop("method", None)
+    queue: asyncio.Queue[Dict[str, Any]] = asyncio.Queue()
+    inbox: List[Dict[str, Any]] = []
+    seen = 0
+    connected = False
+
+    async def receive() -> Dict[str, Any]:
+        nonlocal connected, seen
+        if not connected:
+            connected = True
+            return {"type": "websocket.connect"}
+        while not inbox:
+            for seq, data in await asyncio.get_running_loop().run_in_executor(None, fetch, seen):
+                seen = max(seen, seq)
+                inbox.append(proto.decode_message(data))
+        return inbox.pop(0)
+
+    async def send(message: Dict[str, Any]) -> None:
+        queue.put_nowait(message)
+
+    task = asyncio.ensure_future(app(scope, receive, send))
+    accepted = closed = False
+    try:
+        while not closed:
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait([getter, task], return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                if queue.empty():
+                    break
+                continue
+            events = [getter.result()]
+            while not queue.empty():
+                events.append(queue.get_nowait())
+            accepted = accepted or any(e["type"] == "websocket.accept" for e in events)
+            closed = any(e["type"] == "websocket.close" for e in events)
+            yield proto.encode_ws_piece(events), closed
+        if not closed:  # the app returned (or raised) without closing
+            err = task.exception() if task.done() and not task.cancelled() else None
+            if err is not None:
+                traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
+            code = (1011 if err is not None else 1000) if accepted else 1008
+            yield proto.encode_ws_piece([{"type": "websocket.close", "code": code}]), True
+    finally:
         if not task.done():
             task.cancel()
 

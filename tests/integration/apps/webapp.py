@@ -36,7 +36,7 @@ def private():
 @vivace.concurrent(max_inputs=20)
 @vivace.asgi_app()
 def streaming():
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
     from fastapi.responses import PlainTextResponse, StreamingResponse
 
     web = FastAPI()
@@ -76,6 +76,26 @@ def streaming():
     @web.get("/boom")
     def boom():
         raise RuntimeError("the app failed")
+
+    @web.websocket("/ws")
+    async def ws(socket: WebSocket):
+        await socket.accept(
+            subprotocol=socket.scope["subprotocols"][0] if socket.scope["subprotocols"] else None
+        )
+        try:
+            while True:
+                msg = await socket.receive()
+                if msg["type"] == "websocket.disconnect":
+                    return
+                if msg.get("bytes") is not None:
+                    await socket.send_bytes(msg["bytes"][::-1])
+                elif msg["text"] == "bye":
+                    await socket.close(code=4000, reason="asked to")
+                    return
+                else:
+                    await socket.send_text(f"echo {msg['text']}")
+        except WebSocketDisconnect:
+            return
 
     @web.get("/where")
     def where(request: Request):

@@ -106,6 +106,14 @@ ROUTES: list[tuple[str, str, Any, str | None, str, str]] = [
     ("GET", "/v1/functions/{function_id}/web", gateway.web_urls, None, "json", "A function's web URLs"),
     (
         "GET",
+        "/v1/web/calls/{call_id}/messages",
+        gateway.messages,
+        None,
+        FRAMES,
+        "A WebSocket session's client messages, for its container",
+    ),
+    (
+        "GET",
         "/v1/functions/{function_id}/stats",
         resources.function_stats,
         None,
@@ -426,6 +434,8 @@ def create_app(plane: ControlPlane, *, manage_plane: bool = True) -> Starlette:
         # web endpoints by path (by host: gateway.ByHost); public unless requires_proxy_auth
         Route("/web/{host}", gateway.by_path, methods=gateway.METHODS),
         Route("/web/{host}/{path:path}", gateway.by_path, methods=gateway.METHODS),
+        WebSocketRoute("/web/{host}", gateway.ws_by_path),
+        WebSocketRoute("/web/{host}/{path:path}", gateway.ws_by_path),
     ]
 
     @contextlib.asynccontextmanager

@@ -12,6 +12,7 @@ wrong proxy token 401, a body over ``MAX_REQUEST_BODY`` 413. A client that goes 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -19,11 +20,22 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from vivace.protocol import frames, ids
 from vivace.protocol import web as proto
 from vivace.protocol.calls import FINAL, CallKind, OutputStatus
-from vivace.server.api.common import USERS, allow_function, plane_of, problem, route
+from vivace.server.api.common import (
+    USERS,
+    allow_call,
+    allow_function,
+    frame_response,
+    plane_of,
+    problem,
+    query_float,
+    query_int,
+    route,
+)
 from vivace.server.errors import ApiError, Gone, TooLarge, Unauthorized
 from vivace.server.services import calls, tokens
 from vivace.server.services import web as routes
@@ -53,6 +65,12 @@ async def by_path(request: Request) -> Response:
     return await serve(request, host, root + "/" + request.path_params.get("path", ""), root)
 
 
+async def ws_by_path(websocket: WebSocket) -> None:
+    host = websocket.path_params["host"]
+    root = f"/web/{host}"
+    await serve_ws(websocket, host, root + "/" + websocket.path_params.get("path", ""), root)
+
+
 class ByHost:
     """ASGI middleware: with ``--web-domain D``, a request for ``<label>.D`` goes to that endpoint;
     everything else (the API itself) passes through."""
@@ -62,9 +80,12 @@ class ByHost:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         domain = self.config.web_domain
-        if domain and scope["type"] == "http":
+        if domain and scope["type"] in ("http", "websocket"):
             raw = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
             label = host_of(raw, domain)
+            if label is not None and scope["type"] == "websocket":
+                await serve_ws(WebSocket(scope, receive, send), label, scope["path"] or "/")
+                return
             if label is not None:
                 request = Request(scope, receive)
                 response = await serve(request, label, scope["path"] or "/")
@@ -297,3 +318,119 @@ def _with_data(out: calls.OutputRow, data: bytes) -> calls.OutputRow:
     import dataclasses
 
     return dataclasses.replace(out, data=data, data_ref=None)
+
+
+# -- WebSockets ------------------------------------------------------------------------------------
+WS_DRAIN = 10.0  # after the client leaves, how long the app has to end its session before it is cancelled
+
+
+async def serve_ws(websocket: WebSocket, host: str, path: str, root_path: str = "") -> None:
+    """A WebSocket session as one input of an ``asgi_app``: the app's accept, sends and close come back
+    as its outputs; what the client sends is stored for the container to read (``messages`` below)."""
+    plane = plane_of(websocket)  # type: ignore[arg-type]
+    try:
+        route = await _route(plane, host)
+        if route.web.get("kind") != "asgi":
+            raise ApiError("only an asgi_app endpoint takes WebSockets", code="not_websocket", status=400)
+        if route.web.get("requires_proxy_auth"):
+            await _check_proxy_auth(plane, websocket)  # type: ignore[arg-type]
+    except ApiError as err:
+        await _deny(websocket, err)
+        return
+    await websocket.receive()  # websocket.connect: the client waits until the app accepts
+    headers = [(k, v) for k, v in websocket.headers.items() if k.lower() not in (PROXY_KEY, PROXY_SECRET)]
+    client = (websocket.client.host, websocket.client.port) if websocket.client else None
+    payload = proto.encode_request(
+        "GET", path, websocket.url.query.encode("latin-1"), headers, b"",
+        scheme="https" if websocket.url.scheme == "wss" else "http", root_path=root_path, client=client,
+        call=route.method, websocket=True,
+    )  # fmt: skip
+    call_id = ids.new_id(ids.FUNCTION_CALL)
+    await _put_request(plane, call_id, route.function_id, payload)
+    plane.inputs_changed(route.function_id)
+    stream = _Outputs(plane, call_id)
+    outbound = asyncio.ensure_future(_app_to_client(websocket, stream, route.spec.timeout))
+    inbound = asyncio.ensure_future(_client_to_app(websocket, plane, call_id))
+    try:
+        await asyncio.wait([outbound, inbound], return_when=asyncio.FIRST_COMPLETED)
+        if not outbound.done():  # the client left: the app was told; give it a moment to finish
+            await asyncio.wait([outbound], timeout=WS_DRAIN)
+    finally:
+        ended = outbound.done() and not outbound.cancelled() and outbound.exception() is None
+        for task in (outbound, inbound):
+            task.cancel()
+        if not ended:  # the session did not end by the app's close: stop it
+            await stream.cancel()
+        with contextlib.suppress(Exception):
+            await plane.store.write(lambda tx: routes.drop_messages(tx, call_id))
+
+
+async def _deny(websocket: WebSocket, err: ApiError) -> None:
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(problem(err))
+    else:
+        await websocket.close(code=1008, reason=err.message[:120])
+
+
+async def _app_to_client(websocket: WebSocket, stream: _Outputs, timeout: float) -> None:
+    accepted = False
+    deadline = time.monotonic() + float(timeout) + START_ALLOWANCE
+    while True:
+        out = await stream.next(None, deadline)
+        if out.status not in ("item", OutputStatus.SUCCESS.value):
+            log.warning("websocket %s ended: %s", stream.call_id, out.status)
+            if accepted:
+                await websocket.close(code=1011)
+            else:
+                await _deny(websocket, EndpointFailed(f"the endpoint failed ({out.status})"))
+            return
+        for ev in proto.decode_ws_piece(stream.data(out)):
+            if ev["type"] == "websocket.accept":
+                headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in ev.get("headers") or []]
+                await websocket.accept(subprotocol=ev.get("subprotocol"), headers=headers)
+                accepted = True
+            elif ev["type"] == "websocket.send" and "bytes" in ev:
+                await websocket.send_bytes(ev["bytes"])
+            elif ev["type"] == "websocket.send":
+                await websocket.send_text(ev.get("text", ""))
+            elif ev["type"] == "websocket.close":
+                await websocket.close(code=int(ev.get("code", 1000)), reason=ev.get("reason") or None)
+                return
+        if out.part == FINAL:
+            return
+
+
+async def _client_to_app(websocket: WebSocket, plane: Any, call_id: str) -> None:
+    while True:
+        try:
+            message = await websocket.receive()
+        except (WebSocketDisconnect, RuntimeError):
+            message = {"type": "websocket.disconnect", "code": 1006}
+        if message["type"] not in ("websocket.receive", "websocket.disconnect"):
+            continue
+        data = proto.encode_message(message)
+        await plane.store.write(lambda tx, d=data: routes.put_message(tx, call_id, d))
+        plane.notifier.wake(f"webmsg:{call_id}")
+        if message["type"] == "websocket.disconnect":
+            return
+
+
+@route(kinds=USERS)
+async def messages(request: Request) -> Response:
+    """A WebSocket session's client messages after ``after`` (long-poll up to ``wait`` seconds), for the
+    container running it: frames, header ``{"messages": [{"seq", "blob"}]}``."""
+    call_id = request.path_params["call_id"]
+    await allow_call(request, call_id)
+    after = query_int(request, "after", 0, 0, 2**62)
+    wait = query_float(request, "wait", 0.0, 0.0, 60.0)
+    plane = plane_of(request)
+    deadline = time.monotonic() + wait
+    while True:
+        ev = plane.notifier.event(f"webmsg:{call_id}")
+        got = await plane.store.read(lambda tx: routes.messages(tx, call_id, after))
+        left = deadline - time.monotonic()
+        if got or left <= 0:
+            break
+        await plane.notifier.wait(ev, left)
+    header = {"messages": [{"seq": seq, "blob": i} for i, (seq, _) in enumerate(got)]}
+    return frame_response(header, [data for _, data in got])

@@ -94,3 +94,30 @@ def find(tx: Tx, host: str) -> Route:
         raise NotFound(f"no web endpoint is served at {host!r}")
     spec = FunctionSpec.from_dict(json.loads(row[2]))
     return Route(str(row[0]), str(row[1]) or None, spec)
+
+
+# -- WebSocket messages from the client --------------------------------------------------------------
+
+MAX_MESSAGES = 1000  # one read hands the container at most this many
+
+
+def put_message(tx: Tx, call_id: str, data: bytes) -> int:
+    """Append a client message to a WebSocket session (one writer per session: its gateway)."""
+    seq = int(tx.scalar("SELECT COALESCE(MAX(seq), 0) FROM web_messages WHERE call_id = ?", (call_id,))) + 1
+    tx.execute(
+        "INSERT INTO web_messages (call_id, seq, data, created_at) VALUES (?, ?, ?, ?)",
+        (call_id, seq, data, tx.now),
+    )
+    return seq
+
+
+def messages(tx: Tx, call_id: str, after: int) -> list[tuple[int, bytes]]:
+    rows = tx.fetchall(
+        "SELECT seq, data FROM web_messages WHERE call_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (call_id, after, MAX_MESSAGES),
+    )
+    return [(int(seq), bytes(data)) for seq, data in rows]
+
+
+def drop_messages(tx: Tx, call_id: str) -> None:
+    tx.execute("DELETE FROM web_messages WHERE call_id = ?", (call_id,))

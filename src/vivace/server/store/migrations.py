@@ -182,6 +182,11 @@ MIGRATIONS: list[list[str]] = [
             function_id TEXT NOT NULL, method TEXT NOT NULL, host TEXT NOT NULL, app_id TEXT NOT NULL,
             deployed INTEGER NOT NULL, created_at {DOUBLE} NOT NULL, PRIMARY KEY (function_id, method))""",
         "CREATE INDEX web_routes_host ON web_routes(host)",
+        # what a WebSocket's client sent, in order, until the container's app takes it (deleted with the
+        # session): frames (protocol/web.py encode_message)
+        """CREATE TABLE web_messages (
+            call_id TEXT NOT NULL, seq {BIGINT} NOT NULL, data {BLOB} NOT NULL, created_at {DOUBLE} NOT NULL,
+            PRIMARY KEY (call_id, seq))""",
     ],
 ]
 
