@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import sqlite3
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -212,3 +214,27 @@ def test_websockets_carry_text_and_bytes_both_ways_until_either_side_closes(web:
         connect(web.hello.get_web_url().replace("http://", "ws://"), open_timeout=60).close()
     assert refused.value.response.status_code == 400
     assert b"only an asgi_app endpoint takes WebSockets" in refused.value.response.body
+
+
+def _web_calls(cluster: Any, function_id: str) -> int:
+    with sqlite3.connect(cluster.home / "vivace.db") as db:
+        (n,) = db.execute(
+            "SELECT COUNT(*) FROM calls WHERE kind = 'web' AND function_id = ?", (function_id,)
+        ).fetchone()
+    return int(n)
+
+
+def test_delivered_responses_are_not_kept_and_a_client_that_leaves_cancels_its_request(
+    web: Any, cluster: Any
+) -> None:
+    for i in range(5):
+        assert httpx.get(web.hello.get_web_url(), params={"name": str(i)}, timeout=120).status_code == 200
+    deadline = time.monotonic() + 30
+    while _web_calls(cluster, web.hello.object_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _web_calls(cluster, web.hello.object_id) == 0  # the reaper deleted them
+    queue = f"left-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.get(web.streaming.get_web_url() + "sleep", params={"seconds": 60, "queue": queue}, timeout=2)
+    got = vivace.Queue.from_name(queue, create_if_missing=True).get(timeout=30)
+    assert got == "cancelled"

@@ -43,6 +43,7 @@ class ControlPlane:
         self._tasks: list[asyncio.Task[None]] = []
         self.tcp_tunnels: Any = None  # server.tcp_tunnels.TcpTunnels, made when a first one is asked for
         self.web_routes: dict[str, tuple[float, Any]] = {}  # host -> (expiry, services.web.Route)
+        self.web_finished: set[str] = set()  # web calls whose response went out: deleted by the reaper
 
     async def start(self) -> None:
         await asyncio.to_thread(self.store.start)
@@ -155,6 +156,11 @@ class ControlPlane:
             await asyncio.sleep(self.config.tick)
 
     async def reap_once(self) -> None:
+        if self.web_finished:  # in one transaction per tick, not one per request
+            from vivace.server.services import web
+
+            done, self.web_finished = self.web_finished, set()
+            self.web_finished |= await self.store.write(lambda tx: web.forget_calls(tx, done))
         expired = await self.store.read(calls.expired_inputs)
         if expired:
             await self.store.write(lambda tx: _timeout_inputs(tx, expired))

@@ -97,6 +97,16 @@ def streaming():
         except WebSocketDisconnect:
             return
 
+    @web.get("/sleep")
+    async def sleep(seconds: float, queue: str):
+        q = vivace.Queue.from_name(queue, create_if_missing=True)
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            await q.put.aio("cancelled")  # the client went away: the gateway cancelled this input
+            raise
+        return "slept"
+
     @web.get("/where")
     def where(request: Request):
         return {

@@ -165,6 +165,7 @@ async def _serve(request: Request, host: str, path: str, root_path: str) -> Resp
         first = await stream.next(request, time.monotonic() + wait)
         status, out_headers, chunk = _first_piece(first, route.spec.timeout)
     except BaseException:
+        plane.web_finished.add(call_id)
         await stream.cancel()
         raise
 
@@ -183,6 +184,7 @@ async def _serve(request: Request, host: str, path: str, root_path: str) -> Resp
                 if more:
                     yield more
         finally:
+            plane.web_finished.add(call_id)  # the reaper deletes the call once its input is done
             if not finished:
                 await stream.cancel()
 
@@ -356,6 +358,7 @@ async def serve_ws(websocket: WebSocket, host: str, path: str, root_path: str = 
         if not outbound.done():  # the client left: the app was told; give it a moment to finish
             await asyncio.wait([outbound], timeout=WS_DRAIN)
     finally:
+        plane.web_finished.add(call_id)
         ended = outbound.done() and not outbound.cancelled() and outbound.exception() is None
         for task in (outbound, inbound):
             task.cancel()

@@ -121,3 +121,19 @@ def messages(tx: Tx, call_id: str, after: int) -> list[tuple[int, bytes]]:
 
 def drop_messages(tx: Tx, call_id: str) -> None:
     tx.execute("DELETE FROM web_messages WHERE call_id = ?", (call_id,))
+
+
+def forget_calls(tx: Tx, call_ids: set[str]) -> set[str]:
+    """Delete finished web calls (their inputs, outputs and messages): a response, once delivered, is
+    not kept. Returns the calls whose input is not done yet (cancelled, still running): ask again."""
+    later = set()
+    for call_id in call_ids:
+        if tx.scalar("SELECT COUNT(*) FROM inputs WHERE call_id = ? AND state <> 'done'", (call_id,)):
+            later.add(call_id)
+            continue
+        if tx.scalar("SELECT kind FROM calls WHERE id = ?", (call_id,)) != "web":
+            continue
+        for table, key in (("outputs", "call_id"), ("inputs", "call_id"), ("web_messages", "call_id"),
+                           ("calls", "id")):  # fmt: skip
+            tx.execute(f"DELETE FROM {table} WHERE {key} = ?", (call_id,))
+    return later
