@@ -47,6 +47,7 @@ def test_routes_follow_registration_and_apps(h: Any) -> None:
     assert h.w(lambda tx: svc.find(tx, "shop-api-dev")).function_id == second
     h.w(lambda tx: apps.stop_app(tx, second_app, "test"))
     assert h.w(lambda tx: svc.find(tx, "shop-api-dev")).function_id == first
+    assert h.w(lambda tx: svc.hosts_of(tx, second)) == {}  # a stopped app's routes are gone
     assert h.w(lambda tx: svc.find(tx, "shop-api")).function_id == fid  # the deployed one is untouched
 
 

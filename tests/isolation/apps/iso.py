@@ -162,3 +162,30 @@ class Lifecycle:
 def relay(path):
     """Calls another function of the app from inside the container, through the worker socket."""
     return listdir.remote(path)
+
+
+@app.function(max_containers=1)
+@vivace.wsgi_app()
+def web_wsgi():
+    import socket
+
+    def wsgi(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [f"{socket.gethostname()} {environ['PATH_INFO']}?{environ['QUERY_STRING']}".encode()]
+
+    return wsgi
+
+
+@app.function(max_containers=1)
+@vivace.web_server(18765, startup_timeout=30)
+def web_files():
+    import subprocess
+    import sys
+    import tempfile
+
+    root = tempfile.mkdtemp()
+    with open(f"{root}/index.txt", "w") as f:
+        f.write("from inside\n")
+    subprocess.Popen(
+        [sys.executable, "-m", "http.server", "18765", "--bind", "127.0.0.1", "--directory", root]
+    )

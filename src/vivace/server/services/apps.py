@@ -56,6 +56,7 @@ def stop_app(tx: Tx, app_id: str, reason: str) -> list[str]:
         (tx.now, reason, app_id),
     )
     tx.execute("UPDATE functions SET active = 0 WHERE app_id = ?", (app_id,))
+    tx.execute("DELETE FROM web_routes WHERE app_id = ?", (app_id,))  # its URLs are free again
     rows = tx.fetchall("SELECT id FROM containers WHERE app_id = ? AND state <> 'stopped'", (app_id,))
     return [r[0] for r in rows]
 
