@@ -6,13 +6,16 @@ container serve held-open requests at once."""
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,9 +24,9 @@ import pytest
 
 import vivace
 from vivace import exception as exc
-from vivace._sdk.connection import get_client
-from vivace._sync import run_sync
 from vivace.protocol.versions import VERSION_HEADER
+
+APPS = Path(__file__).parent / "apps"
 
 
 @pytest.fixture(scope="module")
@@ -119,10 +122,13 @@ def test_proxy_auth_takes_a_proxy_token_and_nothing_else(web: Any, cluster: Any)
     user = {"Modal-Key": cluster.creds["token_id"], "Modal-Secret": cluster.creds["token_secret"]}
     assert httpx.get(url, headers=user, timeout=120).status_code == 401  # a user token is not a proxy token
 
-    async def proxy_token() -> dict[str, str]:
-        return await (await get_client()).post_json("/v1/tokens", {"kind": "proxy", "label": "web test"})
-
-    token = run_sync(proxy_token())
+    made = subprocess.run(
+        [sys.executable, "-m", "vivace.cli.main", "token", "new", "--kind", "proxy", "--label", "web test"],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ),
+    )  # fmt: skip
+    assert made.returncode == 0 and "Modal-Key" in made.stderr, made.stderr
+    fields = dict(line.split(":", 1) for line in made.stdout.splitlines())
+    token = {"token_id": fields["token id"].strip(), "token_secret": fields["token secret"].strip()}
     headers = {"Modal-Key": token["token_id"], "Modal-Secret": token["token_secret"]}
     ok = httpx.get(url, headers=headers, timeout=120)
     assert (ok.status_code, ok.json()) == (200, "secret stuff")
@@ -176,6 +182,22 @@ def test_a_concurrent_endpoint_serves_held_requests_at_once_in_one_container(web
     for t in threads:
         t.join(timeout=100)
     assert first_lines == ["before"] * 5 and bodies == ["after"] * 5
+
+
+def test_deploy_prints_each_endpoints_url(cluster: Any) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "vivace.cli.main", "deploy", str(APPS / "webrestart.py"), "--name", "webdeployed"],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ), cwd=APPS,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    functions, web_part = out.stdout.split("Web endpoints:")
+    assert "ping  fu-" in functions
+    ((name, url),) = [line.split() for line in web_part.strip().splitlines()]
+    assert name == "ping"
+    assert url == f"{cluster.url}/web/webdeployed-ping/"  # deployed: no -dev
+    assert httpx.get(url, timeout=120).json().startswith("fc-")
+    assert vivace.Function.from_name("webdeployed", "ping").get_web_url() == url
+    vivace.App.lookup("webdeployed").stop()
 
 
 def test_a_restarted_app_takes_over_its_url_at_once(app_loader: Any) -> None:
