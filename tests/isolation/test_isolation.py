@@ -146,3 +146,22 @@ def test_concurrent_inputs_and_exit_hooks(iso):
         while not exit_logged():
             assert time.monotonic() < deadline, "the @exit hook did not run when the container stopped"
             time.sleep(0.2)
+
+
+def test_a_wsgi_app_answers_through_the_gateway(iso):
+    """A web endpoint from an isolated container: a WSGI app in the runtime's own process."""
+    import httpx
+
+    r = httpx.get(iso.web_wsgi.get_web_url() + "a/b", params={"c": "d"}, timeout=120)
+    assert r.status_code == 200 and r.text.endswith(" /a/b?c=d"), r.text
+
+
+def test_a_web_server_answers_through_the_gateway(iso):
+    """A server the function starts on a port inside the isolated container, reached through the gateway
+    and the worker."""
+    import httpx
+
+    served = httpx.get(iso.web_files.get_web_url() + "index.txt", timeout=120)
+    assert (served.status_code, served.text) == (200, "from inside\n"), served.text
+    missing = httpx.get(iso.web_files.get_web_url() + "nothing.txt", timeout=120)
+    assert missing.status_code == 404  # the server's own 404, passed through

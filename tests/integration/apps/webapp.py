@@ -134,21 +134,13 @@ def classic():
 @app.function()
 @vivace.web_server(8765, startup_timeout=20)
 def files():
-    os.makedirs("/tmp/vivace-web-test", exist_ok=True)
-    with open("/tmp/vivace-web-test/hello.txt", "w") as f:
+    import tempfile
+
+    root = tempfile.mkdtemp(dir=os.environ["HOME"])  # the container's own directory, removed with it
+    with open(os.path.join(root, "hello.txt"), "w") as f:
         f.write("served by http.server\n")
-    subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "http.server",
-            "8765",
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-            "/tmp/vivace-web-test",
-        ]
-    )
+    argv = [sys.executable, "-m", "http.server", "8765", "--bind", "127.0.0.1", "--directory", root]
+    subprocess.Popen(argv)
 
 
 @app.cls()
