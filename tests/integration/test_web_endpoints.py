@@ -56,6 +56,8 @@ def test_every_kind_of_endpoint_answers_at_its_url(web: Any) -> None:
     assert where["path"].endswith("/web/webtest-streaming-dev/where")
     assert where["root_path"].endswith("/web/webtest-streaming-dev")
     assert (where["query"], where["cookies"]) == ("a=1", {"k": "v"})
+    jar = httpx.get(web.streaming.get_web_url() + "cookies", timeout=120)
+    assert jar.headers.get_list("set-cookie") == ["a=1; Path=/; SameSite=lax", "b=2; Path=/; SameSite=lax"]
     boom = httpx.get(web.streaming.get_web_url() + "boom", timeout=120)
     assert (boom.status_code, boom.text) == (500, "Internal Server Error")  # the app's own 500
     assert web.hello.remote("direct")["hello"] == "direct"  # a fastapi_endpoint is a function too

@@ -73,6 +73,15 @@ def streaming():
     def big(mib: int = 3):
         return PlainTextResponse("x" * (mib << 20))
 
+    @web.get("/cookies")
+    def cookies():
+        from fastapi.responses import Response
+
+        response = Response("two cookies")
+        response.set_cookie("a", "1")
+        response.set_cookie("b", "2")
+        return response
+
     @web.get("/boom")
     def boom():
         raise RuntimeError("the app failed")

@@ -188,7 +188,9 @@ async def _serve(request: Request, host: str, path: str, root_path: str) -> Resp
             if not finished:
                 await stream.cancel()
 
-    return StreamingResponse(rest(), status_code=status, headers=_response_headers(out_headers))
+    response = StreamingResponse(rest(), status_code=status)
+    response.raw_headers = _response_headers(out_headers)
+    return response
 
 
 async def _put_request(plane: Any, call_id: str, function_id: str, payload: bytes) -> None:
@@ -268,14 +270,13 @@ def _first_piece(out: calls.OutputRow, timeout: float) -> tuple[int, list[tuple[
     return status, headers, chunk
 
 
-def _response_headers(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in pairs:
-        key = k.lower()
-        if key in proto.HOP_BY_HOP:
-            continue
-        out[key] = f"{out[key]}, {v}" if key in out and key != "set-cookie" else v
-    return out
+def _response_headers(pairs: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    """The app's headers as it sent them (repeated ones such as Set-Cookie kept), less hop-by-hop ones."""
+    return [
+        (k.lower().encode("latin-1"), v.encode("latin-1"))
+        for k, v in pairs
+        if k.lower() not in proto.HOP_BY_HOP
+    ]
 
 
 class _Outputs:
