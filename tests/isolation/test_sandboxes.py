@@ -553,5 +553,7 @@ def test_the_main_process_on_a_terminal(env):
     sb.wait()
     assert sb.returncode == 0
     out = sb.stdout.read().replace("\r\n", "\n")
-    # the terminal echoes what was typed: before or after the prompt, as the timing fell
-    assert "True True xterm-256color\n" in out and "name? " in out and "GRACE\n" in out, out
+    # the terminal echoes what was typed, wherever the timing put it (even inside the first line)
+    assert "grace\n" in out, out
+    rest = out.replace("grace\n", "", 1)
+    assert "True True xterm-256color\n" in rest and "name? " in rest and "GRACE\n" in rest, out
