@@ -138,16 +138,9 @@ async def _asgi(app: Any, head: Dict[str, Any], body: bytes) -> Any:
     started = finished = False
     try:
         while not finished:
-            getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait([getter, task], return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                getter.cancel()
-                if queue.empty():  # the app returned (or raised) without finishing its response
-                    break
-                continue
-            messages = [getter.result()]
-            while not queue.empty():
-                messages.append(queue.get_nowait())
+            messages = await _next_messages(queue, task)
+            if messages is None:  # the app returned (or raised) without finishing its response
+                break
             chunk = bytearray()
             for msg in messages:
                 if msg["type"] == "http.response.start":
@@ -213,16 +206,9 @@ async def _asgi_ws(app: Any, head: Dict[str, Any], fetch: Fetch) -> Any:
     accepted = closed = False
     try:
         while not closed:
-            getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait([getter, task], return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                getter.cancel()
-                if queue.empty():
-                    break
-                continue
-            events = [getter.result()]
-            while not queue.empty():
-                events.append(queue.get_nowait())
+            events = await _next_messages(queue, task)
+            if events is None:
+                break
             accepted = accepted or any(e["type"] == "websocket.accept" for e in events)
             closed = any(e["type"] == "websocket.close" for e in events)
             yield proto.encode_ws_piece(events), closed
@@ -235,6 +221,24 @@ async def _asgi_ws(app: Any, head: Dict[str, Any], fetch: Fetch) -> Any:
     finally:
         if not task.done():
             task.cancel()
+
+
+async def _next_messages(
+    queue: "asyncio.Queue[Dict[str, Any]]", task: "asyncio.Future[Any]"
+) -> Optional[List[Dict[str, Any]]]:
+    """What the app sent next: every message already queued, so those sent back to back go together;
+    None once the app has returned and nothing is left."""
+    while True:
+        getter = asyncio.ensure_future(queue.get())
+        await asyncio.wait([getter, task], return_when=asyncio.FIRST_COMPLETED)
+        if getter.done():
+            messages = [getter.result()]
+            while not queue.empty():
+                messages.append(queue.get_nowait())
+            return messages
+        getter.cancel()
+        if queue.empty():
+            return None
 
 
 class _Lifespan:
