@@ -430,7 +430,7 @@ def test_variants_are_idempotent_by_content_and_retired_when_the_base_changes(h:
 
 def test_a_function_whose_containers_cannot_start_keeps_no_warm_containers(h: Any) -> None:
     from vivace.server.services.containers import MAX_START_FAILURES
-    from vivace.server.services.workers import container_event
+    from vivace.server.services.workers import ContainerEvent, container_event
 
     fid = h.function(min_containers=1)
     for _ in range(MAX_START_FAILURES):
@@ -438,7 +438,7 @@ def test_a_function_whose_containers_cannot_start_keeps_no_warm_containers(h: An
         # the runtime failed its import or @enter: it leased nothing as ready, then exited 1
         cid, token = ct
         assert h.w(lambda tx, c=cid, t=token: calls.lease_inputs(tx, c, t, 5, False)) == []
-        h.w(lambda tx, c=cid: container_event(tx, h.worker(), c, "exited", 1, "exited"))
+        h.w(lambda tx, c=cid: container_event(tx, h.worker(), ContainerEvent(c, "exited", 1, "exited")))
     assert h.containers() == []  # min_containers is not kept up for a broken function
     h.call(fid, n=1)
     assert len(h.containers()) == 1  # a new input still gets a container (to fail it with the traceback)

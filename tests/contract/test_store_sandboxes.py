@@ -98,13 +98,13 @@ def test_the_scheduler_places_sandboxes_only_on_workers_with_a_sandbox_runtime(h
     wid = h.w(lambda tx: workers.register(tx, "oci", 8.0, 8192, {}, ["crun", "process"], "test"))
     assert h.w(containers.schedule) == {made["container_id"]: wid}
     # started, it is ready at once (no runtime asks for work in a sandbox) and counts as running
-    h.w(lambda tx: workers.container_event(tx, wid, made["container_id"], "started", None, None))
+    h.w(lambda tx: workers.container_event(tx, wid, workers.ContainerEvent(made["container_id"], "started")))
     info = h.w(lambda tx: svc.get(tx, made["sandbox_id"]))
     assert info["state"] == "running" and info["worker_id"] == wid
     assert h.one("SELECT ready_at FROM containers WHERE id = ?", (made["container_id"],)) is not None
     h.w(
         lambda tx: workers.container_event(
-            tx, wid, made["container_id"], "exited", 3, "crashed (exit code 3)"
+            tx, wid, workers.ContainerEvent(made["container_id"], "exited", 3, "crashed (exit code 3)")
         )
     )
     info = h.w(lambda tx: svc.get(tx, made["sandbox_id"]))

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from vivace._sdk.config import vivace_home
+from vivace.protocol.usage import check_pool
 
 
 @click.group(invoke_without_command=True)
@@ -24,6 +25,13 @@ from vivace._sdk.config import vivace_home
     help="Serve web endpoints at <app>-<label>.DOMAIN (wildcard DNS to this server; DOMAIN may end in "
     ":PORT). They are always reachable by path too, at <server>/web/<app>-<label>/.",
 )
+@click.option(
+    "--pools",
+    "pools_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A TOML file of worker pools' prices per second (default: pools.toml in --home where it exists).",
+)
 @click.pass_context
 def server(
     ctx: click.Context,
@@ -33,6 +41,7 @@ def server(
     store: str | None,
     embedded: bool,
     web_domain: str | None,
+    pools_file: Path | None,
 ) -> None:
     """Run the control plane."""
     if ctx.invoked_subcommand is not None:
@@ -40,6 +49,7 @@ def server(
     try:
         from vivace.server.main import serve
         from vivace.server.secretbox import SecretKeyError
+        from vivace.server.services.metering import PriceError
     except ImportError as err:
         raise click.ClickException(
             f"the server needs its extra: pip install 'vivace[server]' ({err})"
@@ -55,8 +65,9 @@ def server(
             store_url=store,
             embedded=embedded,
             web_domain=web_domain,
+            pools_file=pools_file,
         )
-    except SecretKeyError as err:
+    except (SecretKeyError, PriceError) as err:
         raise click.ClickException(f"cannot start: {err}") from None
 
 
@@ -105,6 +116,12 @@ def server_stop() -> None:
 @click.option("--memory", type=click.IntRange(min=16), default=None, help="MiB to offer (default: all).")
 @click.option("--runtimes", default=None, help="Comma-separated runtimes to offer (default: all available).")
 @click.option(
+    "--pool",
+    default="default",
+    show_default=True,
+    help="The worker pool this machine belongs to: its containers are billed at the pool's prices.",
+)
+@click.option(
     "--pids-limit",
     type=click.IntRange(min=8),
     default=4096,
@@ -141,6 +158,7 @@ def worker(
     cpu: float | None,
     memory: int | None,
     runtimes: str | None,
+    pool: str,
     pids_limit: int,
     warm_pool: int,
     sandbox_pool: int | None,
@@ -154,6 +172,10 @@ def worker(
     token = token or os.environ.get("VIVACE_WORKER_TOKEN")
     if not token:
         raise click.UsageError("a worker token is required: --token TOKEN_ID:SECRET or VIVACE_WORKER_TOKEN")
+    try:
+        check_pool(pool)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--pool") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     total_mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
     config = WorkerConfig(
@@ -168,6 +190,7 @@ def worker(
         warm_pool=warm_pool,
         sandbox_pool=sandbox_pool,
         layer_cache_gb=layer_cache_gb,
+        labels={"pool": pool},
     )
     try:
         import uvloop

@@ -46,3 +46,9 @@ class TooLarge(ApiError):
 
 class VersionMismatch(ApiError):
     status, code = 426, "version_mismatch"
+
+
+class SpendLimited(ApiError):
+    """A spend limit is reached: nothing new may start (ResourceExhaustedError in the SDK)."""
+
+    status, code = 429, "spend_limit"

@@ -58,10 +58,12 @@ def serve(
     cpu: float | None = None,
     memory: int | None = None,
     web_domain: str | None = None,
+    pools_file: Path | None = None,
 ) -> None:
     import uvicorn
 
     from vivace.server.api import create_app
+    from vivace.server.services import metering
 
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     # the store's threads hand results back to the event loop: with the default 5 ms switch interval a
@@ -75,8 +77,15 @@ def serve(
     )
     if os.environ.get("VIVACE_APP_HEARTBEAT_TIMEOUT"):
         config.app_heartbeat_timeout = float(os.environ["VIVACE_APP_HEARTBEAT_TIMEOUT"])
+    # worker pools' prices: --pools, else <home>/pools.toml where it exists (read before anything
+    # starts, so that a bad file stops the server with its reason)
+    pools_path = pools_file or (home / "pools.toml")
+    pools = metering.load_pools(pools_path) if pools_file or pools_path.exists() else {}
     plane = ControlPlane(config)
     plane.store.start()
+    if pools:
+        plane.store.write_sync(lambda tx: metering.set_pools(tx, pools))
+        log.info("prices of pool(s) %s from %s", ", ".join(sorted(pools)), pools_path)
     creds = bootstrap_tokens(plane, home)
     if port == 0:
         port = free_port(host)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from pathlib import Path
@@ -14,12 +15,13 @@ from vivace.server.blobs import LocalBlobStore
 from vivace.server.config import ServerConfig
 from vivace.server.notify import Notifier
 from vivace.server.secretbox import SecretBox, load_key
-from vivace.server.services import apps, calls, containers, workers
+from vivace.server.services import apps, calls, containers, logs, metering, workers
 from vivace.server.store import Store, open_store
 
 log = logging.getLogger("vivace.server")
 IMAGE_GC_INTERVAL = 3600.0  # seconds between collections of unused images and layers
 STORAGE_GC_INTERVAL = 60.0  # seconds between collections of lapsed ephemeral objects and expired partitions
+SPEND_CHECK = 2.0  # seconds between looks at what apps have spent against their limits
 EPHEMERAL_TIMEOUT = 300.0  # an ephemeral Dict or Queue whose client was silent this long is deleted
 
 
@@ -44,6 +46,10 @@ class ControlPlane:
         self.tcp_tunnels: Any = None  # server.tcp_tunnels.TcpTunnels, made when a first one is asked for
         self.web_routes: dict[str, tuple[float, Any]] = {}  # host -> (expiry, services.web.Route)
         self.web_finished: set[str] = set()  # web calls whose response went out: deleted by the reaper
+        # apps a reached spend limit keeps from starting containers (app -> why), looked up again at most
+        # every SPEND_CHECK seconds (at once after a limit changes: spend_checked_at = 0)
+        self.spend_blocked: dict[str, str] = {}
+        self.spend_checked_at = 0.0
 
     async def start(self) -> None:
         await asyncio.to_thread(self.store.start)
@@ -137,7 +143,10 @@ class ControlPlane:
             await self.notifier.wait(ev, self.config.tick)
 
     async def autoscale_once(self) -> None:
-        res = await self.store.write(containers.autoscale)
+        blocked = await self.check_spend()
+        res = await self.store.write(lambda tx: containers.autoscale(tx, blocked))
+        if res.failed:
+            self.outputs_changed(res.failed)
         placed = await self.store.write(containers.schedule)
         if res.created or res.stopping or placed:
             self.workers_changed()
@@ -146,6 +155,20 @@ class ControlPlane:
         failed = await self.store.write(_fail_unplaceable)
         if failed:
             self.outputs_changed(failed)
+
+    async def check_spend(self) -> dict[str, str]:
+        """Apps that may start no container now, because a spend limit is reached (app -> why)."""
+        if time.monotonic() - self.spend_checked_at < SPEND_CHECK:
+            return self.spend_blocked
+        blocked = await self.store.read(metering.blocked_apps)
+        self.spend_checked_at = time.monotonic()
+        for app_id in blocked.keys() - self.spend_blocked.keys():
+            log.warning("app %s starts no new containers: %s", app_id, blocked[app_id])
+            line = {"app_id": app_id, "stream": "system", "line": f"no new containers: {blocked[app_id]}"}
+            await self.store.write(functools.partial(_log_lines, [line]))
+            self.notifier.wake(f"logs:{app_id}")
+        self.spend_blocked = blocked
+        return blocked
 
     async def _reap_loop(self) -> None:
         while True:
@@ -293,3 +316,7 @@ def _timeout_inputs(tx: Any, expired: list[tuple[int, str]]) -> None:
 def _calls_of(tx: Any, expired: list[tuple[int, str]]) -> set[str]:
     marks, vals = tx.in_list(seq for seq, _ in expired)
     return {r[0] for r in tx.fetchall(f"SELECT call_id FROM inputs WHERE seq IN {marks}", vals)}
+
+
+def _log_lines(lines: list[dict[str, Any]], tx: Any) -> set[str]:
+    return logs.append(tx, lines)

@@ -22,6 +22,7 @@ from vivace.client import ApiClient, Credentials
 from vivace.worker import gpus
 from vivace.worker.builder import ImageBuilder
 from vivace.worker.channel import run_channel
+from vivace.worker.events import EventReporter
 from vivace.worker.gpus import Gpu
 from vivace.worker.layer_cache import DEFAULT_MAX_GB, LayerCache
 from vivace.worker.logs import LogShipper
@@ -88,6 +89,7 @@ class Agent:
         self.starting: set[str] = set()
         self.tasks: set[asyncio.Task[Any]] = set()
         self.logs = LogShipper(self.api)
+        self.events = EventReporter(self.api, lambda: self.worker_id)
         self.sources = SourceCache(config.workdir / "sources", self.api)
         self.layer_cache = LayerCache(self.ctx.images, int(config.layer_cache_gb * 1e9))
         self._pinned: dict[str, list[Path]] = {}  # container id -> the layers it runs on
@@ -115,6 +117,7 @@ class Agent:
             for c in (
                 self._poll_loop(),
                 self.logs.run(),
+                self.events.run(),
                 run_channel(self),
                 self._stopping.wait(),
                 self._build_loop(),
@@ -133,6 +136,7 @@ class Agent:
                 sup.kill("worker shutting down")
             if self.tasks:
                 await asyncio.wait(self.tasks, timeout=10)
+            await self.events.flush(5.0)  # the exits of the containers just stopped: their bills end there
             for t in bg:
                 t.cancel()
             for runtime in self.runtimes.values():
@@ -333,7 +337,7 @@ class Agent:
             self.logs.add(
                 a["app_id"], a["function_id"], cid, None, "system", f"container failed to start: {err}"
             )
-            await self._event(cid, "exited", None, f"failed to start: {err}")
+            self.events.report(cid, "exited", reason=f"failed to start: {err}")
             return
         try:
             return await self._run_started(a, definition, runtime)
@@ -386,6 +390,7 @@ class Agent:
             if a["spec"].get("source_hash"):
                 source = await self.sources.get(a["spec"]["source_hash"])
             image = await self._image_rootfs(a["image"]) if a.get("image") else None
+            image_ready = time.monotonic()
             if image is not None:
                 self._pinned[cid] = list(image.layers)
             kind = SandboxSupervisor if a["spec"].get("sandbox") is not None else ContainerSupervisor
@@ -409,7 +414,7 @@ class Agent:
             self.logs.add(
                 a["app_id"], a["function_id"], cid, None, "system", f"container failed to start: {err}"
             )
-            await self._event(cid, "exited", None, f"failed to start: {err}")
+            self.events.report(cid, "exited", reason=f"failed to start: {err}")
             return
         if runtime.name == "process":
             self.logs.add(
@@ -420,7 +425,8 @@ class Agent:
                 "system",
                 "warning: running with the 'process' runtime: no isolation (development only)",
             )
-        await self._event(cid, "started", None, None)
+        up = time.monotonic()
+        self.events.report(cid, "started", at=up, image_s=round(up - image_ready, 6))
         status = await sup.run()
         self.containers.pop(cid, None)
         if isinstance(sup, SandboxSupervisor):
@@ -429,7 +435,15 @@ class Agent:
             self.logs.add(
                 a["app_id"], a["function_id"], cid, None, "system", f"container {status.describe()}"
             )
-        await self._event(cid, "exited", status.code, status.describe())
+        self.events.report(
+            cid,
+            "exited",
+            at=status.exited_at,
+            exit_code=status.code,
+            reason=status.describe(),
+            cpu_used_s=status.cpu_used_s,
+            memory_peak=status.memory_peak,
+        )
 
     def _retain(self, sup: SandboxSupervisor) -> None:
         """Keep a finished sandbox's unread output a while: its client may read it after the exit."""
@@ -462,13 +476,6 @@ class Agent:
                 f"assigned GPU(s) {unknown} that this worker does not have ({gpus.describe(self.gpus)})"
             )
         return [by_index[i] for i in wanted]
-
-    async def _event(self, cid: str, event: str, code: int | None, reason: str | None) -> None:
-        body = {"events": [{"container_id": cid, "event": event, "exit_code": code, "reason": reason}]}
-        try:
-            await self.api.post_json(f"/v1/workers/{self.worker_id}/events", body)
-        except exc.Error as err:
-            log.warning("could not report %s of %s: %s", event, cid, err)
 
 
 def _env_int(name: str, default: int) -> int:

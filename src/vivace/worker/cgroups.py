@@ -204,6 +204,29 @@ class ContainerCgroup:
         except (OSError, ValueError):
             return None
 
+    def usage(self) -> tuple[float | None, int | None]:
+        """What the kernel counted for the container so far: CPU seconds (user and system, all its
+        processes, children included) and peak memory bytes; None where the host does not say."""
+        cpu: float | None = None
+        peak: int | None = None
+        if self.host.unified:
+            d = self.host.mounts[""] / self.relpath
+            usec = _stat(d / "cpu.stat", "usage_usec")
+            cpu = None if usec is None else usec / 1e6
+            peak = _read_int(d / "memory.peak")
+        else:
+            for root in self.host.roots():  # cpuacct: its own hierarchy or the cpu one's
+                for sub in ("", "ctr"):
+                    ns = _read_int(root / self.relpath / sub / "cpuacct.usage")
+                    if ns is not None:
+                        cpu = ns / 1e9
+                        break
+                if cpu is not None:
+                    break
+            if "memory" in self.host.mounts:
+                peak = _read_int(self.host.mounts["memory"] / self.relpath / "memory.max_usage_in_bytes")
+        return cpu, peak
+
     def pids(self) -> set[int]:
         found: set[int] = set()
         for d in self.dirs():
@@ -244,12 +267,25 @@ class ContainerCgroup:
 
 
 def _counter(path: Path, key: str) -> int:
+    found = _stat(path, key)
+    return 0 if found is None else found
+
+
+def _stat(path: Path, key: str) -> int | None:
+    """The value of ``key`` in a flat-keyed cgroup file (``memory.events``, ``cpu.stat``)."""
     with contextlib.suppress(OSError, ValueError):
         for line in path.read_text().splitlines():
             name, _, value = line.partition(" ")
             if name == key:
                 return int(value)
-    return 0
+    return None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _rmtree_cgroup(path: Path) -> None:

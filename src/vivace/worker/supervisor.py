@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -151,7 +152,7 @@ class ContainerSupervisor:
         shutil.rmtree(self.spec.workdir, ignore_errors=True)
         shutil.rmtree(self.spec.socket_path.parent, ignore_errors=True)
         if self.stop_reason is not None:  # we asked it to stop: however it ended, that is why
-            return ExitStatus(status.code, "stopped: " + self.stop_reason)
+            return dataclasses.replace(status, reason="stopped: " + self.stop_reason)
         return status
 
     async def _watch_heartbeats(self) -> None:

@@ -25,7 +25,7 @@ from vivace.server.api.common import (
 from vivace.server.blobs import BlobError, BlobTooLarge
 from vivace.server.channel import ChannelError
 from vivace.server.errors import Conflict, Forbidden, Invalid, NotFound
-from vivace.server.services import apps, calls, containers, logs, tokens, workers
+from vivace.server.services import apps, calls, containers, logs, metering, tokens, workers
 
 MAX_BLOB = 64 << 30  # bytes: the largest image layer or payload the blob store takes
 
@@ -298,7 +298,11 @@ async def list_containers(request: Request) -> Response:
 @route()
 async def get_container(request: Request) -> Response:
     cid = request.path_params["container_id"]
-    return JSONResponse(await plane_of(request).store.read(lambda tx: containers.get_container(tx, cid)))
+
+    def op(tx: Any) -> dict[str, Any]:
+        return {**containers.get_container(tx, cid), "meter": metering.describe_container(tx, cid)}
+
+    return JSONResponse(await plane_of(request).store.read(op))
 
 
 @route()

@@ -24,7 +24,7 @@ from vivace.server.api.common import (
     route,
 )
 from vivace.server.channel import ChannelError
-from vivace.server.errors import ApiError, Conflict, Forbidden, Invalid
+from vivace.server.errors import ApiError, Conflict, Forbidden, Invalid, SpendLimited
 from vivace.server.services import apps
 from vivace.server.services import sandboxes as svc
 
@@ -93,6 +93,9 @@ async def create_sandbox(request: Request) -> Response:
         raise Invalid("a sandbox spec takes no function settings (classes, concurrency, batching, scaling)")
     await _check_secret_scope(request, list(spec.secrets))
     plane = plane_of(request)
+    blocked = await plane.check_spend()
+    if app_id in blocked:
+        raise SpendLimited(f"cannot create a sandbox: {blocked[app_id]}")
     out = await plane.store.write(lambda tx: svc.create(tx, app_id, spec, name, tags))
     plane.notifier.wake("autoscale")  # the scheduler places the new container
     return JSONResponse(out)

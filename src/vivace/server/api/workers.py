@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from vivace.protocol.functions import GPU_TYPE
+from vivace.protocol.usage import DEFAULT_POOL, check_pool
 from vivace.protocol.versions import VERSION_HEADER, check_compatible
 from vivace.server.api.common import (
     authenticate,
@@ -34,6 +36,12 @@ async def register(request: Request) -> Response:
     cpu = field(body, "cpu", (int, float))
     memory = field(body, "memory", int)
     labels = field(body, "labels", dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise Invalid("'labels' must map names to strings")
+    try:
+        check_pool(labels.get("pool", DEFAULT_POOL))
+    except ValueError as err:
+        raise Invalid(f"labels.pool: {err}") from None
     runtimes = field(body, "runtimes", list, ["process"])
     if cpu <= 0 or memory <= 0:
         raise Invalid("cpu and memory must be positive")
@@ -153,21 +161,14 @@ async def events(request: Request) -> Response:
     worker_id = request.path_params["worker_id"]
     await check_worker(request, worker_id)
     body = await json_body(request)
-    evs = field(body, "events", list)
+    evs = [_container_event(ev) for ev in field(body, "events", list)]  # all checked before any applies
     plane = plane_of(request)
     touched: set[str] = set()
     for ev in evs:
-        if not isinstance(ev, dict):
-            raise Invalid("each event must be an object")
-        cid = field(ev, "container_id", str)
-        kind = field(ev, "event", str)
-        if kind not in ("started", "exited"):
-            raise Invalid("event must be 'started' or 'exited'")
-        code = field(ev, "exit_code", int, None, optional=True)
-        reason = field(ev, "reason", str, None, optional=True)
-        touched |= await plane.store.write(functools.partial(_event_op, worker_id, cid, kind, code, reason))
+        touched |= await plane.store.write(functools.partial(_event_op, worker_id, ev))
+        cid = ev.container_id
         plane.notifier.wake(f"container:{cid}")  # a sandbox's waiters (wait, exec before it runs)
-        if kind == "exited":
+        if ev.event == "exited":
             plane.container_cache.pop(cid, None)
             plane.container_scopes.pop(cid, None)
             plane.ready_containers.discard(cid)
@@ -175,8 +176,42 @@ async def events(request: Request) -> Response:
     return JSONResponse({"ok": True})
 
 
-def _event_op(worker_id: str, cid: str, kind: str, code: int | None, reason: str | None, tx: Any) -> set[str]:
-    return workers.container_event(tx, worker_id, cid, kind, code, reason)
+MAX_EVENT_AGE = 7 * 86400.0  # a report delayed longer than this is a bug, not a late report
+
+
+def _container_event(ev: Any) -> workers.ContainerEvent:
+    if not isinstance(ev, dict):
+        raise Invalid("each event must be an object")
+    kind = field(ev, "event", str)
+    if kind not in ("started", "exited"):
+        raise Invalid("event must be 'started' or 'exited'")
+    out = workers.ContainerEvent(
+        field(ev, "container_id", str),
+        kind,
+        field(ev, "exit_code", int, None, optional=True),
+        field(ev, "reason", str, None, optional=True),
+        float(field(ev, "ago", (int, float), 0.0, optional=True)),
+        _opt_float(field(ev, "image_s", (int, float), None, optional=True)),
+        _opt_float(field(ev, "cpu_used_s", (int, float), None, optional=True)),
+        field(ev, "memory_peak", int, None, optional=True),
+    )
+    for name in ("ago", "image_s", "cpu_used_s"):
+        v = getattr(out, name)
+        if v is not None and not (math.isfinite(v) and 0 <= v <= MAX_EVENT_AGE * 64):
+            raise Invalid(f"'{name}' must be a non-negative number of seconds, got {v!r}")
+    if out.ago > MAX_EVENT_AGE:
+        raise Invalid(f"'ago' must be at most {MAX_EVENT_AGE:g} seconds, got {out.ago!r}")
+    if out.memory_peak is not None and out.memory_peak < 0:
+        raise Invalid(f"'memory_peak' must be a non-negative number of bytes, got {out.memory_peak}")
+    return out
+
+
+def _opt_float(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def _event_op(worker_id: str, ev: workers.ContainerEvent, tx: Any) -> set[str]:
+    return workers.container_event(tx, worker_id, ev)
 
 
 @route(kinds=("worker",))

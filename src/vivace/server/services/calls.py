@@ -17,6 +17,7 @@ from typing import Any
 from vivace.protocol.calls import FINAL, OutputStatus
 from vivace.protocol.functions import FunctionSpec
 from vivace.server.errors import Conflict, Gone, NotFound
+from vivace.server.services import metering
 from vivace.server.services.retry import RetryDecision, decide_retry
 from vivace.server.store.base import Tx
 
@@ -143,10 +144,7 @@ def lease_inputs(
             "UPDATE functions SET backlog = backlog - ?, running = running + ? WHERE id = ?",
             (n, n, function_id),
         )
-        tx.execute(
-            "UPDATE containers SET held = held + ?, last_active_at = ?, state = 'running' WHERE id = ?",
-            (n, tx.now, container_id),
-        )
+        metering.held_changed(tx, container_id, n, ", state = 'running'")
     out = [LeasedInput(int(r[0]), r[1], int(r[2]), int(r[3]), _b(r[4]), r[5]) for r in rows]
     out.sort(key=lambda i: i.seq)
     return out
@@ -232,12 +230,17 @@ def _finish(
         (seq,),
     )
     tx.execute("UPDATE functions SET running = running - 1 WHERE id = ?", (function_id,))
-    tx.execute("UPDATE calls SET outputs_done = outputs_done + 1 WHERE id = ?", (call_id,))
-    if container_id is not None:
-        tx.execute(
-            "UPDATE containers SET held = held - 1, served = served + 1, last_active_at = ? WHERE id = ?",
-            (tx.now, container_id),
-        )
+    if container_id is None:
+        tx.execute("UPDATE calls SET outputs_done = outputs_done + 1 WHERE id = ?", (call_id,))
+        return
+    # the call's cost: its inputs' run time at their containers' rates
+    seconds = max(0.0, float(out.duration or 0.0))
+    tx.execute(
+        "UPDATE calls SET outputs_done = outputs_done + 1, busy_s = busy_s + ?, "
+        "cost = cost + ? * COALESCE((SELECT rate FROM containers WHERE id = ?), 0) WHERE id = ?",
+        (seconds, seconds, container_id, call_id),
+    )
+    metering.held_changed(tx, container_id, -1, ", served = served + 1")
 
 
 def _requeue(
@@ -253,9 +256,7 @@ def _requeue(
         "UPDATE functions SET running = running - 1, backlog = backlog + 1 WHERE id = ?", (function_id,)
     )
     if container_id is not None:
-        tx.execute(
-            "UPDATE containers SET held = held - 1, last_active_at = ? WHERE id = ?", (tx.now, container_id)
-        )
+        metering.held_changed(tx, container_id, -1)
 
 
 def fail_input(

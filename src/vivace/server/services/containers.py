@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from vivace.protocol import ids
@@ -17,7 +17,8 @@ from vivace.protocol.calls import OutputStatus
 from vivace.server.autoscaler.policy import IdleContainer, Snapshot, plan
 from vivace.server.errors import NotFound
 from vivace.server.scheduler.placement import GpuChoice, Request, WorkerCapacity, place, unfit_reason
-from vivace.server.services.calls import fail_input
+from vivace.server.services import metering
+from vivace.server.services.calls import fail_input, fail_pending
 from vivace.server.store.base import Tx
 
 LIVE = "('pending', 'assigned', 'running')"
@@ -35,10 +36,16 @@ class AutoscaleResult:
     stopping: list[str]
     capped: bool = False
     """Some function wanted more containers than ``MAX_UNPLACED`` allowed: tick again once placed."""
+    failed: set[str] = field(default_factory=set)
+    """Calls whose waiting inputs failed: no container may start for them (a spend limit)."""
 
 
-def autoscale(tx: Tx) -> AutoscaleResult:
+def autoscale(tx: Tx, blocked: dict[str, str] | None = None) -> AutoscaleResult:
+    """Start and stop containers towards each function's desired count. ``blocked``: apps that may
+    start none (app -> why): their waiting inputs fail with that reason where no container of theirs
+    is left to serve them."""
     result = AutoscaleResult([], [])
+    blocked = blocked or {}
     funcs = tx.fetchall(
         "SELECT id, app_id, spec, backlog, running, start_failures FROM functions WHERE active = 1"
     )
@@ -62,10 +69,15 @@ def autoscale(tx: Tx) -> AutoscaleResult:
             idle=tuple(IdleContainer(r[0], float(r[2])) for r in rows if r[1] == 0),
         )
         p = plan(snap, tx.now)
+        start = p.start
+        if app_id in blocked and start:
+            start = 0
+            if not rows and int(backlog) > 0:
+                result.failed |= fail_pending(tx, fid, blocked[app_id], "ResourceExhaustedError")
         room = max(0, MAX_UNPLACED - sum(1 for r in rows if r[3] == "pending"))
-        if p.start > room:
+        if start > room:
             result.capped = True
-        for _ in range(min(p.start, room)):
+        for _ in range(min(start, room)):
             result.created.append(create_container(tx, fid, app_id, spec))
         for cid in p.stop:
             request_stop(tx, cid, "scaled down")
@@ -110,6 +122,7 @@ def schedule(tx: Tx) -> dict[str, str]:
                 "INSERT INTO gpu_claims (worker_id, gpu_index, container_id) VALUES (?, ?, ?)",
                 (p.worker, index, cid),
             )
+    metering.price_placements(tx, {cid: (p.worker, tuple(p.gpus)) for cid, p in placed.items()})
     return {cid: p.worker for cid, p in placed.items()}
 
 
@@ -209,16 +222,27 @@ def request_stop(tx: Tx, container_id: str, reason: str) -> bool:
     return False
 
 
-def mark_stopped(tx: Tx, container_id: str, exit_code: int | None, reason: str) -> set[str]:
-    """Final state: free the worker's resources and requeue held inputs. Returns calls touched."""
-    row = tx.fetchone("SELECT state, worker_id, cpu, memory FROM containers WHERE id = ?", (container_id,))
+def mark_stopped(
+    tx: Tx, container_id: str, exit_code: int | None, reason: str, *, at: float | None = None
+) -> set[str]:
+    """Final state: free the worker's resources and requeue held inputs. Returns calls touched.
+
+    ``at``: when it stopped, where that was before now (its worker says it exited a while ago; a lost
+    worker's containers were last seen alive at its last heartbeat); never before it started."""
+    row = tx.fetchone(
+        "SELECT state, worker_id, cpu, memory, started_at, busy_since FROM containers WHERE id = ?",
+        (container_id,),
+    )
     if row is None or row[0] == "stopped":
         return set()
-    state, worker_id, cpu, memory = row
+    state, worker_id, cpu, memory, started_at, busy_since = row
+    when = tx.now if at is None else min(tx.now, at)
+    when = max([when, *(float(t) for t in (started_at, busy_since) if t is not None)])
     tx.execute(
         "UPDATE containers SET state = 'stopped', stopped_at = ?, exit_code = ?, "
-        "stop_reason = COALESCE(stop_reason, ?) WHERE id = ?",
-        (tx.now, exit_code, reason, container_id),
+        "stop_reason = COALESCE(stop_reason, ?), busy_s = busy_s + CASE WHEN busy_since IS NULL THEN 0 "
+        "ELSE ? - busy_since END, busy_since = NULL, held = 0 WHERE id = ?",
+        (when, exit_code, reason, when, container_id),
     )
     if worker_id is not None and state != "pending":
         tx.execute(
@@ -234,7 +258,6 @@ def mark_stopped(tx: Tx, container_id: str, exit_code: int | None, reason: str) 
         call = fail_input(tx, int(seq), OutputStatus.SYSTEM, err, retryable=False)
         if call:
             calls.add(call)
-    tx.execute("UPDATE containers SET held = 0 WHERE id = ?", (container_id,))
     tx.execute("UPDATE sandboxes SET live_name = NULL WHERE container_id = ?", (container_id,))  # name free
     return calls
 

@@ -175,7 +175,9 @@ def attach_envs(
             reason = f"failed to start: {err.message}"
             line = {"app_id": a.app_id, "function_id": a.function_id, "container_id": a.container_id}
             logs.append(tx, [{**line, "stream": "system", "line": f"container {reason}"}])
-            touched |= workers.container_event(tx, worker_id, a.container_id, "exited", None, reason)
+            touched |= workers.container_event(
+                tx, worker_id, workers.ContainerEvent(a.container_id, "exited", None, reason)
+            )
     return envs, touched
 
 

@@ -134,29 +134,58 @@ def poll(tx: Tx, worker_id: str, held: list[str]) -> PollResult:
     return result
 
 
-def container_event(
-    tx: Tx, worker_id: str, container_id: str, event: str, exit_code: int | None, reason: str | None
-) -> set[str]:
-    row = tx.fetchone("SELECT worker_id FROM containers WHERE id = ?", (container_id,))
+@dataclass
+class ContainerEvent:
+    """What a worker says happened to a container. Times are given as seconds ago (the worker's own
+    monotonic clock), so that the store's clock dates them however late the report arrives."""
+
+    container_id: str
+    event: str  # started | exited
+    exit_code: int | None = None
+    reason: str | None = None
+    ago: float = 0.0
+    image_s: float | None = None  # started: seconds from its image ready to its process up
+    cpu_used_s: float | None = None  # exited: the kernel's CPU accounting of its cgroup
+    memory_peak: int | None = None  # exited: its cgroup's peak memory, bytes
+
+
+def container_event(tx: Tx, worker_id: str, ev: ContainerEvent) -> set[str]:
+    container_id = ev.container_id
+    row = tx.fetchone("SELECT worker_id, assigned_at FROM containers WHERE id = ?", (container_id,))
     if row is None:
         raise NotFound(f"container {container_id} does not exist")
     if row[0] != worker_id:
         raise Forbidden(f"container {container_id} does not belong to worker {worker_id}")
-    if event == "started":
+    at = tx.now - ev.ago
+    if ev.event == "started":
+        at = max(at, float(row[1] or at))  # never before the control plane placed it
+        image_ready = max(float(row[1] or at), at - ev.image_s) if ev.image_s is not None else None
         tx.execute(
-            "UPDATE containers SET state = 'running', started_at = ?, heartbeat_at = ? "
+            "UPDATE containers SET state = 'running', started_at = ?, image_ready_at = ?, heartbeat_at = ? "
             "WHERE id = ? AND state = 'assigned'",
-            (tx.now, tx.now, container_id),
+            (at, image_ready, tx.now, container_id),
+        )
+        # a container that leased inputs before its start was reported (the report was delayed): running
+        tx.execute(
+            "UPDATE containers SET started_at = ?, image_ready_at = ? WHERE id = ? AND started_at IS NULL "
+            "AND state IN ('running', 'stopping')",
+            (at, image_ready, container_id),
         )
         # a sandbox is ready once its process runs (a function's container, once its runtime asks for work)
         tx.execute(
             "UPDATE containers SET ready_at = ? WHERE id = ? AND ready_at IS NULL AND id IN "
             "(SELECT container_id FROM sandboxes)",
-            (tx.now, container_id),
+            (at, container_id),
         )
         return set()
     never_started = tx.scalar("SELECT ready_at FROM containers WHERE id = ?", (container_id,)) is None
-    calls = mark_stopped(tx, container_id, exit_code, reason or "exited")
+    if ev.cpu_used_s is not None or ev.memory_peak is not None:
+        tx.execute(
+            "UPDATE containers SET cpu_used_s = ?, memory_peak = ? WHERE id = ?",
+            (ev.cpu_used_s, ev.memory_peak, container_id),
+        )
+    exit_code, reason = ev.exit_code, ev.reason
+    calls = mark_stopped(tx, container_id, exit_code, reason or "exited", at=at)
     if never_started:
         why = tx.scalar(
             "SELECT stop_reason FROM containers WHERE id = ?", (container_id,)
@@ -188,10 +217,10 @@ def retire(tx: Tx, worker_id: str, reason: str) -> set[str]:
     if tx.scalar("SELECT state FROM workers WHERE id = ?", (worker_id,)) != "alive":
         return calls
     tx.execute("UPDATE workers SET state = 'dead' WHERE id = ?", (worker_id,))
-    for (cid,) in tx.fetchall(
-        "SELECT id FROM containers WHERE worker_id = ? AND state <> 'stopped'", (worker_id,)
-    ):
-        calls |= mark_stopped(tx, cid, None, reason)
+    for cid, seen in tx.fetchall(
+        "SELECT id, heartbeat_at FROM containers WHERE worker_id = ? AND state <> 'stopped'", (worker_id,)
+    ):  # billed until last seen alive
+        calls |= mark_stopped(tx, cid, None, reason, at=None if seen is None else float(seen))
     return calls
 
 
@@ -205,10 +234,10 @@ def reap_dead_workers(tx: Tx, timeout: float) -> tuple[list[str], set[str]]:
     calls: set[str] = set()
     for wid in dead:
         tx.execute("UPDATE workers SET state = 'dead' WHERE id = ?", (wid,))
-        for (cid,) in tx.fetchall(
-            "SELECT id FROM containers WHERE worker_id = ? AND state <> 'stopped'", (wid,)
-        ):
-            calls |= mark_stopped(tx, cid, None, "worker lost")
+        for cid, seen in tx.fetchall(
+            "SELECT id, heartbeat_at FROM containers WHERE worker_id = ? AND state <> 'stopped'", (wid,)
+        ):  # billed until last seen alive
+            calls |= mark_stopped(tx, cid, None, "worker lost", at=None if seen is None else float(seen))
     return dead, calls
 
 

@@ -188,6 +188,33 @@ MIGRATIONS: list[list[str]] = [
             call_id TEXT NOT NULL, seq {BIGINT} NOT NULL, data {BLOB} NOT NULL, created_at {DOUBLE} NOT NULL,
             PRIMARY KEY (call_id, seq))""",
     ],
+    [
+        # metering (ADR 0015): a container's life in phases on the store's clock (created_at: scheduled,
+        # assigned_at, image_ready_at, started_at: up, ready_at: @enter done, stopped_at), the seconds it
+        # held inputs (busy_s, plus now - busy_since while it holds some), where it ran (pool, GPU type and
+        # count), the pool's unit prices when it was placed (JSON) and their sum for its reservation
+        # (rate, per second), and what the kernel counted (cgroup CPU seconds, peak memory bytes)
+        "ALTER TABLE containers ADD COLUMN image_ready_at {DOUBLE}",
+        "ALTER TABLE containers ADD COLUMN busy_s {DOUBLE} NOT NULL DEFAULT 0",
+        "ALTER TABLE containers ADD COLUMN busy_since {DOUBLE}",
+        "ALTER TABLE containers ADD COLUMN pool TEXT",
+        "ALTER TABLE containers ADD COLUMN gpu_type TEXT",
+        "ALTER TABLE containers ADD COLUMN gpu_count INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE containers ADD COLUMN prices TEXT",
+        "ALTER TABLE containers ADD COLUMN rate {DOUBLE} NOT NULL DEFAULT 0",
+        "ALTER TABLE containers ADD COLUMN cpu_used_s {DOUBLE}",
+        "ALTER TABLE containers ADD COLUMN memory_peak {BIGINT}",
+        "CREATE INDEX containers_started ON containers(started_at)",
+        # a call's inputs' execution seconds and their cost at their containers' rates
+        "ALTER TABLE calls ADD COLUMN busy_s {DOUBLE} NOT NULL DEFAULT 0",
+        "ALTER TABLE calls ADD COLUMN cost {DOUBLE} NOT NULL DEFAULT 0",
+        # each worker pool's unit prices (JSON: cpu_core_second, memory_gib_second, gpu_second by type)
+        "CREATE TABLE pools (name TEXT PRIMARY KEY, prices TEXT NOT NULL, updated_at {DOUBLE} NOT NULL)",
+        # spend limits: scope '*' (the workspace) or 'app:<name>'; period 'day', 'month' or 'total'
+        """CREATE TABLE spend_limits (
+            scope TEXT PRIMARY KEY, amount {DOUBLE} NOT NULL, period TEXT NOT NULL,
+            created_at {DOUBLE} NOT NULL)""",
+    ],
 ]
 
 

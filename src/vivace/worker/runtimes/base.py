@@ -97,6 +97,9 @@ class RuntimeContext:
 class ExitStatus:
     code: int | None
     reason: str  # "exited", "crashed", "oom", "killed"
+    exited_at: float | None = None  # time.monotonic() when its process was seen to exit
+    cpu_used_s: float | None = None  # the kernel's CPU accounting of its cgroup (None: not measured)
+    memory_peak: int | None = None  # its cgroup's peak memory, bytes
 
     def describe(self) -> str:
         if self.reason == "oom":

@@ -26,12 +26,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import functools
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -195,13 +197,23 @@ class BwrapHandle:
         self.stdout = proc.stdout
         self.stderr = proc.stderr
         self._killed = False
+        self.exited_at: float | None = None
+        self.usage: tuple[float | None, int | None] = (None, None)
 
     async def wait(self) -> ExitStatus:
+        status = await self._wait()
+        return dataclasses.replace(status, exited_at=self.exited_at, cpu_used_s=self.usage[0],
+                                   memory_peak=self.usage[1])  # fmt: skip
+
+    async def _wait(self) -> ExitStatus:
         code = await self.proc.wait()
+        self.exited_at = time.monotonic()
         sigkilled = code in (-signal.SIGKILL, 128 + signal.SIGKILL) and not self._killed
         oom = False
         if self.cgroup is not None:
             oom = await asyncio.to_thread(self.cgroup.oom_killed, sigkilled)
+        if self.cgroup is not None:  # before the cleanup removes it
+            self.usage = await asyncio.to_thread(self.cgroup.usage)
         await self.runtime.cleanup(self.cid, self.cgroup, self.slot)
         if oom:
             return ExitStatus(137, "oom")

@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import signal
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -293,6 +294,8 @@ class OciHandle:
         self.stdout = proc.stdout
         self.stderr = proc.stderr
         self._killed = False
+        self.exited_at: float | None = None
+        self.usage: tuple[float | None, int | None] = (None, None)
         self.on_exit: Callable[[], object] | None = None
         self.process: dict[str, Any] = {}  # its OCI process: what an exec'd process inherits
         self.created = False  # known to exist in the runtime's state (a warm container handed over)
@@ -300,9 +303,16 @@ class OciHandle:
         self._execs = 0
 
     async def wait(self) -> ExitStatus:
+        status = await self._wait()
+        return dataclasses.replace(status, exited_at=self.exited_at, cpu_used_s=self.usage[0],
+                                   memory_peak=self.usage[1])  # fmt: skip
+
+    async def _wait(self) -> ExitStatus:
         code = await self.proc.wait()
+        self.exited_at = time.monotonic()
         sigkilled = code in (-signal.SIGKILL, 128 + signal.SIGKILL) and not self._killed
         oom = await asyncio.to_thread(self.cgroup.oom_killed, sigkilled)
+        self.usage = await asyncio.to_thread(self.cgroup.usage)  # before the cleanup removes it
         await self.runtime.cleanup(self.cid, self.bundle, self.cgroup, self.slot)
         if self.on_exit is not None:
             self.on_exit()
