@@ -54,7 +54,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from vivace.cli import apps, images, runs, sandbox, secret, server, storage, volume
+    from vivace.cli import apps, images, runs, sandbox, secret, server, storage, usage, volume
 
     for cmd in (
         runs.run,
@@ -74,6 +74,8 @@ def _register() -> None:
         server.server,
         server.worker,
         server.doctor,
+        usage.usage,
+        usage.pool,
     ):
         cli.add_command(cmd)
 

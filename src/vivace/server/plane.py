@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ from vivace.server.blobs import LocalBlobStore
 from vivace.server.config import ServerConfig
 from vivace.server.notify import Notifier
 from vivace.server.secretbox import SecretBox, load_key
-from vivace.server.services import apps, calls, containers, logs, metering, workers
+from vivace.server.services import apps, calls, containers, metering, workers
 from vivace.server.store import Store, open_store
 
 log = logging.getLogger("vivace.server")
@@ -157,18 +156,24 @@ class ControlPlane:
             self.outputs_changed(failed)
 
     async def check_spend(self) -> dict[str, str]:
-        """Apps that may start no container now, because a spend limit is reached (app -> why)."""
+        """Reached spend limits (``metering.reached``: scope -> why), looked up at most every
+        ``SPEND_CHECK`` seconds."""
         if time.monotonic() - self.spend_checked_at < SPEND_CHECK:
             return self.spend_blocked
-        blocked = await self.store.read(metering.blocked_apps)
+        blocked = await self.store.read(metering.reached)
         self.spend_checked_at = time.monotonic()
-        for app_id in blocked.keys() - self.spend_blocked.keys():
-            log.warning("app %s starts no new containers: %s", app_id, blocked[app_id])
-            line = {"app_id": app_id, "stream": "system", "line": f"no new containers: {blocked[app_id]}"}
-            await self.store.write(functools.partial(_log_lines, [line]))
-            self.notifier.wake(f"logs:{app_id}")
+        for scope in blocked.keys() - self.spend_blocked.keys():
+            log.warning("no new containers: %s", blocked[scope])
         self.spend_blocked = blocked
         return blocked
+
+    async def spend_refusal(self, app_id: str) -> str | None:
+        """Why the app may start nothing now (a reached spend limit), or None."""
+        blocked = await self.check_spend()
+        if not blocked:
+            return None
+        name = await self.store.read(lambda tx: tx.scalar("SELECT name FROM apps WHERE id = ?", (app_id,)))
+        return metering.why_blocked(blocked, name)
 
     async def _reap_loop(self) -> None:
         while True:
@@ -316,7 +321,3 @@ def _timeout_inputs(tx: Any, expired: list[tuple[int, str]]) -> None:
 def _calls_of(tx: Any, expired: list[tuple[int, str]]) -> set[str]:
     marks, vals = tx.in_list(seq for seq, _ in expired)
     return {r[0] for r in tx.fetchall(f"SELECT call_id FROM inputs WHERE seq IN {marks}", vals)}
-
-
-def _log_lines(lines: list[dict[str, Any]], tx: Any) -> set[str]:
-    return logs.append(tx, lines)

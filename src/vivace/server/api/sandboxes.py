@@ -93,9 +93,9 @@ async def create_sandbox(request: Request) -> Response:
         raise Invalid("a sandbox spec takes no function settings (classes, concurrency, batching, scaling)")
     await _check_secret_scope(request, list(spec.secrets))
     plane = plane_of(request)
-    blocked = await plane.check_spend()
-    if app_id in blocked:
-        raise SpendLimited(f"cannot create a sandbox: {blocked[app_id]}")
+    refusal = await plane.spend_refusal(app_id)
+    if refusal is not None:
+        raise SpendLimited(f"cannot create a sandbox: {refusal}")
     out = await plane.store.write(lambda tx: svc.create(tx, app_id, spec, name, tags))
     plane.notifier.wake("autoscale")  # the scheduler places the new container
     return JSONResponse(out)

@@ -17,7 +17,7 @@ from vivace.protocol.calls import OutputStatus
 from vivace.server.autoscaler.policy import IdleContainer, Snapshot, plan
 from vivace.server.errors import NotFound
 from vivace.server.scheduler.placement import GpuChoice, Request, WorkerCapacity, place, unfit_reason
-from vivace.server.services import metering
+from vivace.server.services import logs, metering
 from vivace.server.services.calls import fail_input, fail_pending
 from vivace.server.store.base import Tx
 
@@ -41,15 +41,16 @@ class AutoscaleResult:
 
 
 def autoscale(tx: Tx, blocked: dict[str, str] | None = None) -> AutoscaleResult:
-    """Start and stop containers towards each function's desired count. ``blocked``: apps that may
-    start none (app -> why): their waiting inputs fail with that reason where no container of theirs
-    is left to serve them."""
+    """Start and stop containers towards each function's desired count. ``blocked``: reached spend
+    limits (``metering.reached``): their apps start none, and their waiting inputs fail with the
+    reason where no container of theirs is left to serve them."""
     result = AutoscaleResult([], [])
     blocked = blocked or {}
     funcs = tx.fetchall(
-        "SELECT id, app_id, spec, backlog, running, start_failures FROM functions WHERE active = 1"
+        "SELECT f.id, f.app_id, f.spec, f.backlog, f.running, f.start_failures, a.name FROM functions f "
+        "JOIN apps a ON a.id = f.app_id WHERE f.active = 1"
     )
-    for fid, app_id, spec_json, backlog, running, start_failures in funcs:
+    for fid, app_id, spec_json, backlog, running, start_failures, app_name in funcs:
         spec = json.loads(spec_json)
         broken = int(start_failures) >= MAX_START_FAILURES  # keep no warm containers of a broken function
         rows = tx.fetchall(
@@ -70,10 +71,18 @@ def autoscale(tx: Tx, blocked: dict[str, str] | None = None) -> AutoscaleResult:
         )
         p = plan(snap, tx.now)
         start = p.start
-        if app_id in blocked and start:
+        why = metering.why_blocked(blocked, app_name) if blocked and start else None
+        if why is not None:
             start = 0
             if not rows and int(backlog) > 0:
-                result.failed |= fail_pending(tx, fid, blocked[app_id], "ResourceExhaustedError")
+                result.failed |= fail_pending(tx, fid, why, "ResourceExhaustedError")
+                line = {
+                    "app_id": app_id,
+                    "function_id": fid,
+                    "stream": "system",
+                    "line": f"no new containers: {why}",
+                }
+                logs.append(tx, [line])
         room = max(0, MAX_UNPLACED - sum(1 for r in rows if r[3] == "pending"))
         if start > room:
             result.capped = True

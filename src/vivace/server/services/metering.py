@@ -395,25 +395,27 @@ def limits(tx: Tx) -> list[dict[str, Any]]:
     return out
 
 
-def blocked_apps(tx: Tx) -> dict[str, str]:
-    """Live apps that may start no new container because a spend limit is reached: app id → why."""
-    reached = [lim for lim in limits(tx) if lim["reached"]]
-    if not reached:
-        return {}
+def reached(tx: Tx) -> dict[str, str]:
+    """Spend limits that are reached, as scope → why: ``WORKSPACE`` for the workspace's, else the app's
+    name (it holds every run and deploy of that name, those that start later too)."""
     out: dict[str, str] = {}
-    for app_id, name in tx.fetchall(
-        "SELECT id, name FROM apps WHERE state IN ('ephemeral', 'detached', 'deployed')"
-    ):
-        for lim in reached:
-            if lim["app"] is None or lim["app"] == name:
-                who = "the workspace" if lim["app"] is None else f"app {name!r}"
-                when = {"day": " today", "month": " this month", "total": ""}[lim["period"]]
-                out[app_id] = (
-                    f"{who} reached its spend limit: {lim['spent']:.4f} spent{when} of {lim['amount']:.4f} "
-                    "(`vivace usage limits` shows it; `vivace usage limit set` raises it)"
-                )
-                break
+    for lim in limits(tx):
+        if not lim["reached"]:
+            continue
+        who = "the workspace" if lim["app"] is None else f"app {lim['app']!r}"
+        when = {"day": " today", "month": " this month", "total": ""}[lim["period"]]
+        out[WORKSPACE if lim["app"] is None else lim["app"]] = (
+            f"{who} reached its spend limit: {lim['spent']:.4f} spent{when} of {lim['amount']:.4f} "
+            "(`vivace usage limits` shows it; `vivace usage limit set` raises it)"
+        )
     return out
+
+
+def why_blocked(blocked: dict[str, str], app_name: str | None) -> str | None:
+    """Why an app may start no container (``blocked``: from :func:`reached`), or None."""
+    if app_name is not None and app_name in blocked:
+        return blocked[app_name]
+    return blocked.get(WORKSPACE)
 
 
 # -- one container, one call ------------------------------------------------------------------------
