@@ -165,3 +165,39 @@ def test_a_web_server_answers_through_the_gateway(iso):
     assert (served.status_code, served.text) == (200, "from inside\n"), served.text
     missing = httpx.get(iso.web_files.get_web_url() + "nothing.txt", timeout=120)
     assert missing.status_code == 404  # the server's own 404, passed through
+
+
+def test_metering_reports_the_kernels_accounting_beside_the_reservation(iso, warm_pool):
+    """A container's CPU seconds and peak memory come from its cgroup; with no warm pool its billed life
+    is the kernel's record of its runtime process (a warm container's process started before it was
+    claimed: that wait is not billed, so its billed life is shorter)."""
+    import httpx
+    from tests.kernel_clock import process_start, wait_exit
+
+    from vivace._version import __version__
+
+    task, burned = iso.burn.remote(0.6)
+    pid = int((iso.cluster.home / "worker" / "containers" / task / "pid").read_text())
+    start = process_start(pid)
+    env = iso.cluster.client_env()
+    headers = {
+        "authorization": f"Bearer {env['VIVACE_TOKEN_ID']}:{env['VIVACE_TOKEN_SECRET']}",
+        "x-vivace-version": __version__,
+    }
+    with httpx.Client(base_url=iso.cluster.url, headers=headers, timeout=30) as http:
+        http.post(f"/v1/containers/{task}/stop").raise_for_status()
+        exited = wait_exit(pid, 60)
+        deadline = time.monotonic() + 30
+        while (info := http.get(f"/v1/containers/{task}").json())["state"] != "stopped":
+            assert time.monotonic() < deadline, info
+            time.sleep(0.1)
+    m = info["meter"]
+    assert m["reserved"] == {"cpu": 0.5, "memory_mib": 128}
+    # what it burned, plus the runtime's own start (its imports): never less, not much more
+    assert burned * 0.95 <= m["cpu_used_s"] <= burned + 10.0, m
+    assert m["memory_peak"] > 4 << 20, m
+    real = exited - start
+    if warm_pool == 0:
+        assert abs(m["billed_s"] - real) < 1.0, (m, real)
+    else:
+        assert 0 < m["billed_s"] <= real + 1.0, (m, real)

@@ -29,6 +29,12 @@ def test_detects_v1_hybrid_and_v2(tmp_path):
     assert Path("/sys/fs/cgroup/unified") in hybrid.roots()
     v2 = detect(V2)
     assert v2.mode == "v2" and v2.unified and v2.mounts == {"": Path("/sys/fs/cgroup")}
+    assert v1.cpuacct is None  # co-mounted with cpu: accounting is read there
+    apart = detect(V1.replace("/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct", "/cpu rw - cgroup cgroup rw,cpu")
+                   + "31 25 0:28 / /sys/fs/cgroup/cpuacct rw - cgroup cgroup rw,cpuacct\n")  # fmt: skip
+    assert apart.cpuacct == Path("/sys/fs/cgroup/cpuacct") and apart.mounts["cpu"] == Path(
+        "/sys/fs/cgroup/cpu"
+    )
     only_memory = detect("26 25 0:23 / /m rw - cgroup cgroup rw,memory\n")
     assert only_memory.missing == ("cpu", "pids")
     with pytest.raises(CgroupError, match="no cgroup filesystem"):

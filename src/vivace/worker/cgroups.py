@@ -34,6 +34,7 @@ class CgroupHost:
     missing: tuple[str, ...] = ()
     unified_mount: Path | None = None  # hybrid: the controller-less cgroup2 mount
     others: tuple[Path, ...] = ()  # v1 hierarchies we set no limits in (runtimes create cgroups there)
+    cpuacct: Path | None = None  # v1: the cpuacct hierarchy where it is not the cpu one (CPU accounting)
 
     def roots(self) -> list[Path]:
         """Every hierarchy a container's cgroup may appear in."""
@@ -52,6 +53,7 @@ def detect(mountinfo: str | None = None) -> CgroupHost:
     if mountinfo is None:
         mountinfo = Path("/proc/self/mountinfo").read_text()
     v1: dict[str, Path] = {}
+    cpuacct: Path | None = None
     v2: list[Path] = []
     other: list[Path] = []
     for line in mountinfo.splitlines():
@@ -66,11 +68,14 @@ def detect(mountinfo: str | None = None) -> CgroupHost:
             for opt in options:
                 if opt in CONTROLLERS_V1:
                     v1.setdefault(opt, mountpoint)
+                elif opt == "cpuacct" and cpuacct is None:
+                    cpuacct = mountpoint
             other.append(mountpoint)
     if v1:
         missing = tuple(c for c in CONTROLLERS_V1 if c not in v1)
         rest = tuple(dict.fromkeys(p for p in other if p not in v1.values()))
-        return CgroupHost("hybrid" if v2 else "v1", v1, missing, v2[0] if v2 else None, rest)
+        acct = cpuacct if cpuacct is not None and cpuacct != v1.get("cpu") else None
+        return CgroupHost("hybrid" if v2 else "v1", v1, missing, v2[0] if v2 else None, rest, acct)
     if v2:
         root = min(v2, key=lambda p: len(str(p)))
         have = (
@@ -130,6 +135,8 @@ class ContainerCgroup:
         if limits.cpu_limit is not None:
             _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
             _write(cpu / "cpu.cfs_quota_us", str(max(1000, int(limits.cpu_limit * CPU_PERIOD_US))))
+        if self.host.cpuacct is not None:  # CPU accounting for metering, where it has its own hierarchy
+            (self.host.cpuacct / self.relpath).mkdir(parents=True, exist_ok=True)
         pids = m["pids"] / self.relpath
         pids.mkdir(parents=True, exist_ok=True)
         if limits.pids is not None:
@@ -168,7 +175,8 @@ class ContainerCgroup:
             _write(leaf / "cgroup.procs", pid)
             return
         # v1: the hierarchies ``create`` made (the others hold no directory of ours)
-        for root in dict.fromkeys(self.host.mounts.values()):
+        roots = [*self.host.mounts.values(), *([self.host.cpuacct] if self.host.cpuacct else [])]
+        for root in dict.fromkeys(roots):
             _write(root / self.relpath / "cgroup.procs", pid)
 
     def oom_killed(self, sigkilled: bool) -> bool:

@@ -67,8 +67,6 @@ def _environ_of(pid: int) -> dict[str, str] | None:
     return out
 
 
-
-
 class Cluster:
     """One control plane (``vivace server``), optionally one worker, and client scripts, all as processes."""
 

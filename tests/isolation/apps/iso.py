@@ -189,3 +189,12 @@ def web_files():
     subprocess.Popen(
         [sys.executable, "-m", "http.server", "18765", "--bind", "127.0.0.1", "--directory", root]
     )
+
+
+@app.function(max_containers=1, cpu=0.5)
+def burn(seconds):
+    """Spin on the CPU for ``seconds`` of CPU time: metering's cgroup accounting must see it."""
+    start = time.process_time()
+    while time.process_time() - start < seconds:
+        pass
+    return os.environ["VIVACE_TASK_ID"], time.process_time() - start
