@@ -172,8 +172,8 @@ def test_metering_reports_the_kernels_accounting_beside_the_reservation(iso, war
     is the kernel's record of its runtime process (a warm container's process started before it was
     claimed: that wait is not billed, so its billed life is shorter)."""
     import httpx
-    from tests.kernel_clock import process_start, wait_exit
 
+    from tests.kernel_clock import process_start, wait_exit
     from vivace._version import __version__
 
     task, burned = iso.burn.remote(0.6)
