@@ -11,7 +11,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import autoscale, coldstart, driver, images, repro, sandboxes, scale, storage, volumes, web
+from benchmarks import (
+    autoscale,
+    coldstart,
+    driver,
+    images,
+    metering,
+    repro,
+    sandboxes,
+    scale,
+    storage,
+    volumes,
+    web,
+)
 from benchmarks.charts import write_charts
 from benchmarks.config import FULL, QUICK, RunConfig
 from benchmarks.machine import machine_info
@@ -28,6 +40,7 @@ SECTIONS: dict[str, Callable[[RunConfig, Callable[[str], None]], dict[str, Any]]
     "volumes": volumes.run,
     "sandboxes": sandboxes.run,
     "web": web.run,
+    "metering": metering.run,
 }
 """Benchmarks that drive Vivace and its peers themselves, each writing one section of the results."""
 RESULTS = driver.REPO_ROOT / "benchmarks" / "results" / "latest.json"
@@ -115,6 +128,8 @@ def _failures(results: dict[str, Any]) -> list[str]:
     failed += ["scale"] if (results.get("scale") or {}).get("status") == "error" else []
     stored = (results.get("storage") or {}).get("peers", {})
     failed += [f"storage/{n}" for n, r in stored.items() if r.get("status") == "error"]
+    met = results.get("metering") or {}
+    failed += [f"metering/{k}" for k in ("call_path", "queries") if (met.get(k) or {}).get("status") == "error"]
     return failed
 
 

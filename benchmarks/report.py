@@ -49,6 +49,10 @@ def render_markdown(results: Mapping[str, Any], charts: Mapping[str, str] | None
         from benchmarks import web
 
         parts += web.render(results["web"])
+    if results.get("metering"):
+        from benchmarks import metering
+
+        parts += metering.render(results["metering"])
     if results.get("reproducibility"):
         from benchmarks import repro
 

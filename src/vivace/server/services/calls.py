@@ -230,8 +230,10 @@ def _finish(
         (seq,),
     )
     tx.execute("UPDATE functions SET running = running - 1 WHERE id = ?", (function_id,))
-    if container_id is None:
+    if container_id is None or not metering.ON_CALL_PATH:
         tx.execute("UPDATE calls SET outputs_done = outputs_done + 1 WHERE id = ?", (call_id,))
+        if container_id is not None:
+            metering.held_changed(tx, container_id, -1, ", served = served + 1")
         return
     # the call's cost: its inputs' run time at their containers' rates
     seconds = max(0.0, float(out.duration or 0.0))
