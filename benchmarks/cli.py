@@ -129,7 +129,9 @@ def _failures(results: dict[str, Any]) -> list[str]:
     stored = (results.get("storage") or {}).get("peers", {})
     failed += [f"storage/{n}" for n, r in stored.items() if r.get("status") == "error"]
     met = results.get("metering") or {}
-    failed += [f"metering/{k}" for k in ("call_path", "queries") if (met.get(k) or {}).get("status") == "error"]
+    failed += [
+        f"metering/{k}" for k in ("call_path", "queries") if (met.get(k) or {}).get("status") == "error"
+    ]
     return failed
 
 
