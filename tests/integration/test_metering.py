@@ -89,6 +89,11 @@ def test_a_containers_billed_life_matches_the_kernels_record(metered: Any, http:
     assert (m["pool"], m["rate_per_s"]) == ("default", pytest.approx(rate))
     assert m["cost"] == pytest.approx(m["billed_s"] * rate)
     assert m["reserved"] == {"cpu": 0.5, "memory_mib": 256}
+    shown = _cli("container", "show", cid).stdout
+    assert (
+        f"billed       {m['billed_s']:.1f} s (cold" in shown and "CPU used not measured" in shown
+    )  # process
+    assert "0.5 cores, 256 MiB in pool default" in shown and "image_ready" in shown
 
 
 def test_each_call_shows_its_run_time_and_cost(metered: Any, http: httpx.Client) -> None:

@@ -125,6 +125,35 @@ def container_list(app_ref: str | None, all_: bool) -> None:
     )
 
 
+@container.command("show")
+@click.argument("container_id")
+def container_show(container_id: str) -> None:
+    """A container's state, its start phases, and its meter: billed time (cold start, busy, idle), rate
+    and cost, beside the CPU seconds and peak memory its cgroup counted."""
+    c = _api("GET", f"/v1/containers/{container_id}")
+    m = c["meter"]
+    click.echo(f"{c['container_id']}  {c['function']} of {c['app_id']}  {c['state']}"
+               + (f" ({c['stop_reason']})" if c.get("stop_reason") else ""))  # fmt: skip
+    p = m["phases"]
+    base = p["created_at"]
+    for name in ("created_at", "assigned_at", "image_ready_at", "started_at", "ready_at", "stopped_at"):
+        at = p.get(name)
+        since = "" if at is None or base is None else f"  +{at - base:.3f} s"
+        click.echo(f"  {name.removesuffix('_at'):12} {_ts(at) or '-'}{since}")
+    gpu = f", {m['gpu_count']} x {m['gpu_type']}" if m["gpu_count"] else ""
+    reserved = m["reserved"]
+    click.echo(
+        f"  reserved     {reserved['cpu']:g} cores, {reserved['memory_mib']} MiB{gpu} in pool {m['pool']}"
+    )
+    click.echo(
+        f"  billed       {m['billed_s']:.1f} s (cold {m['cold_s']:.1f}, busy {m['busy_s']:.1f}, idle "
+        f"{m['idle_s']:.1f}) at {m['rate_per_s']:.8f}/s = {m['cost']:.6f}"
+    )
+    cpu = "not measured" if m["cpu_used_s"] is None else f"{m['cpu_used_s']:.2f} s"
+    peak = "not measured" if m["memory_peak"] is None else f"{m['memory_peak'] / (1 << 20):.1f} MiB"
+    click.echo(f"  kernel       CPU used {cpu}, peak memory {peak}")
+
+
 @container.command("logs")
 @click.argument("container_id")
 @click.option("-f", "--follow", is_flag=True)
