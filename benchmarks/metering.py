@@ -91,7 +91,7 @@ def _queries(cluster: Any, n_containers: int, n_calls: int) -> dict[str, Any]:
     import httpx
 
     from vivace._version import __version__
-    from vivace.cli.usage import parse_when
+    from vivace.cli.times import parse_when
 
     cluster.plane.store.write_sync(lambda tx: _seed(tx, n_containers, n_calls))
     headers = {"authorization": f"Bearer {cluster.user_token}", "x-vivace-version": __version__}

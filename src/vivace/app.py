@@ -404,7 +404,13 @@ class App:
     async def _print_logs(self, api: Any, wait: float) -> int:
         page = await api.get_json(
             "/v1/logs",
-            params={"app": self.app_id, "cursor": self._log_cursor, "wait": wait},
+            # the user's output and what the platform must say; not the lifecycle lines (app logs has them)
+            params={
+                "app": self.app_id,
+                "cursor": self._log_cursor,
+                "wait": wait,
+                "stream": "stdout,stderr,system",
+            },
             timeout=wait + 30,
         )
         for line in page["lines"]:

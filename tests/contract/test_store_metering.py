@@ -235,7 +235,7 @@ def test_a_reached_spend_limit_starts_no_container_and_fails_what_waits(h: Any) 
     errors = [json.loads(e) for (e,) in h.sql("SELECT error FROM outputs WHERE call_id = ?", (call,))]
     assert len(errors) == 2 and all(e["type"] == "ResourceExhaustedError" for e in errors)
     assert "'shop' reached its spend limit" in errors[0]["message"]
-    said = h.sql("SELECT stream, line FROM logs WHERE app_id = ?", (app,))
+    said = h.sql("SELECT stream, line FROM logs WHERE app_id = ? AND stream = 'system'", (app,))
     assert said == [("system", f"no new containers: {blocked['shop']}")]  # the app's logs say why too
     # another app is not held back by this app's limit; the workspace's limit holds every app back
     h.function("g", min_containers=1)

@@ -48,3 +48,28 @@ def app_loader(cluster):
 def app_loader_unbound():
     """``load_app`` without starting the shared SQLite cluster."""
     return load_app
+
+
+@pytest.fixture
+def user_http(cluster):
+    """An HTTP client for the cluster's API with the user token."""
+    import httpx
+
+    from vivace._version import __version__
+
+    headers = {"authorization": f"Bearer {cluster.user_token}", "x-vivace-version": __version__}
+    with httpx.Client(base_url=cluster.url, headers=headers, timeout=30) as c:
+        yield c
+
+
+def run_cli(*args, ok=True):
+    """``vivace ARGS...`` in a subprocess against the cluster (the environment points at it); checks
+    that it succeeded (``ok``) or failed."""
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-m", "vivace.cli.main", *args],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert (out.returncode == 0) == ok, out.stdout + out.stderr
+    return out

@@ -5,9 +5,6 @@ a reached spend limit starts no container and says why."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.integration.conftest import run_cli
 from tests.kernel_clock import process_start, wait_exit
 
 import vivace
 from vivace import exception as exc
-from vivace._version import __version__
 from vivace.server.services import metering
 from vivace.server.services.metering import Prices
 
@@ -43,37 +40,21 @@ def metered(app_loader: Any, priced: Prices) -> Iterator[Any]:
         yield module
 
 
-@pytest.fixture
-def http(cluster: Any) -> Iterator[httpx.Client]:
-    headers = {"authorization": f"Bearer {cluster.user_token}", "x-vivace-version": __version__}
-    with httpx.Client(base_url=cluster.url, headers=headers, timeout=30) as c:
-        yield c
-
-
-def _cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(
-        [sys.executable, "-m", "vivace.cli.main", *args],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
-    )  # fmt: skip
-    assert (out.returncode == 0) == ok, out.stdout + out.stderr
-    return out
-
-
-def _stopped_meter(http: httpx.Client, cid: str, timeout: float = 30.0) -> dict[str, Any]:
+def _stopped_meter(user_http: httpx.Client, cid: str, timeout: float = 30.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        info = http.get(f"/v1/containers/{cid}").json()
+        info = user_http.get(f"/v1/containers/{cid}").json()
         if info["state"] == "stopped":
             return info
         assert time.monotonic() < deadline, f"container {cid} did not stop: {info}"
         time.sleep(0.1)
 
 
-def test_a_containers_billed_life_matches_the_kernels_record(metered: Any, http: httpx.Client) -> None:
+def test_a_containers_billed_life_matches_the_kernels_record(metered: Any, user_http: httpx.Client) -> None:
     pid, cid, burned = metered.burn.remote(0.3)
     start = process_start(pid)  # the kernel's record of the container's process (process runtime)
     exited = wait_exit(pid, 30)  # it stops 2 s after its last input (scaledown_window)
-    info = _stopped_meter(http, cid)
+    info = _stopped_meter(user_http, cid)
     m = info["meter"]
     real = exited - start
     assert abs(m["billed_s"] - real) < 1.0, (m, real)
@@ -89,73 +70,75 @@ def test_a_containers_billed_life_matches_the_kernels_record(metered: Any, http:
     assert (m["pool"], m["rate_per_s"]) == ("default", pytest.approx(rate))
     assert m["cost"] == pytest.approx(m["billed_s"] * rate)
     assert m["reserved"] == {"cpu": 0.5, "memory_mib": 256}
-    shown = _cli("container", "show", cid).stdout
+    shown = run_cli("container", "show", cid).stdout
     assert (
         f"billed       {m['billed_s']:.1f} s (cold" in shown and "CPU used not measured" in shown
     )  # process
     assert "0.5 cores, 256 MiB in pool default" in shown and "image_ready" in shown
 
 
-def test_each_call_shows_its_run_time_and_cost(metered: Any, http: httpx.Client) -> None:
+def test_each_call_shows_its_run_time_and_cost(metered: Any, user_http: httpx.Client) -> None:
     call = metered.nap.spawn(0.4)
     cid = call.get(timeout=60)
-    got = http.get(f"/v1/calls/{call.object_id}/usage").json()
+    got = user_http.get(f"/v1/calls/{call.object_id}/usage").json()
     rate = (
         0.125 * PRICES.cpu_core_second + 0.125 * PRICES.memory_gib_second
     )  # the default 0.125 cores, 128 MiB
     assert got["function"] == "nap" and got["app"] == "metered" and got["inputs"] == {"done": 1}
     assert 0.4 <= got["busy_s"] < 5.0
     assert got["cost"] == pytest.approx(got["busy_s"] * rate)
-    assert http.get("/v1/calls/fc-nope/usage").status_code == 404
+    assert user_http.get("/v1/calls/fc-nope/usage").status_code == 404
     assert cid
-    out = _cli("usage", "call", call.object_id).stdout
+    out = run_cli("usage", "call", call.object_id).stdout
     assert f"Call {call.object_id} of metered.nap" in out and "1 done" in out
 
 
-def test_vivace_usage_shows_cost_by_app_function_and_day(metered: Any, http: httpx.Client) -> None:
+def test_vivace_usage_shows_cost_by_app_function_and_day(metered: Any, user_http: httpx.Client) -> None:
     cid = metered.nap.remote(0.1)
-    _stopped_meter(http, cid)
-    res = http.get("/v1/usage", params={"by": "function,day", "app": "metered", "since": 0}).json()
+    _stopped_meter(user_http, cid)
+    res = user_http.get("/v1/usage", params={"by": "function,day", "app": "metered", "since": 0}).json()
     rows = {r["function"]: r for r in res["rows"]}
     assert "metered.nap" in rows and rows["metered.nap"]["billed_s"] > 0
     assert res["total"]["cost"] == pytest.approx(sum(r["cost"] for r in res["rows"]))
     assert rows["metered.nap"]["day"] == time.strftime("%Y-%m-%d", time.gmtime())
     # the CLI: a table by default, the same answer with --json
-    table = _cli("usage", "--app", "metered", "--by", "function", "--since", "1d").stdout
+    table = run_cli("usage", "--app", "metered", "--by", "function", "--since", "1d").stdout
     assert "metered.nap" in table and "total" in table
-    js = json.loads(_cli("usage", "--app", "metered", "--by", "gpu", "--json", "--since", "1d").stdout)
+    js = json.loads(run_cli("usage", "--app", "metered", "--by", "gpu", "--json", "--since", "1d").stdout)
     assert [r["gpu"] for r in js["rows"]] == ["none"] and js["total"]["cost"] > 0
-    pools = http.get("/v1/pools").json()["pools"]
+    pools = user_http.get("/v1/pools").json()["pools"]
     assert any(p["name"] == "default" and p["prices"]["cpu_core_second"] == 0.002 for p in pools)
-    assert "default" in _cli("pool", "list").stdout
+    assert "default" in run_cli("pool", "list").stdout
     # bad input: a clear error, not a 500
     for params in ({"by": "colour"}, {"by": "app,app"}, {"since": "yesterday"}, {"since": 10, "until": 5}):
-        r = http.get("/v1/usage", params=params)
+        r = user_http.get("/v1/usage", params=params)
         assert r.status_code == 422, (params, r.text)
-    bad = _cli("usage", "--by", "colour", ok=False)
+    bad = run_cli("usage", "--by", "colour", ok=False)
     assert "choose among" in bad.stderr
 
 
-def test_a_reached_spend_limit_starts_no_container_and_says_why(app_loader: Any, http: httpx.Client) -> None:
+def test_a_reached_spend_limit_starts_no_container_and_says_why(
+    app_loader: Any, user_http: httpx.Client
+) -> None:
     module = app_loader("metered")
     assert (
         "Spend limit of app metered-limited"
-        in _cli("usage", "limit", "set", "0", "--app", "metered-limited").stdout
+        in run_cli("usage", "limit", "set", "0", "--app", "metered-limited").stdout
     )
     try:
         with module.limited.run():
             with pytest.raises(exc.ResourceExhaustedError, match="reached its spend limit") as err:
                 module.work.remote(1)
             assert "metered-limited" in str(err.value)
-            listed = _cli("usage", "limits").stdout
+            listed = run_cli("usage", "limits").stdout
             assert "metered-limited" in listed and "REACHED" in listed
             # raised: it runs again
-            _cli("usage", "limit", "set", "1000", "--app", "metered-limited")
+            run_cli("usage", "limit", "set", "1000", "--app", "metered-limited")
             assert module.work.remote(4) == 8
     finally:
-        _cli("usage", "limit", "remove", "--app", "metered-limited")
-    assert "metered-limited" not in _cli("usage", "limits").stdout
-    missing = _cli("usage", "limit", "remove", "--app", "metered-limited", ok=False)
+        run_cli("usage", "limit", "remove", "--app", "metered-limited")
+    assert "metered-limited" not in run_cli("usage", "limits").stdout
+    missing = run_cli("usage", "limit", "remove", "--app", "metered-limited", ok=False)
     assert "has no spend limit" in missing.stderr
     for body in (
         {"amount": -1},
@@ -163,10 +146,12 @@ def test_a_reached_spend_limit_starts_no_container_and_says_why(app_loader: Any,
         {"amount": 5, "period": "week"},
         {"amount": 5, "app": ""},
     ):
-        assert http.put("/v1/spend-limits", json=body).status_code == 422, body
+        assert user_http.put("/v1/spend-limits", json=body).status_code == 422, body
 
 
 def test_a_worker_pool_name_is_checked() -> None:
-    bad = _cli("worker", "--server", "http://127.0.0.1:1", "--token", "a:b", "--pool", "Not A Pool", ok=False)
+    bad = run_cli(
+        "worker", "--server", "http://127.0.0.1:1", "--token", "a:b", "--pool", "Not A Pool", ok=False
+    )
     assert "--pool" in bad.stderr and "lowercase" in bad.stderr
     assert vivace  # the SDK is what the app fixtures run

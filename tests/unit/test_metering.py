@@ -14,7 +14,7 @@ import click
 import pytest
 
 from vivace import exception as exc
-from vivace.cli.usage import parse_when
+from vivace.cli.times import parse_when
 from vivace.server.services.metering import (
     PriceError,
     Prices,
@@ -214,3 +214,14 @@ def test_usage_times_parse_durations_dates_and_period_starts() -> None:
     with pytest.raises(click.BadParameter, match="duration ago"):
         parse_when("last tuesday", now)
     assert math.isfinite(parse_when("1w", now))
+
+
+def test_durations_for_retention_parse_units_and_refuse_nonsense() -> None:
+    from vivace.cli.times import parse_duration
+
+    assert parse_duration("30d", "--x") == 30 * 86400
+    assert parse_duration("12h", "--x") == 43200 and parse_duration("90", "--x") == 90.0
+    assert parse_duration("0", "--x") == 0.0
+    for bad in ("-1", "forever", "1y", "nan"):
+        with pytest.raises(click.BadParameter, match="not a duration"):
+            parse_duration(bad, "--x")

@@ -45,7 +45,7 @@ def progress(label: str) -> Iterator[Callable[[int], None]]:
 
 
 def print_log(line: dict[str, Any], *, stream: Any = None) -> None:
-    out = stream or (sys.stderr if line.get("stream") in ("stderr", "system") else sys.stdout)
-    prefix = "[vivace] " if line.get("stream") == "system" else ""
+    out = stream or (sys.stderr if line.get("stream") in ("stderr", "system", "platform") else sys.stdout)
+    prefix = "[vivace] " if line.get("stream") in ("system", "platform") else ""
     out.write(f"{prefix}{line['line']}\n")
     out.flush()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -12,6 +13,7 @@ from vivace._sdk.connection import get_client
 from vivace._sdk.output import print_log
 from vivace._sync import run_sync
 from vivace.cli.main import echo_table
+from vivace.cli.times import parse_when
 
 
 def _api(method: str, path: str, **kw: Any) -> Any:
@@ -94,14 +96,66 @@ def _follow(params: dict[str, Any], follow: bool) -> None:
             time.sleep(0.1)
 
 
-@app.command("logs")
-@click.argument("app_ref")
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
-@click.option("--search", default=None, help="Only lines containing this text.")
-def app_logs(app_ref: str, follow: bool, search: str | None) -> None:
-    params: dict[str, Any] = {"app": app_ref}
+STREAM_CHOICES = click.Choice(["stdout", "stderr", "system", "platform"])
+
+
+def _log_filters(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The filters every ``logs`` command takes."""
+    for option in reversed(
+        [
+            click.option("-f", "--follow", is_flag=True, help="Keep printing new lines."),
+            click.option("--search", default=None, help="Only lines containing this text."),
+            click.option("--since", default=None, help="From: 10m, 2h, 7d, today, 2026-11-01T12:00 (UTC)."),
+            click.option("--until", default=None, help="Up to, in the same forms."),
+            click.option(
+                "--stream",
+                "streams",
+                multiple=True,
+                type=STREAM_CHOICES,
+                help="Only these streams (repeat it); platform: containers' starts and stops.",
+            ),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+def _filter_params(
+    search: str | None, since: str | None, until: str | None, streams: tuple[str, ...]
+) -> dict[str, Any]:
+    params: dict[str, Any] = {}
     if search:
         params["search"] = search
+    if since:
+        params["since"] = parse_when(since)
+    if until:
+        params["until"] = parse_when(until)
+    if streams:
+        params["stream"] = ",".join(streams)
+    return params
+
+
+@app.command("logs")
+@click.argument("app_ref")
+@_log_filters
+@click.option("--function", "function", default=None, help="Only this function's lines (its name).")
+@click.option("--call", "call_id", default=None, help="Only this call's lines (fc-...).")
+def app_logs(
+    app_ref: str,
+    follow: bool,
+    search: str | None,
+    since: str | None,
+    until: str | None,
+    streams: tuple[str, ...],
+    function: str | None,
+    call_id: str | None,
+) -> None:
+    """An app's logs: its containers' output and the platform's lines about them ([vivace])."""
+    params: dict[str, Any] = {"app": app_ref, **_filter_params(search, since, until, streams)}
+    if function:
+        params["function"] = function
+    if call_id:
+        params["call"] = call_id
     _follow(params, follow)
 
 
@@ -156,9 +210,17 @@ def container_show(container_id: str) -> None:
 
 @container.command("logs")
 @click.argument("container_id")
-@click.option("-f", "--follow", is_flag=True)
-def container_logs(container_id: str, follow: bool) -> None:
-    _follow({"container": container_id}, follow)
+@_log_filters
+def container_logs(
+    container_id: str,
+    follow: bool,
+    search: str | None,
+    since: str | None,
+    until: str | None,
+    streams: tuple[str, ...],
+) -> None:
+    """A container's output and the platform's lines about it."""
+    _follow({"container": container_id, **_filter_params(search, since, until, streams)}, follow)
 
 
 @container.command("stop")

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from vivace._sdk.config import vivace_home
+from vivace.cli.times import parse_duration
 from vivace.protocol.usage import check_pool
 
 
@@ -32,6 +33,12 @@ from vivace.protocol.usage import check_pool
     default=None,
     help="A TOML file of worker pools' prices per second (default: pools.toml in --home where it exists).",
 )
+@click.option(
+    "--log-retention",
+    default="30d",
+    show_default=True,
+    help="Delete log lines older than this (30d, 12h, 90m; 0: keep them forever).",
+)
 @click.pass_context
 def server(
     ctx: click.Context,
@@ -42,6 +49,7 @@ def server(
     embedded: bool,
     web_domain: str | None,
     pools_file: Path | None,
+    log_retention: str,
 ) -> None:
     """Run the control plane."""
     if ctx.invoked_subcommand is not None:
@@ -54,6 +62,7 @@ def server(
         raise click.ClickException(
             f"the server needs its extra: pip install 'vivace[server]' ({err})"
         ) from None
+    retention = parse_duration(log_retention, "--log-retention")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         if web_domain is not None:
@@ -66,6 +75,7 @@ def server(
             embedded=embedded,
             web_domain=web_domain,
             pools_file=pools_file,
+            log_retention=retention,
         )
     except (SecretKeyError, PriceError) as err:
         raise click.ClickException(f"cannot start: {err}") from None

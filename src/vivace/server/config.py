@@ -21,6 +21,8 @@ class ServerConfig:
     # web endpoints answer at <app>-<label>.<web_domain> (wildcard DNS to this server; may end in :port);
     # None: only by path, at <server>/web/<app>-<label>/
     web_domain: str | None = None
+    # log lines (containers' and image builds') older than this many seconds are deleted; 0: kept forever
+    log_retention: float = 30 * 86400.0
 
     def __post_init__(self) -> None:
         if not self.secret_key_file:

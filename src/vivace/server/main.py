@@ -59,6 +59,7 @@ def serve(
     memory: int | None = None,
     web_domain: str | None = None,
     pools_file: Path | None = None,
+    log_retention: float | None = None,
 ) -> None:
     import uvicorn
 
@@ -75,6 +76,8 @@ def serve(
         tunnel_host=host,
         web_domain=web_domain,
     )
+    if log_retention is not None:
+        config.log_retention = log_retention
     if os.environ.get("VIVACE_APP_HEARTBEAT_TIMEOUT"):
         config.app_heartbeat_timeout = float(os.environ["VIVACE_APP_HEARTBEAT_TIMEOUT"])
     # worker pools' prices: --pools, else <home>/pools.toml where it exists (read before anything

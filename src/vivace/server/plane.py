@@ -241,6 +241,23 @@ class ControlPlane:
                 await self.collect_storage()
             except Exception:
                 log.exception("storage collection failed")
+            try:
+                await self.expire_logs()
+            except Exception:
+                log.exception("log retention failed")
+
+    async def expire_logs(self) -> int:
+        """Delete log lines older than ``config.log_retention`` seconds, a batch per transaction."""
+        from vivace.server.services import logs
+
+        if not self.config.log_retention:
+            return 0
+        total = 0
+        while True:
+            n = await self.store.write(lambda tx: logs.expire(tx, tx.now - self.config.log_retention))
+            total += n
+            if n < logs.DELETE_BATCH:
+                return total
 
     async def collect_storage(self) -> tuple[list[str], int]:
         """Delete ephemeral Dicts and Queues whose client stopped heartbeating, expired partitions, and

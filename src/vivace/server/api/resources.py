@@ -346,30 +346,57 @@ async def list_workers(request: Request) -> Response:
 
 @route()
 async def read_logs(request: Request) -> Response:
+    """Lines by app, container or call (at least one), filtered by function (name or id), time
+    (``since``/``until``, epoch seconds), text (``search``) and ``stream`` (comma-separated); after
+    ``cursor``, waiting up to ``wait`` seconds for the first."""
     plane = plane_of(request)
-    ref = request.query_params.get("app")
-    cid = request.query_params.get("container")
-    if not ref and not cid:
-        raise Invalid("give 'app' or 'container'")
-    app_id = await plane.store.read(lambda tx: apps.find_app(tx, ref)) if ref else None
-    if app_id is None and cid:  # a container's lines wake its app's waiters: follow those
-        app_id = await plane.store.read(
-            lambda tx: tx.scalar("SELECT app_id FROM containers WHERE id = ?", (cid,))
-        )
+    q = request.query_params
+    ref, cid, call = q.get("app"), q.get("container"), q.get("call")
+    if not (ref or cid or call):
+        raise Invalid("give 'app', 'container' or 'call'")
+    streams = tuple(s.strip() for s in q["stream"].split(",") if s.strip()) if q.get("stream") else None
+    if streams is not None and (not streams or set(streams) - set(logs.STREAMS)):
+        raise Invalid(f"'stream' takes names among {', '.join(logs.STREAMS)}, got {q['stream']!r}")
+    since = query_float(request, "since", -1.0, 0.0, 1e11) if "since" in q else None
+    until = query_float(request, "until", -1.0, 0.0, 1e11) if "until" in q else None
     cursor = query_int(request, "cursor", 0, 0, 2**62)
     wait = query_float(request, "wait", 0.0, 0.0, 60.0)
-    text = request.query_params.get("search")
+    limit = query_int(request, "limit", 1000, 1, 1000)
+
+    def resolve(tx: Any) -> logs.LogFilter:
+        app_id = apps.find_app(tx, ref) if ref else None
+        if app_id is None and cid:  # a container's lines wake its app's waiters: follow those
+            app_id = tx.scalar("SELECT app_id FROM containers WHERE id = ?", (cid,))
+            if app_id is None:
+                raise NotFound(f"container {cid} does not exist")
+        if app_id is None and call:
+            app_id = tx.scalar(
+                "SELECT f.app_id FROM calls c JOIN functions f ON f.id = c.function_id WHERE c.id = ?",
+                (call,),
+            )
+            if app_id is None:
+                raise NotFound(f"call {call} does not exist (a web request's call is not kept)")
+        fn = q.get("function")
+        fids: tuple[str, ...] | None = None
+        if fn:
+            rows = tx.fetchall(
+                "SELECT id FROM functions WHERE (id = ? OR name = ?) AND app_id = ?", (fn, fn, app_id)
+            )
+            fids = tuple(str(r[0]) for r in rows)
+            if not fids:
+                raise NotFound(f"the app has no function {fn!r}")
+        return logs.LogFilter(app_id, cid, fids, call, q.get("search") or None, since, until, streams)
+
+    f = await plane.store.read(resolve)
     deadline = time.monotonic() + wait
     while True:
-        ev = plane.notifier.event(f"logs:{app_id}")
-        lines = await plane.store.read(
-            lambda tx: logs.read(tx, app_id=app_id, container_id=cid, cursor=cursor, limit=1000, text=text)
-        )
+        ev = plane.notifier.event(f"logs:{f.app_id}")
+        lines = await plane.store.read(lambda tx: logs.read(tx, f, cursor=cursor, limit=limit))
         remaining = deadline - time.monotonic()
-        if lines or remaining <= 0 or not app_id:
+        if lines or remaining <= 0 or not f.app_id:
             break
         await plane.notifier.wait(ev, remaining)
-    return JSONResponse({"app_id": app_id, "lines": lines, "cursor": lines[-1]["id"] if lines else cursor})
+    return JSONResponse({"app_id": f.app_id, "lines": lines, "cursor": lines[-1]["id"] if lines else cursor})
 
 
 @route(kinds=("user", "worker", "container"))  # a container uploads to volumes (reads go through them)

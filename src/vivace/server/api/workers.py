@@ -221,6 +221,17 @@ async def put_logs(request: Request) -> Response:
     for ln in lines:
         if not isinstance(ln, dict) or not isinstance(ln.get("app_id"), str) or "line" not in ln:
             raise Invalid("each log line needs 'app_id' and 'line'")
+        if ln.get("stream", "stdout") not in logs.STREAMS:
+            raise Invalid(f"a log line's 'stream' is one of {', '.join(logs.STREAMS)}")
+        seq, ts = ln.get("input_seq"), ln.get("ts")
+        if (seq is not None and (isinstance(seq, bool) or not isinstance(seq, int))) or (
+            ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float))
+        ):
+            raise Invalid("a log line's 'input_seq' is an integer and its 'ts' a number")
+        for key in ("function_id", "container_id"):
+            if ln.get(key) is not None and not isinstance(ln[key], str):
+                raise Invalid(f"a log line's {key!r} is a string")
+        ln.pop("call_id", None)  # the store finds it from the input
     plane = plane_of(request)
     apps = await plane.store.write(lambda tx: logs.append(tx, lines))
     plane.notifier.wake(*(f"logs:{a}" for a in apps))

@@ -17,7 +17,7 @@ from typing import Any
 from vivace.protocol.calls import FINAL, OutputStatus
 from vivace.protocol.functions import FunctionSpec
 from vivace.server.errors import Conflict, Gone, NotFound
-from vivace.server.services import metering
+from vivace.server.services import logs, metering
 from vivace.server.services.retry import RetryDecision, decide_retry
 from vivace.server.store.base import Tx
 
@@ -124,6 +124,7 @@ def lease_inputs(
     ):
         # this container started: the function's run of failed starts is over
         tx.execute("UPDATE functions SET start_failures = 0 WHERE id = ?", (function_id,))
+        _say_ready(tx, container_id)
     spec = json.loads(spec_json)
     timeout = float(spec["timeout"])
     if spec.get("max_inputs", 1) > 1:
@@ -201,7 +202,8 @@ def put_outputs(tx: Tx, container_id: str, lease_token: str, outputs: list[Outpu
         if out.status in (OutputStatus.FAILURE.value, OutputStatus.TIMEOUT.value) and items == 0:
             retry = decide_retry(_spec(tx, function_id).retries, attempt - sys_failures)
         if retry.retry:
-            _requeue(tx, out.seq, function_id, container_id, delay=retry.delay, system=False)
+            why = f"it failed ({_error_type(out.error) or out.status})"
+            _requeue(tx, out.seq, function_id, container_id, delay=retry.delay, system=False, why=why)
             result.requeued_functions.add(function_id)
         else:
             _finish(tx, out.seq, call_id, idx, function_id, container_id, out)
@@ -210,6 +212,15 @@ def put_outputs(tx: Tx, container_id: str, lease_token: str, outputs: list[Outpu
         if live is None or live[1] != lease_token or live[0] not in ("assigned", "running"):
             raise Gone(f"container {container_id} no longer holds a lease; its outputs were not stored")
     return result
+
+
+def _error_type(error: str | None) -> str | None:
+    """The exception type a failed output names (its error is JSON with a ``type``), if any."""
+    try:
+        kind = json.loads(error or "").get("type")
+    except (ValueError, AttributeError):
+        return None
+    return str(kind) if kind else None
 
 
 def _spec(tx: Tx, function_id: str) -> FunctionSpec:
@@ -245,9 +256,34 @@ def _finish(
     metering.held_changed(tx, container_id, -1, ", served = served + 1")
 
 
+def _say_ready(tx: Tx, container_id: str) -> None:
+    row = tx.fetchone("SELECT app_id, function_id, started_at FROM containers WHERE id = ?", (container_id,))
+    if row is None:
+        return
+    app_id, function_id, started = row
+    took = "" if started is None else f" {tx.now - float(started):.2f} s after it was up (imports and @enter)"
+    logs.system(tx, app_id, f"container {container_id} ready{took}", stream="platform",
+                function_id=function_id, container_id=container_id)  # fmt: skip
+
+
 def _requeue(
-    tx: Tx, seq: int, function_id: str, container_id: str | None, *, delay: float, system: bool
+    tx: Tx, seq: int, function_id: str, container_id: str | None, *, delay: float, system: bool, why: str
 ) -> None:
+    row = tx.fetchone("SELECT call_id, idx, attempt FROM inputs WHERE seq = ?", (seq,))
+    app_id = tx.scalar("SELECT app_id FROM functions WHERE id = ?", (function_id,))
+    if row is not None and app_id is not None:
+        call_id, idx, attempt = row
+        after = f" in {delay:.1f} s" if delay > 0 else ""
+        budget = "; not counted against its retries" if system else ""
+        logs.system(
+            tx,
+            app_id,
+            f"input {idx} of call {call_id} runs again{after} (attempt {int(attempt) + 1}): {why}{budget}",
+            function_id=function_id,
+            container_id=container_id,
+            call_id=call_id,
+            input_seq=seq,
+        )
     tx.execute(
         "UPDATE inputs SET state = 'pending', attempt = attempt + 1, sys_failures = sys_failures + ?, "
         "not_before = ?, container_id = NULL, lease_token = NULL, leased_at = NULL, deadline = NULL "
@@ -274,13 +310,14 @@ def fail_input(
         return None
     _, call_id, idx, attempt, function_id, container_id, items, sys_failures = row
     if items == 0:
+        why = str(error.get("message") or error.get("type") or status.value)
         if status == OutputStatus.SYSTEM and sys_failures < MAX_SYSTEM_FAILURES:
-            _requeue(tx, seq, function_id, container_id, delay=0.0, system=True)
+            _requeue(tx, seq, function_id, container_id, delay=0.0, system=True, why=why)
             return None
         if retryable:
             retry = decide_retry(_spec(tx, function_id).retries, attempt - sys_failures)
             if retry.retry:
-                _requeue(tx, seq, function_id, container_id, delay=retry.delay, system=False)
+                _requeue(tx, seq, function_id, container_id, delay=retry.delay, system=False, why=why)
                 return None
     out = OutputIn(seq, FINAL, status.value, None, None, json.dumps(error), None)
     _finish(tx, seq, call_id, idx, function_id, container_id, out)

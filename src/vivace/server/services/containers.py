@@ -239,12 +239,13 @@ def mark_stopped(
     ``at``: when it stopped, where that was before now (its worker says it exited a while ago; a lost
     worker's containers were last seen alive at its last heartbeat); never before it started."""
     row = tx.fetchone(
-        "SELECT state, worker_id, cpu, memory, started_at, busy_since FROM containers WHERE id = ?",
+        "SELECT state, worker_id, cpu, memory, started_at, busy_since, app_id, function_id FROM containers "
+        "WHERE id = ?",
         (container_id,),
     )
     if row is None or row[0] == "stopped":
         return set()
-    state, worker_id, cpu, memory, started_at, busy_since = row
+    state, worker_id, cpu, memory, started_at, busy_since, app_id, function_id = row
     when = tx.now if at is None else min(tx.now, at)
     when = max([when, *(float(t) for t in (started_at, busy_since) if t is not None)])
     tx.execute(
@@ -253,6 +254,12 @@ def mark_stopped(
         "ELSE ? - busy_since END, busy_since = NULL, held = 0 WHERE id = ?",
         (when, exit_code, reason, when, container_id),
     )
+    final = tx.scalar("SELECT stop_reason FROM containers WHERE id = ?", (container_id,))
+    if started_at is None:
+        said = f"container {container_id} stopped before it started: {final}"
+    else:
+        said = f"container {container_id} stopped after {when - float(started_at):.1f} s: {final}"
+    logs.system(tx, app_id, said, stream="platform", function_id=function_id, container_id=container_id)
     if worker_id is not None and state != "pending":
         tx.execute(
             "UPDATE workers SET cpu_used = cpu_used - ?, memory_used = memory_used - ? WHERE id = ?",

@@ -8,6 +8,7 @@ from typing import Any
 
 from vivace.protocol import ids
 from vivace.server.errors import Forbidden, Gone, NotFound
+from vivace.server.services import logs
 from vivace.server.services.containers import DRAIN_REASONS, MAX_START_FAILURES, mark_stopped
 from vivace.server.store.base import Tx
 
@@ -160,17 +161,19 @@ def container_event(tx: Tx, worker_id: str, ev: ContainerEvent) -> set[str]:
     if ev.event == "started":
         at = max(at, float(row[1] or at))  # never before the control plane placed it
         image_ready = max(float(row[1] or at), at - ev.image_s) if ev.image_s is not None else None
-        tx.execute(
+        first = tx.execute(
             "UPDATE containers SET state = 'running', started_at = ?, image_ready_at = ?, heartbeat_at = ? "
             "WHERE id = ? AND state = 'assigned'",
             (at, image_ready, tx.now, container_id),
         )
         # a container that leased inputs before its start was reported (the report was delayed): running
-        tx.execute(
+        first += tx.execute(
             "UPDATE containers SET started_at = ?, image_ready_at = ? WHERE id = ? AND started_at IS NULL "
             "AND state IN ('running', 'stopping')",
             (at, image_ready, container_id),
         )
+        if first:  # a replayed report says nothing twice
+            _say_started(tx, container_id, at, image_ready)
         # a sandbox is ready once its process runs (a function's container, once its runtime asks for work)
         tx.execute(
             "UPDATE containers SET ready_at = ? WHERE id = ? AND ready_at IS NULL AND id IN "
@@ -192,6 +195,32 @@ def container_event(tx: Tx, worker_id: str, ev: ContainerEvent) -> set[str]:
         )  # first reason wins
         calls |= _count_start_failure(tx, container_id, str(why or reason or "exited"))
     return calls
+
+
+def _say_started(tx: Tx, container_id: str, up: float, image_ready: float | None) -> None:
+    """The app's logs say where a container started and how long each phase before it took."""
+    row = tx.fetchone(
+        "SELECT c.app_id, c.function_id, c.created_at, c.assigned_at, w.name FROM containers c "
+        "LEFT JOIN workers w ON w.id = c.worker_id WHERE c.id = ?",
+        (container_id,),
+    )
+    if row is None:
+        return
+    app_id, function_id, created, assigned, worker = row
+    parts = []
+    if assigned is not None:
+        parts.append(f"placed {float(assigned) - float(created):.2f} s")
+        if image_ready is not None:
+            parts += [f"image {image_ready - float(assigned):.2f} s", f"start {up - image_ready:.2f} s"]
+    logs.system(
+        tx,
+        app_id,
+        f"container {container_id} up on worker {worker} {up - float(created):.2f} s after it was "
+        f"scheduled ({', '.join(parts)})",
+        stream="platform",
+        function_id=function_id,
+        container_id=container_id,
+    )
 
 
 def _count_start_failure(tx: Tx, container_id: str, reason: str) -> set[str]:

@@ -215,6 +215,14 @@ MIGRATIONS: list[list[str]] = [
             scope TEXT PRIMARY KEY, amount {DOUBLE} NOT NULL, period TEXT NOT NULL,
             created_at {DOUBLE} NOT NULL)""",
     ],
+    [
+        # a log line's call (its input's, or the platform's line about the call); time filters and
+        # retention go by ts
+        "ALTER TABLE logs ADD COLUMN call_id TEXT",
+        "CREATE INDEX logs_call ON logs(call_id, id) WHERE call_id IS NOT NULL",
+        "CREATE INDEX logs_ts ON logs(ts)",
+        "CREATE INDEX build_logs_ts ON build_logs(ts)",
+    ],
 ]
 
 
