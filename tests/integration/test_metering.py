@@ -155,3 +155,44 @@ def test_a_worker_pool_name_is_checked() -> None:
     )
     assert "--pool" in bad.stderr and "lowercase" in bad.stderr
     assert vivace  # the SDK is what the app fixtures run
+
+
+def test_metrics_are_scraped_in_prometheus_format_with_a_bearer_token(
+    cluster: Any, metered: Any, user_http: httpx.Client
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict[str, Any]:
+        # what a Prometheus scrape sends: the bearer token, no vivace version header
+        r = httpx.get(f"{cluster.url}/metrics", headers={"authorization": f"Bearer {cluster.user_token}"})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain; version=0.0.4")
+        return {f.name: f for f in text_string_to_metric_families(r.text)}
+
+    def count(fams: dict[str, Any], family: str, sample: str, **labels: str) -> float:
+        return sum(
+            s.value for s in fams[family].samples if s.name == sample and labels.items() <= s.labels.items()
+        )
+
+    before = scrape()
+    metered.nap.remote(0.05)
+    after = scrape()
+    ran = "vivace_input_duration_seconds_count"
+    assert count(after, "vivace_input_duration_seconds", ran, function="nap") == (
+        count(before, "vivace_input_duration_seconds", ran, function="nap") + 1
+    )
+    assert (
+        count(
+            after, "vivace_inputs_finished", "vivace_inputs_finished_total", function="nap", status="success"
+        )
+        >= 1
+    )
+    assert {s.labels["phase"] for s in after["vivace_container_cold_start_seconds"].samples} >= {
+        "total",
+        "enter",
+    }
+    assert any(s.value == 2.0 for s in after["vivace_worker_cpu_cores"].samples)  # the test worker's 2 cores
+    assert any(s.labels["app"] == "metered" for s in after["vivace_spend_month"].samples)
+    assert httpx.get(f"{cluster.url}/metrics").status_code == 401
+    assert (
+        httpx.get(f"{cluster.url}/metrics", headers={"authorization": "Bearer tk-x:nope"}).status_code == 401
+    )

@@ -47,6 +47,7 @@ class ControlPlane:
         self.web_finished: set[str] = set()  # web calls whose response went out: deleted by the reaper
         # apps a reached spend limit keeps from starting containers (app -> why), looked up again at most
         # every SPEND_CHECK seconds (at once after a limit changes: spend_checked_at = 0)
+        self.metrics: Any = None  # services.metrics.Accumulated: made at start, and by a first scrape
         self.spend_blocked: dict[str, str] = {}
         self.spend_checked_at = 0.0
 
@@ -55,6 +56,10 @@ class ControlPlane:
         await self.start_loops()
 
     async def start_loops(self) -> None:
+        from vivace.server.services import metrics
+
+        if self.metrics is None:  # /metrics counts what happens from now on
+            self.metrics = await self.store.read(metrics.start)
         if self.notifier.bus is None and self.config.store_url.startswith(("postgres://", "postgresql://")):
             # replicas share the store: what one wakes (a put, an output, a worker's event) wakes all
             from vivace.server.notify import PgWakeBus

@@ -95,6 +95,7 @@ class Agent:
         self._pinned: dict[str, list[Path]] = {}  # container id -> the layers it runs on
         self.builder = ImageBuilder(self.api, self.ctx.images, key, cache=self.layer_cache)
         self._stopping = asyncio.Event()
+        self._gpu_sampled_at = -GPU_SAMPLE
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -287,18 +288,26 @@ class Agent:
         )
 
     # -- assignments -----------------------------------------------------------------------------
+    async def _gpu_stats(self) -> list[dict[str, Any]] | None:
+        """Its GPUs' utilization and memory, at most every ``GPU_SAMPLE`` seconds (None: not now)."""
+        if not self.gpus or time.monotonic() - self._gpu_sampled_at < GPU_SAMPLE:
+            return None
+        self._gpu_sampled_at = time.monotonic()
+        return await asyncio.to_thread(gpus.sample)
+
     async def _poll_loop(self) -> None:
         while not self._stopping.is_set():
+            body: dict[str, Any] = {
+                "held": sorted(self.containers.keys() | self.starting),
+                "wait": 10,
+                "stopping": [c for c, s in self.containers.items() if s.stop_reason is not None],
+            }
+            stats = await self._gpu_stats()
+            if stats:
+                body["gpu_stats"] = stats
             try:
                 resp = await self.api.request(
-                    "POST",
-                    f"/v1/workers/{self.worker_id}/poll",
-                    json_body={
-                        "held": sorted(self.containers.keys() | self.starting),
-                        "wait": 10,
-                        "stopping": [c for c, s in self.containers.items() if s.stop_reason is not None],
-                    },
-                    timeout=40,
+                    "POST", f"/v1/workers/{self.worker_id}/poll", json_body=body, timeout=40
                 )
             except exc.NotFoundError as err:  # declared dead (410) or unknown: start over
                 log.warning("control plane forgot this worker (%s); re-registering", err)
@@ -476,6 +485,9 @@ class Agent:
                 f"assigned GPU(s) {unknown} that this worker does not have ({gpus.describe(self.gpus)})"
             )
         return [by_index[i] for i in wanted]
+
+
+GPU_SAMPLE = 5.0  # seconds between samples of the GPUs' utilization (sent with a poll: /metrics)
 
 
 def _env_int(name: str, default: int) -> int:

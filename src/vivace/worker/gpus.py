@@ -94,7 +94,7 @@ def discover(lib: str = NVML_LIB) -> tuple[list[Gpu], str]:
         return [], f"NVML failed: {err}"
 
 
-def _query(nvml: Any) -> list[Gpu]:
+def _checker(nvml: Any) -> Any:
     def check(rc: int, what: str) -> None:
         if rc != 0:
             msg = f"error {rc}"
@@ -103,6 +103,50 @@ def _query(nvml: Any) -> list[Gpu]:
                 msg = nvml.nvmlErrorString(rc).decode()
             raise NvmlError(f"{what}: {msg}")
 
+    return check
+
+
+class _Utilization(ctypes.Structure):
+    _fields_ = [("gpu", ctypes.c_uint), ("memory", ctypes.c_uint)]
+
+
+def sample(lib: str = NVML_LIB, nvml: Any = None) -> list[dict[str, Any]]:
+    """Each GPU's utilization now (percent of the last sample period the GPU was busy) and memory in use,
+    from NVML; [] where there is no driver or NVML fails (metrics only: never an error)."""
+    try:
+        nvml = nvml or ctypes.CDLL(lib)
+    except OSError:
+        return []
+    check = _checker(nvml)
+    try:
+        check((getattr(nvml, "nvmlInit_v2", None) or nvml.nvmlInit)(), "nvmlInit")
+    except NvmlError as err:
+        log.debug("GPU sample: %s", err)
+        return []
+    out = []
+    try:
+        count = ctypes.c_uint()
+        check(nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)), "nvmlDeviceGetCount")
+        for i in range(count.value):
+            handle = ctypes.c_void_p()
+            check(nvml.nvmlDeviceGetHandleByIndex_v2(i, ctypes.byref(handle)), f"device {i}")
+            util = _Utilization()
+            check(nvml.nvmlDeviceGetUtilizationRates(handle, ctypes.byref(util)), f"device {i} utilization")
+            mem = _Memory()
+            check(nvml.nvmlDeviceGetMemoryInfo(handle, ctypes.byref(mem)), f"device {i} memory")
+            out.append({"index": i, "utilization": min(100, int(util.gpu)),
+                        "memory_used_mib": int(mem.used // (1 << 20)),
+                        "memory_total_mib": int(mem.total // (1 << 20))})  # fmt: skip
+    except NvmlError as err:
+        log.debug("GPU sample: %s", err)
+        return []
+    finally:
+        nvml.nvmlShutdown()
+    return out
+
+
+def _query(nvml: Any) -> list[Gpu]:
+    check = _checker(nvml)
     init = getattr(nvml, "nvmlInit_v2", None) or nvml.nvmlInit
     check(init(), "nvmlInit")
     try:

@@ -17,6 +17,7 @@ from vivace.server.api import (
     calls,
     gateway,
     images,
+    metrics,
     resources,
     sandboxes,
     secrets,
@@ -449,6 +450,7 @@ def create_app(plane: ControlPlane, *, manage_plane: bool = True) -> Starlette:
     routes += [
         Route("/v1/openapi.json", openapi_route, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics.scrape, methods=["GET"]),
         WebSocketRoute("/v1/workers/{worker_id}/channel", workers.channel),
         # a sandbox's tunnel: its unguessable token is the credential (see api/tunnels.py)
         Route("/t/{token}/{path:path}", sandboxes.tunnel_proxy, methods=TUNNEL_METHODS),

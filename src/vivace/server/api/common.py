@@ -119,13 +119,16 @@ async def allow_call(request: Request, call_id: str) -> None:
         await allow_function(request, str(fid))
 
 
-def route(*, kinds: tuple[str, ...] = ("user",)) -> Callable[[Handler], Handler]:
-    """Wrap a handler: version check, authentication, token kind, errors as problem+json."""
+def route(*, kinds: tuple[str, ...] = ("user",), versioned: bool = True) -> Callable[[Handler], Handler]:
+    """Wrap a handler: version check (unless not ``versioned``: routes other programs call, such as a
+    Prometheus scrape), authentication, token kind, errors as problem+json."""
 
     def wrap(fn: Handler) -> Handler:
         async def handler(request: Request) -> Response:
             try:
-                msg = check_compatible(request.headers.get(VERSION_HEADER), "the client")
+                msg = (
+                    check_compatible(request.headers.get(VERSION_HEADER), "the client") if versioned else None
+                )
                 if msg:
                     raise VersionMismatch(msg)
                 kind = await authenticate(request)

@@ -100,6 +100,25 @@ def _gpus(raw: list[Any]) -> list[dict[str, Any]]:
     return [out[i] for i in sorted(out)]
 
 
+def _gpu_stats(raw: list[Any] | None) -> list[dict[str, int]] | None:
+    if raw is None:
+        return None
+    if len(raw) > MAX_WORKER_GPUS:
+        raise Invalid(f"'gpu_stats' lists {len(raw)} GPUs; at most {MAX_WORKER_GPUS}")
+    out = []
+    for n, g in enumerate(raw):
+        if not isinstance(g, dict):
+            raise Invalid(f"gpu_stats[{n}] must be an object")
+        item = {k: field(g, k, int) for k in ("index", "utilization", "memory_used_mib", "memory_total_mib")}
+        if not (
+            0 <= item["utilization"] <= 100
+            and 0 <= item["memory_used_mib"] <= item["memory_total_mib"] <= 1 << 30
+        ):
+            raise Invalid(f"gpu_stats[{n}]: utilization is a percentage and memory in MiB, used <= total")
+        out.append(item)
+    return out
+
+
 @route(kinds=("worker",))
 async def poll(request: Request) -> Response:
     """Long-poll: returns at once when there is something to start or stop, else after ``wait``."""
@@ -111,8 +130,12 @@ async def poll(request: Request) -> Response:
     wait = field(body, "wait", (int, float), 10.0)
     if not all(isinstance(c, str) for c in held) or not 0 <= wait <= 30:
         raise Invalid("'held' must list container ids and 'wait' be 0-30 seconds")
+    stats = _gpu_stats(field(body, "gpu_stats", list, None, optional=True))
     plane = plane_of(request)
     deadline = time.monotonic() + wait
+
+    if stats is not None:
+        await plane.store.write(lambda tx: workers.set_gpu_stats(tx, worker_id, stats))
 
     def op(tx: Any) -> tuple[workers.PollResult, dict[str, dict[str, str]], set[str]]:
         res = workers.poll(tx, worker_id, held)

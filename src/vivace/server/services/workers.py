@@ -295,6 +295,13 @@ def list_workers(tx: Tx) -> list[dict[str, Any]]:
     return out
 
 
+def set_gpu_stats(tx: Tx, worker_id: str, stats: list[dict[str, int]]) -> None:
+    tx.execute(
+        "UPDATE workers SET gpu_stats = ?, gpu_stats_at = ? WHERE id = ?",
+        (json.dumps(stats), tx.now, worker_id),
+    )
+
+
 def worker_of(tx: Tx, container_id: str) -> tuple[str | None, str]:
     row = tx.fetchone("SELECT worker_id, state FROM containers WHERE id = ?", (container_id,))
     if row is None:

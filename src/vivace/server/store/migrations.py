@@ -223,6 +223,12 @@ MIGRATIONS: list[list[str]] = [
         "CREATE INDEX logs_ts ON logs(ts)",
         "CREATE INDEX build_logs_ts ON build_logs(ts)",
     ],
+    [
+        # a worker's GPUs as last sampled (NVML): [{"index", "utilization", "memory_used_mib",
+        # "memory_total_mib"}] and when (store clock), for /metrics and the dashboard
+        "ALTER TABLE workers ADD COLUMN gpu_stats TEXT",
+        "ALTER TABLE workers ADD COLUMN gpu_stats_at {DOUBLE}",
+    ],
 ]
 
 
