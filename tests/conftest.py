@@ -3,9 +3,11 @@ installed, except under CI=true, where a missing Postgres fails the run)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -25,14 +27,39 @@ def postgres_missing() -> str | None:
     return None
 
 
-def require_postgres() -> None:
-    """Skip the test when Postgres is unavailable; fail it instead under CI=true."""
-    reason = postgres_missing()
+def require(reason: str | None, what: str) -> None:
+    """Skip the test when ``reason`` says something it needs is missing; fail it instead under CI=true,
+    where a quiet skip would report a green run that did not test ``what``."""
     if reason is None:
         return
     if in_ci():
-        pytest.fail(f"CI=true but Postgres tests cannot run: {reason}", pytrace=False)
+        pytest.fail(f"CI=true but {what} cannot run: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+def require_postgres() -> None:
+    """Skip the test when Postgres is unavailable; fail it instead under CI=true."""
+    require(postgres_missing(), "Postgres tests")
+
+
+@contextlib.contextmanager
+def sdk_pointed_at(cluster: Any) -> Iterator[None]:
+    """Point the SDK at ``cluster`` (a ``LocalCluster``) for the block; restore the environment after."""
+    from vivace import _sync
+    from vivace._sdk import connection
+
+    old = {k: os.environ.get(k) for k in cluster.client_env()}
+    os.environ.update(cluster.client_env())
+    _sync.run_sync(connection.reset_client())
+    try:
+        yield
+    finally:
+        _sync.run_sync(connection.reset_client())
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture

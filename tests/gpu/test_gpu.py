@@ -11,8 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from vivace import _sync
-from vivace._sdk import connection
+from tests.conftest import sdk_pointed_at
 from vivace._version import __version__
 from vivace.testing.cluster import LocalCluster
 from vivace.worker import gpus
@@ -31,25 +30,14 @@ def machine_gpus():
 @pytest.fixture(scope="module")
 def gpu_cluster(machine_gpus, tmp_path_factory):
     home = tmp_path_factory.mktemp("gpu")
-    with LocalCluster(home, runtimes=["crun"]) as cluster:
-        old = {k: os.environ.get(k) for k in cluster.client_env()}
-        os.environ.update(cluster.client_env())
-        _sync.run_sync(connection.reset_client())
+    with LocalCluster(home, runtimes=["crun"]) as cluster, sdk_pointed_at(cluster):
         spec = importlib.util.spec_from_file_location("gpuapp", Path(__file__).parent / "apps" / "gpuapp.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules["gpuapp"] = module
         spec.loader.exec_module(module)
-        try:
-            with module.app.run():
-                module.cluster = cluster
-                yield module
-        finally:
-            _sync.run_sync(connection.reset_client())
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        with module.app.run():
+            module.cluster = cluster
+            yield module
 
 
 def test_worker_registers_its_gpus(gpu_cluster, machine_gpus):

@@ -1,7 +1,6 @@
 """The isolation suite runs once per isolating runtime this host has (crun, runc, runsc, bwrap; here
 as root); in CI all of them must be installed (``.ci/install-runtimes.sh``)."""
 
-import contextlib
 import hashlib
 import os
 import shutil
@@ -14,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vivace import _sync
-from vivace._sdk import connection
+from tests.conftest import sdk_pointed_at
 from vivace.testing.cluster import LocalCluster
 from vivace.worker.cgroups import detect
 from vivace.worker.runtimes.oci import mounted_under
@@ -52,23 +50,6 @@ def require_debootstrap():
         if os.environ.get("CI") == "true":
             pytest.fail("debootstrap must be installed in CI: .ci/install-runtimes.sh")
         pytest.skip("debootstrap is not installed")
-
-
-@contextlib.contextmanager
-def sdk_pointed_at(cluster):
-    """Point the SDK at ``cluster`` for the block; restore the environment after."""
-    old = {k: os.environ.get(k) for k in cluster.client_env()}
-    os.environ.update(cluster.client_env())
-    _sync.run_sync(connection.reset_client())
-    try:
-        yield
-    finally:
-        _sync.run_sync(connection.reset_client())
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

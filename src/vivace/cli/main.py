@@ -54,7 +54,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from vivace.cli import apps, images, runs, sandbox, secret, server, storage, usage, volume
+    from vivace.cli import apps, dashboard, images, runs, sandbox, secret, server, storage, usage, volume
 
     for cmd in (
         runs.run,
@@ -76,6 +76,7 @@ def _register() -> None:
         server.doctor,
         usage.usage,
         usage.pool,
+        dashboard.dashboard,
     ):
         cli.add_command(cmd)
 

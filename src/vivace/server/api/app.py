@@ -15,6 +15,7 @@ from starlette.routing import Route, WebSocketRoute
 from vivace._version import __version__
 from vivace.server.api import (
     calls,
+    dashboard,
     gateway,
     images,
     metrics,
@@ -65,6 +66,14 @@ ROUTES: list[tuple[str, str, Any, str | None, str, str]] = [
         "Record the end of a deploy as the app's next version",
     ),
     ("GET", "/v1/apps/{app_id}/versions", resources.app_history, None, "json", "An app's deploy history"),
+    (
+        "GET",
+        "/v1/apps/{app_id}/functions",
+        resources.list_functions,
+        None,
+        "json",
+        "An app's functions and load",
+    ),
     (
         "POST",
         "/v1/apps/{app_id}/rollback",
@@ -155,6 +164,22 @@ ROUTES: list[tuple[str, str, Any, str | None, str, str]] = [
         "Long-poll outputs after a cursor",
     ),
     ("POST", "/v1/calls/{call_id}/cancel", calls.cancel_call, "json", "json", "Cancel a function call"),
+    (
+        "GET",
+        "/v1/calls",
+        calls.list_calls,
+        None,
+        "json",
+        "Recent calls: status, duration, retries, errors, cost",
+    ),
+    (
+        "POST",
+        "/v1/dashboard/login",
+        dashboard.create_login,
+        None,
+        "json",
+        "A one-time path that opens the dashboard in a browser",
+    ),
     (
         "GET",
         "/v1/calls/{call_id}/usage",
@@ -451,6 +476,11 @@ def create_app(plane: ControlPlane, *, manage_plane: bool = True) -> Starlette:
         Route("/v1/openapi.json", openapi_route, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics.scrape, methods=["GET"]),
+        Route("/dashboard", dashboard.to_index, methods=["GET"]),
+        Route("/dashboard/login", dashboard.login, methods=["GET"]),
+        Route("/dashboard/logout", dashboard.logout, methods=["GET"]),
+        Route("/dashboard/", dashboard.asset, methods=["GET"]),
+        Route("/dashboard/{name}", dashboard.asset, methods=["GET"]),
         WebSocketRoute("/v1/workers/{worker_id}/channel", workers.channel),
         # a sandbox's tunnel: its unguessable token is the credential (see api/tunnels.py)
         Route("/t/{token}/{path:path}", sandboxes.tunnel_proxy, methods=TUNNEL_METHODS),

@@ -262,3 +262,17 @@ def _parse_outputs(raw: Any, blobs: list[bytes], plane: Any) -> list[OutputIn]:
             )
         )
     return out
+
+
+@route()
+async def list_calls(request: Request) -> Response:
+    """Recent calls, newest first (``app``: a name or id; ``before``: epoch seconds; ``limit`` up to 500)."""
+    from vivace.server.services import metering
+
+    limit = query_int(request, "limit", 100, 1, 500)
+    before = query_float(request, "before", 0.0, 0.0, 1e11) if "before" in request.query_params else None
+    app = request.query_params.get("app") or None
+    rows = await plane_of(request).store.read(
+        lambda tx: metering.list_calls(tx, app=app, limit=limit, before=before)
+    )
+    return JSONResponse({"calls": rows})

@@ -44,12 +44,20 @@ def plane_of(request: Request) -> ControlPlane:
     return request.app.state.plane  # type: ignore[no-any-return]
 
 
+SESSION_COOKIE = "vivace_session"
+
+
 async def authenticate(request: Request) -> str:
-    """Return the token kind (``user`` or ``worker``) or raise 401."""
+    """Return the token kind (``user``, ``worker``, ...; ``session`` for the dashboard's cookie) or
+    raise 401."""
     header = request.headers.get("authorization", "")
-    if not header.startswith("Bearer "):
+    if header.startswith("Bearer "):
+        raw = header[7:].strip()
+    elif SESSION_COOKIE in request.cookies:
+        raw = request.cookies[SESSION_COOKIE]
+    else:
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer TOKEN_ID:TOKEN_SECRET'")
-    token_id, _, secret = header[7:].strip().partition(":")
+    token_id, _, secret = raw.partition(":")
     request.scope["vivace.token_id"] = token_id
     if not token_id or not secret:
         raise Unauthorized("malformed token: expected TOKEN_ID:TOKEN_SECRET")
@@ -57,12 +65,19 @@ async def authenticate(request: Request) -> str:
     cached = plane.token_cache.get(token_id)
     digest = tokens.hash_secret(secret)
     if cached and cached[0] == digest and cached[2] > time.monotonic():
-        return cached[1]
-    kind = await plane.store.read(lambda tx: tokens.verify(tx, token_id, secret))
-    if kind is None:
-        raise Unauthorized("invalid or revoked token")
-    plane.token_cache[token_id] = (digest, kind, time.monotonic() + AUTH_CACHE_SECONDS)
-    return kind
+        kind = cached[1]
+    else:
+        found = await plane.store.read(lambda tx: tokens.verify_until(tx, token_id, secret))
+        if found is None:
+            raise Unauthorized("invalid, revoked or expired token")
+        kind, expires = found
+        ttl = AUTH_CACHE_SECONDS if expires is None else min(AUTH_CACHE_SECONDS, expires - time.time())
+        plane.token_cache[token_id] = (digest, kind, time.monotonic() + max(0.0, ttl))
+    if not header.startswith("Bearer ") and kind != "session":
+        raise Unauthorized("the session cookie holds no dashboard session; open the dashboard again")
+    if kind == "login":
+        raise Unauthorized("a login code opens the dashboard once (/dashboard/login), nothing else")
+    return str(kind)
 
 
 async def container_scope(request: Request, container_id: str) -> str:
@@ -136,6 +151,12 @@ def route(*, kinds: tuple[str, ...] = ("user",), versioned: bool = True) -> Call
                 if cid is not None and kind == "worker":  # a worker forwarding its container's call
                     request.state.scope_app = await container_scope(request, cid)
                     kind = "container"
+                if kind == "session":  # the dashboard in a browser: it reads what a user may read
+                    if request.method not in ("GET", "HEAD") or "user" not in kinds:
+                        from vivace.server.errors import Forbidden
+
+                        raise Forbidden("the dashboard's session only reads; use the CLI or the API for this")
+                    kind = "user"
                 if kind not in kinds:
                     from vivace.server.errors import Forbidden
 

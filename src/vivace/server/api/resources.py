@@ -75,6 +75,14 @@ async def list_apps(request: Request) -> Response:
 
 
 @route()
+async def list_functions(request: Request) -> Response:
+    app_id = await _app_of(request)
+    return JSONResponse(
+        {"functions": await plane_of(request).store.read(lambda tx: apps.list_functions(tx, app_id))}
+    )
+
+
+@route()
 async def app_heartbeat(request: Request) -> Response:
     app_id = request.path_params["app_id"]
     await plane_of(request).store.write(lambda tx: apps.heartbeat(tx, app_id))

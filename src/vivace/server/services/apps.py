@@ -274,6 +274,31 @@ def list_apps(tx: Tx, include_stopped: bool, limit: int = 200) -> list[dict[str,
     return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
+def list_functions(tx: Tx, app_id: str) -> list[dict[str, Any]]:
+    """An app's functions (active ones: what a deploy left) with their queue, running inputs, live
+    containers and the resources and scaling their spec asks for."""
+    rows = tx.fetchall(
+        "SELECT f.id, f.name, f.spec, f.backlog, f.running, "
+        "(SELECT COUNT(*) FROM containers c WHERE c.function_id = f.id AND c.state <> 'stopped') "
+        "FROM functions f WHERE f.app_id = ? AND f.active = 1 ORDER BY f.name",
+        (app_id,),
+    )
+    out = []
+    for fid, name, spec_json, backlog, running, live in rows:
+        spec = json.loads(spec_json)
+        if spec.get("sandbox") is not None:
+            continue  # a sandbox's hidden function
+        out.append({
+            "function_id": fid, "name": name, "backlog": max(0, int(backlog)), "running": max(0, int(running)),
+            "containers": int(live), "cpu": spec.get("cpu"), "memory": spec.get("memory"), "gpu": spec.get("gpu"),
+            "min_containers": spec.get("min_containers"), "max_containers": spec.get("max_containers"),
+            "timeout": spec.get("timeout"), "web": bool(spec.get("web") or any(
+                (m or {}).get("web") for m in (spec.get("methods") or {}).values())),
+            "schedule": spec.get("schedule"),
+        })  # fmt: skip
+    return out
+
+
 def find_app(tx: Tx, ref: str) -> str:
     """Resolve an app id or the name of a live app."""
     if ref.startswith("ap-"):

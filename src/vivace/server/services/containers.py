@@ -300,7 +300,9 @@ def list_containers(
     clause = ("WHERE " + " AND ".join(where)) if where else ""
     rows = tx.fetchall(
         "SELECT c.id, c.app_id, f.name, c.worker_id, c.state, c.created_at, c.started_at, c.stopped_at, c.held, "
-        "c.served, c.exit_code, c.stop_reason, c.gpus FROM containers c JOIN functions f ON f.id = c.function_id "
+        "c.served, c.exit_code, c.stop_reason, c.gpus, c.assigned_at, c.image_ready_at, c.ready_at, c.pool, "
+        "c.gpu_type, c.cpu, c.memory, c.rate, c.cpu_used_s, c.memory_peak "
+        "FROM containers c JOIN functions f ON f.id = c.function_id "
         f"{clause} ORDER BY c.created_at DESC LIMIT 500",
         params,
     )
@@ -318,6 +320,16 @@ def list_containers(
         "exit_code",
         "stop_reason",
         "gpus",
+        "assigned_at",
+        "image_ready_at",
+        "ready_at",
+        "pool",
+        "gpu_type",
+        "cpu",
+        "memory",
+        "rate_per_s",
+        "cpu_used_s",
+        "memory_peak",
     )
     out = [dict(zip(keys, r, strict=True)) for r in rows]
     for c in out:

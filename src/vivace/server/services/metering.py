@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vivace.protocol.calls import FINAL
 from vivace.protocol.functions import GPU_TYPE
 from vivace.protocol.usage import DEFAULT_POOL, POOL_NAME
 from vivace.server.store.base import Tx
@@ -490,3 +491,62 @@ def describe_call(tx: Tx, call_id: str) -> dict[str, Any] | None:
         tx.scalar("SELECT COUNT(*) FROM inputs WHERE call_id = ? AND attempt > 1", (call_id,)) or 0
     )
     return out
+
+
+def list_calls(
+    tx: Tx, *, app: str | None = None, limit: int = 100, before: float | None = None
+) -> list[dict[str, Any]]:
+    """Recent calls, newest first: inputs done of total, failures, retried inputs, first error, duration
+    (to the last final output, or to now while running) and cost. ``app``: its name or id."""
+    where: list[str] = ["1 = 1"]
+    params: list[Any] = []
+    if app:
+        where.append("(a.name = ? OR a.id = ?)")
+        params += [app, app]
+    if before is not None:
+        where.append("c.created_at < ?")
+        params.append(before)
+    rows = tx.fetchall(
+        "SELECT c.id, COALESCE(a.name, a.id), f.name, c.kind, c.created_at, c.inputs_total, c.inputs_added, "
+        "c.outputs_done, c.cancelled, c.busy_s, c.cost FROM calls c JOIN functions f ON f.id = c.function_id "
+        f"JOIN apps a ON a.id = f.app_id WHERE {' AND '.join(where)} ORDER BY c.created_at DESC LIMIT ?",
+        (*params, limit),
+    )
+    out = []
+    for cid, app_name, fn, kind, created, total, added, done, cancelled, busy, cost in rows:
+        agg = tx.fetchone(
+            "SELECT COUNT(*), MAX(created_at) FROM outputs WHERE call_id = ? AND part = ? AND status <> 'success'",
+            (cid, FINAL),
+        )
+        last = tx.scalar("SELECT MAX(created_at) FROM outputs WHERE call_id = ? AND part = ?", (cid, FINAL))
+        err = tx.scalar(
+            "SELECT error FROM outputs WHERE call_id = ? AND part = ? AND status <> 'success' ORDER BY id LIMIT 1",
+            (cid, FINAL),
+        )
+        retried = tx.scalar("SELECT COUNT(*) FROM inputs WHERE call_id = ? AND attempt > 1", (cid,))
+        expected = int(total if total is not None else added)
+        finished = total is not None and int(done) >= expected
+        failures = int(agg[0]) if agg else 0
+        status = (
+            "cancelled" if cancelled else ("running" if not finished else ("failed" if failures else "done"))
+        )
+        end = float(last) if finished and last is not None else tx.now
+        out.append({
+            "call_id": cid, "app": app_name, "function": fn, "kind": kind, "created_at": float(created),
+            "inputs": expected, "done": int(done), "failures": failures, "retried": int(retried or 0),
+            "status": status, "duration_s": max(0.0, end - float(created)), "busy_s": float(busy),
+            "cost": float(cost), "error": _error_text(err),
+        })  # fmt: skip
+    return out
+
+
+def _error_text(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    try:
+        e = json.loads(raw)
+    except ValueError:
+        return str(raw)[:500]
+    if isinstance(e, dict):
+        return f"{e.get('type', 'Error')}: {e.get('message', '')}"[:500]
+    return str(e)[:500]

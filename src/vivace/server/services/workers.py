@@ -273,7 +273,7 @@ def reap_dead_workers(tx: Tx, timeout: float) -> tuple[list[str], set[str]]:
 def list_workers(tx: Tx) -> list[dict[str, Any]]:
     rows = tx.fetchall(
         "SELECT id, name, state, cpu, memory, cpu_used, memory_used, labels, runtimes, version, heartbeat_at, "
-        "gpus FROM workers WHERE state = 'alive' ORDER BY registered_at"
+        "gpus, gpu_stats, gpu_stats_at FROM workers WHERE state = 'alive' ORDER BY registered_at"
     )
     keys = (
         "worker_id",
@@ -288,10 +288,13 @@ def list_workers(tx: Tx) -> list[dict[str, Any]]:
         "version",
         "heartbeat_at",
         "gpus",
+        "gpu_stats",
+        "gpu_stats_at",
     )
     out = [dict(zip(keys, r, strict=True)) for r in rows]
     for w in out:
         w["labels"], w["runtimes"], w["gpus"] = (json.loads(w[k]) for k in ("labels", "runtimes", "gpus"))
+        w["gpu_stats"] = json.loads(w["gpu_stats"] or "[]")
     return out
 
 

@@ -229,6 +229,10 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE workers ADD COLUMN gpu_stats TEXT",
         "ALTER TABLE workers ADD COLUMN gpu_stats_at {DOUBLE}",
     ],
+    [
+        # tokens that expire: the dashboard's one-time login codes and its browser sessions
+        "ALTER TABLE tokens ADD COLUMN expires_at {DOUBLE}",
+    ],
 ]
 
 
