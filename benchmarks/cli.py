@@ -14,6 +14,7 @@ from typing import Any
 from benchmarks import (
     autoscale,
     coldstart,
+    dashboard,
     driver,
     images,
     metering,
@@ -41,6 +42,7 @@ SECTIONS: dict[str, Callable[[RunConfig, Callable[[str], None]], dict[str, Any]]
     "sandboxes": sandboxes.run,
     "web": web.run,
     "metering": metering.run,
+    "dashboard": dashboard.run,
 }
 """Benchmarks that drive Vivace and its peers themselves, each writing one section of the results."""
 RESULTS = driver.REPO_ROOT / "benchmarks" / "results" / "latest.json"
@@ -131,6 +133,11 @@ def _failures(results: dict[str, Any]) -> list[str]:
     met = results.get("metering") or {}
     failed += [
         f"metering/{k}" for k in ("call_path", "queries") if (met.get(k) or {}).get("status") == "error"
+    ]
+    dash = results.get("dashboard") or {}
+    failed += ["dashboard"] if dash.get("status") == "error" else []
+    failed += [
+        f"dashboard/{n}" for n, r in (dash.get("rows") or {}).items() if r["page"].get("status") == "error"
     ]
     return failed
 

@@ -156,11 +156,24 @@ def _seed(tx: Any, n_containers: int, n_calls: int) -> None:
         )  # fmt: skip
     for i in range(n_calls):
         fid, _ = funcs[i % len(funcs)]
+        cid, at = f"fc-bench{i:08d}", now - 7 * 86400 * i / n_calls
         tx.execute(
             "INSERT INTO calls (id, function_id, kind, created_at, inputs_total, inputs_added, outputs_done, "
             "busy_s, cost) VALUES (?, ?, 'map', ?, 1, 1, 1, 0.5, 0.00001)",
-            (f"fc-bench{i:08d}", fid, now - 7 * 86400 * i / n_calls),
+            (cid, fid, at),
         )
+        failed = i % 20 == 0  # one call in 20 failed
+        tx.execute(
+            "INSERT INTO inputs (call_id, idx, function_id, state, attempt, created_at) "
+            "VALUES (?, 0, ?, 'done', ?, ?)",
+            (cid, fid, 2 if failed else 1, at),
+        )
+        tx.execute(
+            "INSERT INTO outputs (call_id, idx, part, input_seq, status, data, error, duration, created_at) "
+            "VALUES (?, 0, -1, 0, ?, NULL, ?, 0.5, ?)",
+            (cid, "failure" if failed else "success",
+             '{"type": "ValueError", "message": "bad input"}' if failed else None, at + 0.6),
+        )  # fmt: skip
 
 
 def render(st: Mapping[str, Any]) -> list[str]:

@@ -53,6 +53,10 @@ def render_markdown(results: Mapping[str, Any], charts: Mapping[str, str] | None
         from benchmarks import metering
 
         parts += metering.render(results["metering"])
+    if results.get("dashboard"):
+        from benchmarks import dashboard
+
+        parts += dashboard.render(results["dashboard"])
     if results.get("reproducibility"):
         from benchmarks import repro
 
