@@ -79,3 +79,25 @@ def test_the_gpu_sampler_reads_utilization_and_memory_and_never_raises() -> None
     assert gpus.sample(nvml=broken) == [] and broken.shut
     assert gpus.sample(lib="libnot-there.so.1") == []
     assert ctypes  # by-reference arguments are ctypes objects
+
+
+def test_the_otlp_endpoint_comes_from_the_standard_variables() -> None:
+    import pytest
+
+    from vivace.server.otlp import from_env
+
+    assert from_env(env={}) is None
+    c = from_env(
+        env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://col:4318/", "OTEL_EXPORTER_OTLP_HEADERS": "a=1,b=x%20y"}
+    )
+    assert c is not None and c.endpoint == "http://col:4318/v1/traces" and c.headers == {"a": "1", "b": "x y"}
+    assert c.service == "vivace"
+    c = from_env(env={"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "https://t/x", "OTEL_SERVICE_NAME": "gpu-farm"})
+    assert c is not None and (c.endpoint, c.service) == ("https://t/x", "gpu-farm")
+    assert from_env(
+        "http://flag:1/v1/traces", env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://env"}
+    ).endpoint == (  # type: ignore[union-attr]
+        "http://flag:1/v1/traces"
+    )
+    with pytest.raises(ValueError, match="http:// or https://"):
+        from_env("grpc://col:4317", env={})

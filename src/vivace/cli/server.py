@@ -39,6 +39,12 @@ from vivace.protocol.usage import check_pool
     show_default=True,
     help="Delete log lines older than this (30d, 12h, 90m; 0: keep them forever).",
 )
+@click.option(
+    "--otlp-endpoint",
+    default=None,
+    help="Send OpenTelemetry spans of calls and container starts to this OTLP/HTTP URL (.../v1/traces; "
+    "default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT).",
+)
 @click.pass_context
 def server(
     ctx: click.Context,
@@ -50,6 +56,7 @@ def server(
     web_domain: str | None,
     pools_file: Path | None,
     log_retention: str,
+    otlp_endpoint: str | None,
 ) -> None:
     """Run the control plane."""
     if ctx.invoked_subcommand is not None:
@@ -63,6 +70,12 @@ def server(
             f"the server needs its extra: pip install 'vivace[server]' ({err})"
         ) from None
     retention = parse_duration(log_retention, "--log-retention")
+    from vivace.server.otlp import from_env
+
+    try:
+        from_env(otlp_endpoint)  # checked before anything starts
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--otlp-endpoint") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         if web_domain is not None:
@@ -76,6 +89,7 @@ def server(
             web_domain=web_domain,
             pools_file=pools_file,
             log_retention=retention,
+            otlp_endpoint=otlp_endpoint,
         )
     except (SecretKeyError, PriceError) as err:
         raise click.ClickException(f"cannot start: {err}") from None

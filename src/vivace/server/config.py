@@ -23,6 +23,8 @@ class ServerConfig:
     web_domain: str | None = None
     # log lines (containers' and image builds') older than this many seconds are deleted; 0: kept forever
     log_retention: float = 30 * 86400.0
+    # where spans go (OTLP/HTTP JSON, server/otlp.py); None: from OTEL_EXPORTER_OTLP_* or nowhere
+    otlp_endpoint: str | None = None
 
     def __post_init__(self) -> None:
         if not self.secret_key_file:

@@ -60,6 +60,7 @@ def serve(
     web_domain: str | None = None,
     pools_file: Path | None = None,
     log_retention: float | None = None,
+    otlp_endpoint: str | None = None,
 ) -> None:
     import uvicorn
 
@@ -78,6 +79,7 @@ def serve(
     )
     if log_retention is not None:
         config.log_retention = log_retention
+    config.otlp_endpoint = otlp_endpoint
     if os.environ.get("VIVACE_APP_HEARTBEAT_TIMEOUT"):
         config.app_heartbeat_timeout = float(os.environ["VIVACE_APP_HEARTBEAT_TIMEOUT"])
     # worker pools' prices: --pools, else <home>/pools.toml where it exists (read before anything

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from vivace.protocol.calls import MAX_INLINE_PAYLOAD, OutputStatus
 from vivace.server.blobs import LocalBlobStore
 from vivace.server.config import ServerConfig
 from vivace.server.notify import Notifier
+from vivace.server.otlp import OtlpConfig, from_env, post
 from vivace.server.secretbox import SecretBox, load_key
 from vivace.server.services import apps, calls, containers, metering, workers
 from vivace.server.store import Store, open_store
@@ -20,6 +22,7 @@ from vivace.server.store import Store, open_store
 log = logging.getLogger("vivace.server")
 IMAGE_GC_INTERVAL = 3600.0  # seconds between collections of unused images and layers
 STORAGE_GC_INTERVAL = 60.0  # seconds between collections of lapsed ephemeral objects and expired partitions
+OTLP_INTERVAL = 5.0  # seconds between span exports
 SPEND_CHECK = 2.0  # seconds between looks at what apps have spent against their limits
 EPHEMERAL_TIMEOUT = 300.0  # an ephemeral Dict or Queue whose client was silent this long is deleted
 
@@ -71,6 +74,10 @@ class ControlPlane:
                  self._schedule_loop)  # fmt: skip
         for loop in loops:
             self._tasks.append(asyncio.create_task(loop()))
+        otlp = from_env(self.config.otlp_endpoint)
+        if otlp is not None:
+            log.info("exporting spans to %s", otlp.endpoint)
+            self._tasks.append(asyncio.create_task(self._otlp_loop(otlp)))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -179,6 +186,30 @@ class ControlPlane:
             return None
         name = await self.store.read(lambda tx: tx.scalar("SELECT name FROM apps WHERE id = ?", (app_id,)))
         return metering.why_blocked(blocked, name)
+
+    async def _otlp_loop(self, otlp: OtlpConfig) -> None:
+        """Every few seconds, the spans of the calls finished and containers started since the last export;
+        a failed export is tried again (the cursor moves only once the collector took them)."""
+        from vivace.server.services import traces
+
+        cursor = await self.store.read(traces.start)
+        failing = False
+        while True:
+            await asyncio.sleep(OTLP_INTERVAL)
+            try:
+                spans, after = await self.store.read(functools.partial(_collect_spans, cursor))
+                if spans:
+                    await asyncio.to_thread(post, otlp, traces.payload(spans, otlp.service))
+                cursor = after
+                if failing:
+                    log.info("exporting spans to %s again", otlp.endpoint)
+                failing = False
+            except OSError as err:
+                if not failing:
+                    log.warning("could not export spans to %s (will retry): %s", otlp.endpoint, err)
+                failing = True
+            except Exception:
+                log.exception("span export failed")
 
     async def _reap_loop(self) -> None:
         while True:
@@ -343,3 +374,9 @@ def _timeout_inputs(tx: Any, expired: list[tuple[int, str]]) -> None:
 def _calls_of(tx: Any, expired: list[tuple[int, str]]) -> set[str]:
     marks, vals = tx.in_list(seq for seq, _ in expired)
     return {r[0] for r in tx.fetchall(f"SELECT call_id FROM inputs WHERE seq IN {marks}", vals)}
+
+
+def _collect_spans(cursor: Any, tx: Any) -> tuple[list[dict[str, Any]], Any]:
+    from vivace.server.services import traces
+
+    return traces.collect(tx, cursor)
