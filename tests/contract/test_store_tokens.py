@@ -32,3 +32,29 @@ def test_tokens_verify_only_the_right_secret(h: Any) -> None:
     assert verify(other_id, other_secret) == "user"
     with pytest.raises(ValueError):
         h.w(lambda tx: tokens.create_token(tx, "admin"))
+
+
+def test_a_login_code_is_spent_once_for_a_session_and_both_expire(h: Any) -> None:
+    code_id, code_secret = h.w(lambda tx: tokens.create_token(tx, "login", "dash", ttl=tokens.LOGIN_TTL))
+    assert h.w(lambda tx: tokens.verify(tx, code_id, code_secret)) == "login"
+    session = h.w(lambda tx: tokens.exchange_login(tx, code_id, code_secret))
+    assert session is not None
+    assert h.w(lambda tx: tokens.verify(tx, *session)) == "session"
+    assert h.w(lambda tx: tokens.exchange_login(tx, code_id, code_secret)) is None  # spent
+    # a user token is no login code; a wrong secret is nothing
+    uid, usecret = h.w(lambda tx: tokens.create_token(tx, "user"))
+    assert h.w(lambda tx: tokens.exchange_login(tx, uid, usecret)) is None
+    assert h.w(lambda tx: tokens.exchange_login(tx, code_id, "ts-wrong")) is None
+    # expiry: past its time a session is nothing, and is deleted a day later
+    later = h.w(lambda tx: tx.now) + tokens.SESSION_TTL + 1
+
+    def at(t: float, op: Any) -> Any:
+        def run(tx: Any) -> Any:
+            tx.now = t
+            return op(tx)
+
+        return run
+
+    assert h.w(at(later, lambda tx: tokens.verify_until(tx, *session))) is None
+    assert h.w(at(later + 86400 + 1, tokens.expire)) >= 2  # the session and the code
+    assert h.w(lambda tx: tokens.verify(tx, uid, usecret)) == "user"  # tokens without expiry stay

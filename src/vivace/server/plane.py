@@ -16,7 +16,7 @@ from vivace.server.config import ServerConfig
 from vivace.server.notify import Notifier
 from vivace.server.otlp import OtlpConfig, from_env, post
 from vivace.server.secretbox import SecretBox, load_key
-from vivace.server.services import apps, calls, containers, metering, workers
+from vivace.server.services import apps, calls, containers, metering, tokens, workers
 from vivace.server.store import Store, open_store
 
 log = logging.getLogger("vivace.server")
@@ -279,8 +279,9 @@ class ControlPlane:
                 log.exception("storage collection failed")
             try:
                 await self.expire_logs()
+                await self.store.write(tokens.expire)  # the dashboard's spent login codes and old sessions
             except Exception:
-                log.exception("log retention failed")
+                log.exception("log and token retention failed")
 
     async def expire_logs(self) -> int:
         """Delete log lines older than ``config.log_retention`` seconds, a batch per transaction."""

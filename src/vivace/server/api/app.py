@@ -478,7 +478,7 @@ def create_app(plane: ControlPlane, *, manage_plane: bool = True) -> Starlette:
         Route("/metrics", metrics.scrape, methods=["GET"]),
         Route("/dashboard", dashboard.to_index, methods=["GET"]),
         Route("/dashboard/login", dashboard.login, methods=["GET"]),
-        Route("/dashboard/logout", dashboard.logout, methods=["GET"]),
+        Route(dashboard.LOGOUT_PATH, dashboard.logout, methods=["GET"]),
         Route("/dashboard/", dashboard.asset, methods=["GET"]),
         Route("/dashboard/{name}", dashboard.asset, methods=["GET"]),
         WebSocketRoute("/v1/workers/{worker_id}/channel", workers.channel),

@@ -3,7 +3,7 @@
 ``vivace dashboard`` asks for a one-time login code (``POST /v1/dashboard/login``, a user token) and
 opens ``/dashboard/login?code=...`` in the browser; that spends the code for a session cookie
 (``HttpOnly``, ``SameSite=Strict``, 12 hours) and goes to ``/dashboard/``. A session reads what a user
-may read (GET routes) and nothing else. The pages are plain HTML, CSS and JavaScript shipped in the
+may read (GET routes) and nothing else; its cookie is sent to ``/v1/`` only. The pages are plain HTML, CSS and JavaScript shipped in the
 package (no build step); they put user text into the page only as text, and a Content-Security-Policy
 allows scripts from this server alone.
 """
@@ -21,6 +21,10 @@ from vivace.server.api.common import SESSION_COOKIE, plane_of, route
 from vivace.server.errors import NotFound
 from vivace.server.services import tokens
 
+# the session cookie goes to the API only: never to web endpoints served by path on this host
+# (/web/...), whose apps see their requests' headers (the gateway strips it there too)
+COOKIE_PATH = "/v1/"
+LOGOUT_PATH = "/v1/dashboard/logout"
 ASSETS = {
     "": ("index.html", "text/html; charset=utf-8"),
     "index.html": ("index.html", "text/html; charset=utf-8"),
@@ -75,7 +79,7 @@ async def login(request: Request) -> Response:
         SESSION_COOKIE,
         f"{session[0]}:{session[1]}",
         max_age=int(tokens.SESSION_TTL),
-        path="/",
+        path=COOKIE_PATH,
         httponly=True,
         samesite="strict",
         secure=secure,
@@ -97,7 +101,7 @@ async def logout(request: Request) -> Response:
         await plane.store.write(op)
         plane.token_cache.pop(token_id, None)
     resp = _page("Signed out", "Run <code>vivace dashboard</code> to open the dashboard again.", 200)
-    resp.delete_cookie(SESSION_COOKIE, path="/")
+    resp.delete_cookie(SESSION_COOKIE, path=COOKIE_PATH)
     return resp
 
 

@@ -26,6 +26,7 @@ from vivace.protocol import frames, ids
 from vivace.protocol import web as proto
 from vivace.protocol.calls import FINAL, CallKind, OutputStatus
 from vivace.server.api.common import (
+    SESSION_COOKIE,
     USERS,
     allow_call,
     allow_function,
@@ -138,7 +139,7 @@ async def _serve(request: Request, host: str, path: str, root_path: str) -> Resp
     if route.web.get("requires_proxy_auth"):  # before reading a body from someone not allowed
         await _check_proxy_auth(plane, request)
     body = await _read_body(request)
-    headers = [(k, v) for k, v in request.headers.items() if k.lower() not in (PROXY_KEY, PROXY_SECRET)]
+    headers = _forwarded(request.headers.items())
     client = (request.client.host, request.client.port) if request.client else None
     server = request.scope.get("server")
     call_id = ids.new_id(ids.FUNCTION_CALL)
@@ -270,6 +271,23 @@ def _first_piece(out: calls.OutputRow, timeout: float) -> tuple[int, list[tuple[
     return status, headers, chunk
 
 
+def _forwarded(pairs: Any) -> list[tuple[str, str]]:
+    """The request's headers for the app: never the proxy token, nor the dashboard's session cookie (a
+    browser signed in to the dashboard sends it to this host)."""
+    out = []
+    for k, v in pairs:
+        name = k.lower()
+        if name in (PROXY_KEY, PROXY_SECRET):
+            continue
+        if name == "cookie":
+            kept = [c for c in v.split(";") if c.strip().partition("=")[0] != SESSION_COOKIE]
+            if not kept:
+                continue
+            v = ";".join(kept).strip()
+        out.append((k, v))
+    return out
+
+
 def _response_headers(pairs: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
     """The app's headers as it sent them (repeated ones such as Set-Cookie kept), less hop-by-hop ones."""
     return [
@@ -341,7 +359,7 @@ async def serve_ws(websocket: WebSocket, host: str, path: str, root_path: str = 
         await _deny(websocket, err)
         return
     await websocket.receive()  # websocket.connect: the client waits until the app accepts
-    headers = [(k, v) for k, v in websocket.headers.items() if k.lower() not in (PROXY_KEY, PROXY_SECRET)]
+    headers = _forwarded(websocket.headers.items())
     client = (websocket.client.host, websocket.client.port) if websocket.client else None
     payload = proto.encode_request(
         "GET", path, websocket.url.query.encode("latin-1"), headers, b"",
