@@ -311,6 +311,7 @@ async function usagePage() {
     el("h1", {}, "Usage, last 30 days"),
     tiles([["Cost", money(total.cost)], ["Container time", secs(total.billed_s)], ["Containers", total.containers || 0]]),
     el("h2", {}, "Cost per day, by app"), costChart(byApp.rows, "app"),
+    el("h2", {}, "Cost per day, by function"), costChart(byFn.rows, "function"),
     el("h2", {}, "Cost per day, by GPU type"), costChart(byGpu.rows, "gpu"),
     el("h2", {}, "By app"), summary(byApp.rows, "app", "App"),
     el("h2", {}, "By function"), summary(byFn.rows, "function", "Function"),

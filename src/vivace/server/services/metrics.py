@@ -55,6 +55,7 @@ class Accumulated:
     ready_cursor: float = 0.0
     cold: Histogram = field(default_factory=lambda: Histogram(COLD_BUCKETS))
     durations: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
+    latency: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
     finished: dict[tuple[tuple[str, str], ...], int] = field(default_factory=dict)
 
 
@@ -78,19 +79,21 @@ def accumulate(tx: Tx, acc: Accumulated) -> None:
             if at[a] is not None and at[b] is not None:
                 acc.cold.observe({"phase": phase}, max(0.0, float(at[b]) - float(at[a])))
     outs = tx.fetchall(
-        "SELECT o.id, o.status, o.duration, f.name, COALESCE(a.name, a.id) FROM outputs o "
-        "JOIN calls c ON c.id = o.call_id "
+        "SELECT o.id, o.status, o.duration, f.name, COALESCE(a.name, a.id), o.created_at - i.created_at "
+        "FROM outputs o JOIN inputs i ON i.call_id = o.call_id AND i.idx = o.idx JOIN calls c ON c.id = o.call_id "
         "JOIN functions f ON f.id = c.function_id JOIN apps a ON a.id = f.app_id "
         "WHERE o.id > ? AND o.part = ? ORDER BY o.id LIMIT ?",
         (acc.output_cursor, FINAL, SCAN_LIMIT),
     )
-    for oid, status, duration, fn, app in outs:
+    for oid, status, duration, fn, app, latency in outs:
         acc.output_cursor = max(acc.output_cursor, int(oid))
         labels = {"app": str(app or ""), "function": str(fn)}
         key = tuple(sorted({**labels, "status": str(status)}.items()))
         acc.finished[key] = acc.finished.get(key, 0) + 1
         if duration is not None:
             acc.durations.observe(labels, float(duration))
+        if latency is not None:
+            acc.latency.observe(labels, max(0.0, float(latency)))
 
 
 # -- the exposition -------------------------------------------------------------------------------------
@@ -158,6 +161,9 @@ def render(tx: Tx, acc: Accumulated) -> str:
                   "(placed to image ready), start (to process up), enter (to @enter done), total.", acc.cold)  # fmt: skip
     out.histogram("vivace_input_duration_seconds", "Seconds each input ran in its container (final outputs).",
                   acc.durations)  # fmt: skip
+    out.histogram("vivace_input_latency_seconds",
+                  "Seconds from an input's arrival to its final output: what its caller waited (queue, cold "
+                  "start, retries and run).", acc.latency)  # fmt: skip
     out.family("vivace_inputs_finished_total", "counter", "Inputs that got their final output, by status.")
     for key in sorted(acc.finished):
         out.sample("vivace_inputs_finished_total", key, acc.finished[key])
