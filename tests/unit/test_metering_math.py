@@ -225,3 +225,8 @@ def test_durations_for_retention_parse_units_and_refuse_nonsense() -> None:
     for bad in ("-1", "forever", "1y", "nan"):
         with pytest.raises(click.BadParameter, match="not a duration"):
             parse_duration(bad, "--x")
+
+
+def test_the_example_pools_file_is_valid() -> None:
+    pools = load_pools(Path(__file__).parents[2] / "examples" / "pools.toml")
+    assert set(pools) == {"default", "gpu-rack"} and pools["gpu-rack"].gpu_second["H100"] > 0

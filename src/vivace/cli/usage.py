@@ -78,6 +78,12 @@ def usage(
     fmt: dict[str, Callable[[Any], str]] = {k: seconds for k in ("billed_s", "cold_s", "busy_s", "idle_s")}
     fmt.update({"core_s": _whole, "gpu_s": _whole, "cost": money})
     echo_table([*rows, total], cols, fmt)
+    if float(total.get("billed_s") or 0) > 0 and not float(total.get("cost") or 0):
+        click.echo(
+            "Costs are 0: no worker pool has prices. Give them in pools.toml (vivace server --pools FILE); "
+            "see docs/metering.md.",
+            err=True,
+        )
 
 
 @usage.command("call")
