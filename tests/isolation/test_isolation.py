@@ -192,7 +192,8 @@ def test_metering_reports_the_kernels_accounting_beside_the_reservation(iso, war
             assert time.monotonic() < deadline, info
             time.sleep(0.1)
     m = info["meter"]
-    assert m["reserved"] == {"cpu": 0.5, "memory_mib": 128}
+    assert m["reserved"] == {"cpu": 0.125, "memory_mib": 128}  # the defaults (more may not fit beside the
+    # module's other idle containers on the test worker's 2 cores: it would wait for them to scale down)
     # what it burned, plus the runtime's own start (its imports): never less, not much more
     assert burned * 0.95 <= m["cpu_used_s"] <= burned + 10.0, m
     assert m["memory_peak"] > 4 << 20, m

@@ -92,6 +92,8 @@ class LocalCluster:
             lifespan="off",
             loop="asyncio",
             ws="websockets-sansio",
+            # as the real server: requests still open at shutdown (long-polls) get 2 s, not until they end
+            timeout_graceful_shutdown=2,
         )
         self._server = uvicorn.Server(cfg)
 

@@ -191,7 +191,7 @@ def web_files():
     )
 
 
-@app.function(max_containers=1, cpu=0.5)
+@app.function(max_containers=1)
 def burn(seconds):
     """Spin on the CPU for ``seconds`` of CPU time: metering's cgroup accounting must see it."""
     start = time.process_time()
