@@ -152,6 +152,7 @@ def test_the_dashboard_shows_everything_as_text_and_only_reads(
         assert status == 403
         again = page.goto(link)
         assert again is not None and again.status == 401
+        page.goto(f"{cluster.url}/dashboard/#/apps")
         page.locator("a.signout").click()
         expect(page.locator("h1")).to_have_text("Signed out")
         page.goto(f"{cluster.url}/dashboard/#/apps")
