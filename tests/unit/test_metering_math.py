@@ -162,6 +162,8 @@ class FlakyApi:
         self.got: list[dict[str, Any]] = []
 
     async def post_json(self, path: str, body: Any, **kw: Any) -> Any:
+        # one try per body: the client's own retries would resend an "ago" grown stale meanwhile
+        assert kw.get("retry_for") == 0
         ev = body["events"][0]
         if self.fail > 0:
             self.fail -= 1

@@ -66,7 +66,8 @@ class EventReporter:
         """True when the report is done with (delivered, or refused for good)."""
         body = {"events": [{**ev, "ago": round(max(0.0, time.monotonic() - at), 6)}]}
         try:
-            await self.api.post_json(f"/v1/workers/{worker_id}/events", body, retry_for=2.0)
+            # one try per body: a retry inside the client would resend this "ago", by then too small
+            await self.api.post_json(f"/v1/workers/{worker_id}/events", body, retry_for=0.0)
         except (exc.NotFoundError, exc.PermissionDeniedError, exc.InvalidError) as err:
             # the container is unknown or no longer ours (this worker registered again): nothing to date
             log.warning(

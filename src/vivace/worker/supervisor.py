@@ -143,6 +143,8 @@ class ContainerSupervisor:
         ]
         watchdog = asyncio.create_task(self._watch_heartbeats())
         status = await self.handle.wait()
+        if status.exited_at is None:  # when its process exited, not after the pumps and unmounts below
+            status = dataclasses.replace(status, exited_at=time.monotonic())
         watchdog.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*pumps), 2)

@@ -8,6 +8,7 @@ kills it. Implementations declare what they can enforce in :class:`Capabilities`
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -105,6 +106,28 @@ class ExitStatus:
         if self.reason == "oom":
             return "out of memory: OOM-killed at its memory limit (exit code 137)"
         return self.reason if self.code is None else f"{self.reason} (exit code {self.code})"
+
+
+async def wait_process(proc: asyncio.subprocess.Process) -> tuple[int, float]:
+    """Wait for ``proc``; return its exit code and when it exited (``time.monotonic()``, to 20 ms).
+
+    asyncio's ``Process.wait`` returns only once the process's pipes are closed too, which may be later
+    (a child holding them, output still being read): the exit itself is when its return code is known."""
+
+    async def seen() -> float:
+        while proc.returncode is None:
+            await asyncio.sleep(0.02)
+        return time.monotonic()
+
+    watch = asyncio.ensure_future(seen())
+    try:
+        code = await proc.wait()
+        at = await asyncio.wait_for(asyncio.shield(watch), 0.1) if not watch.done() else watch.result()
+    except TimeoutError:
+        at = time.monotonic()
+    finally:
+        watch.cancel()
+    return code, at
 
 
 class ContainerHandle(Protocol):

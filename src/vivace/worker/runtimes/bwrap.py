@@ -33,7 +33,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +48,7 @@ from vivace.worker.cgroups import (
     leftovers,
 )
 from vivace.worker.network import Slot
-from vivace.worker.runtimes.base import Capabilities, ContainerSpec, ExitStatus, RuntimeContext
+from vivace.worker.runtimes.base import Capabilities, ContainerSpec, ExitStatus, RuntimeContext, wait_process
 from vivace.worker.runtimes.nsenter import exec_in
 from vivace.worker.runtimes.oci import SOCKET_DIR, SOCKET_IN_CONTAINER
 from vivace.worker.runtimes.seccomp import SeccompUnavailable, bpf_program
@@ -206,8 +205,7 @@ class BwrapHandle:
                                    memory_peak=self.usage[1])  # fmt: skip
 
     async def _wait(self) -> ExitStatus:
-        code = await self.proc.wait()
-        self.exited_at = time.monotonic()
+        code, self.exited_at = await wait_process(self.proc)
         sigkilled = code in (-signal.SIGKILL, 128 + signal.SIGKILL) and not self._killed
         oom = False
         if self.cgroup is not None:

@@ -24,7 +24,6 @@ import logging
 import os
 import shutil
 import signal
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,14 @@ from typing import Any
 from vivace.worker import gpus, idmap, images
 from vivace.worker.cgroups import CgroupHost, ContainerCgroup, Limits, cap_memory, detect, leftovers
 from vivace.worker.network import Slot
-from vivace.worker.runtimes.base import Capabilities, ContainerSpec, ExitStatus, ImageRootfs, RuntimeContext
+from vivace.worker.runtimes.base import (
+    Capabilities,
+    ContainerSpec,
+    ExitStatus,
+    ImageRootfs,
+    RuntimeContext,
+    wait_process,
+)
 from vivace.worker.runtimes.oci_sandbox import SandboxOps, sandbox_stub
 from vivace.worker.runtimes.security import MASKED_PATHS, READONLY_PATHS, seccomp_profile
 from vivace.worker.runtimes.warm import WarmContainer, WarmPool, image_key
@@ -308,8 +314,7 @@ class OciHandle:
                                    memory_peak=self.usage[1])  # fmt: skip
 
     async def _wait(self) -> ExitStatus:
-        code = await self.proc.wait()
-        self.exited_at = time.monotonic()
+        code, self.exited_at = await wait_process(self.proc)
         sigkilled = code in (-signal.SIGKILL, 128 + signal.SIGKILL) and not self._killed
         oom = await asyncio.to_thread(self.cgroup.oom_killed, sigkilled)
         self.usage = await asyncio.to_thread(self.cgroup.usage)  # before the cleanup removes it

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from vivace.worker.runtimes.base import Capabilities, ContainerSpec, ExitStatus
+from vivace.worker.runtimes.base import Capabilities, ContainerSpec, ExitStatus, wait_process
 
 PR_SET_PDEATHSIG = 1
 
@@ -30,14 +30,14 @@ class ProcessHandle:
         self._killed = False
 
     async def wait(self) -> ExitStatus:
-        code = await self.proc.wait()
+        code, at = await wait_process(self.proc)
         if code == 0:
-            return ExitStatus(0, "exited")
+            return ExitStatus(0, "exited", exited_at=at)
         if code < 0:
             sig = -code
             reason = "killed" if self._killed or sig in (signal.SIGKILL, signal.SIGTERM) else "crashed"
-            return ExitStatus(128 + sig, reason)
-        return ExitStatus(code, "crashed")
+            return ExitStatus(128 + sig, reason, exited_at=at)
+        return ExitStatus(code, "crashed", exited_at=at)
 
     def _signal(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
