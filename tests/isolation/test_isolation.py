@@ -1,5 +1,6 @@
 """What a function sees from inside an isolated container, on every OCI runtime the host has."""
 
+import os
 import time
 
 import pytest
@@ -194,10 +195,11 @@ def test_metering_reports_the_kernels_accounting_beside_the_reservation(iso, war
     m = info["meter"]
     assert m["reserved"] == {"cpu": 0.125, "memory_mib": 128}  # the defaults (more may not fit beside the
     # module's other idle containers on the test worker's 2 cores: it would wait for them to scale down)
-    # what it burned, plus the runtime's own start (its imports): never less, not much more
-    assert burned * 0.95 <= m["cpu_used_s"] <= burned + 10.0, m
-    assert m["memory_peak"] > 4 << 20, m
     real = exited - start
+    # what it burned and more (the runtime's own start; under runsc the cgroup holds gVisor's sentry too,
+    # which costs much more under emulation), but never more than its cgroup's life on every core
+    assert burned * 0.95 <= m["cpu_used_s"] <= real * (os.cpu_count() or 1) + 0.5, (m, real)
+    assert m["memory_peak"] > 4 << 20, m
     if warm_pool == 0:
         assert abs(m["billed_s"] - real) < 1.0, (m, real)
     else:
