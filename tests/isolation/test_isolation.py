@@ -124,19 +124,11 @@ def test_a_container_calls_another_function_through_its_worker(iso):
 
 
 def test_concurrent_inputs_and_exit_hooks(iso):
-    import httpx
-
-    from vivace._version import __version__
 
     spans = list(iso.Lifecycle().hold.map([1.0] * 4))
     (task,) = {t for t, _, _ in spans}  # max_containers=1: one container served them, overlapping
     assert max(s for _, s, _ in spans) < min(e for _, _, e in spans), spans
-    env = iso.cluster.client_env()
-    headers = {
-        "authorization": f"Bearer {env['VIVACE_TOKEN_ID']}:{env['VIVACE_TOKEN_SECRET']}",
-        "x-vivace-version": __version__,
-    }
-    with httpx.Client(base_url=iso.cluster.url, headers=headers, timeout=30) as http:
+    with _api(iso) as http:
         http.post(f"/v1/containers/{task}/stop").raise_for_status()
 
         def exit_logged():
@@ -172,20 +164,13 @@ def test_metering_reports_the_kernels_accounting_beside_the_reservation(iso, war
     """A container's CPU seconds and peak memory come from its cgroup; with no warm pool its billed life
     is the kernel's record of its runtime process (a warm container's process started before it was
     claimed: that wait is not billed, so its billed life is shorter)."""
-    import httpx
 
     from tests.kernel_clock import process_start, wait_exit
-    from vivace._version import __version__
 
     task, burned = iso.burn.remote(0.6)
     pid = int((iso.cluster.home / "worker" / "containers" / task / "pid").read_text())
     start = process_start(pid)
-    env = iso.cluster.client_env()
-    headers = {
-        "authorization": f"Bearer {env['VIVACE_TOKEN_ID']}:{env['VIVACE_TOKEN_SECRET']}",
-        "x-vivace-version": __version__,
-    }
-    with httpx.Client(base_url=iso.cluster.url, headers=headers, timeout=30) as http:
+    with _api(iso) as http:
         http.post(f"/v1/containers/{task}/stop").raise_for_status()
         exited = wait_exit(pid, 60)
         deadline = time.monotonic() + 30
@@ -204,3 +189,17 @@ def test_metering_reports_the_kernels_accounting_beside_the_reservation(iso, war
         assert abs(m["billed_s"] - real) < 1.0, (m, real)
     else:
         assert 0 < m["billed_s"] <= real + 1.0, (m, real)
+
+
+def _api(iso):
+    """An HTTP client for the module's cluster, with its user token."""
+    import httpx
+
+    from vivace._version import __version__
+
+    env = iso.cluster.client_env()
+    headers = {
+        "authorization": f"Bearer {env['VIVACE_TOKEN_ID']}:{env['VIVACE_TOKEN_SECRET']}",
+        "x-vivace-version": __version__,
+    }
+    return httpx.Client(base_url=iso.cluster.url, headers=headers, timeout=30)
